@@ -1,0 +1,263 @@
+// The shared-memory layout of the kvidx index segment: plain structs at fixed offsets.
+//
+// Implementation notes
+// --------------------
+// One segment holds everything, preallocated at creation; nothing is allocated later.
+//
+//   +--------------------+ 0
+//   | SegmentHeader      |  magic, layout version, geometry, offsets, admin lock
+//   +--------------------+ namespaces_offset
+//   | NamespaceSlot[N]   |  model + LoRA name -> root key, block size
+//   +--------------------+ publishers_offset
+//   | PublisherSlot[P]   |  pod + DP rank, sequence/epoch, counters, apply journal
+//   +--------------------+ stripes_offset
+//   | Stripe 0           |  StripeHeader | u32 buckets[B] | BlockNode[b] | Residency[r]
+//   | Stripe 1 ...       |  (stripe_stride bytes each; a block key picks its stripe)
+//   +--------------------+ engine_stripes_offset
+//   | EngineStripe 0 ... |  EngineStripeHeader | u32 buckets[EB] | EngineNode[e]
+//   +--------------------+ total_size
+//
+// A block lives in stripe (key >> 32) & (stripes - 1), in bucket key & (B - 1). A block node
+// chains to the next node of its bucket and heads a chain of Residency nodes (publisher, tier,
+// reference count), one per (publisher, tier) holding the block. Blocks of a stripe are also on
+// a doubly linked list in store order (least recently stored first) for eviction.
+//
+// Engine stripes map (engine hash, namespace, scope) -> block key. The mapping is a cache that
+// is never wrong, only possibly stale: an engine hash names the same content every time, so an
+// entry stays valid after its block is evicted and is swept only when its stripe fills up.
+//
+// Every index is a u32 into an array of the same stripe; kNil ends a chain. Nodes are linked
+// with one store after they are filled and unlinked with one store before they are freed, so a
+// writer killed at any instruction leaves every chain readable; a repair (on EOWNERDEAD) only
+// rebuilds the free lists and the store-order list from what is reachable.
+//
+// Concurrency: a writer holds the stripe's robust mutex and makes the stripe version odd while
+// it writes. Readers take no lock: they read the version, read the data with relaxed atomic
+// loads (bounded walks: a torn read can never loop or index out of bounds), and retry if the
+// version changed. All shared fields are read and written with __atomic builtins so that the
+// races that optimistic reading implies are well defined (and visible to ThreadSanitizer).
+#ifndef KVIDX_INDEX_LAYOUT_H_
+#define KVIDX_INDEX_LAYOUT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "index/robust_mutex.h"
+
+namespace kvidx::index {
+
+inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kNil = 0xFFFFFFFFu;
+
+enum Tier : uint8_t { kGpu = 0, kCpu = 1, kDisk = 2 };
+inline constexpr int kNumTiers = 3;
+
+// What the segment is sized for. Chosen by configuration; stored in the header; an attacher
+// that expects another geometry gets an error.
+struct Geometry {
+  uint64_t blocks = 0;         // distinct blocks
+  uint64_t pairs = 0;          // (publisher, tier, block) residencies
+  uint64_t engine_hashes = 0;  // engine hash -> block key mappings (0: 1.25 x blocks)
+  uint32_t publishers = 0;
+  uint32_t namespaces = 0;
+  uint32_t stripes = 0;        // power of two
+  uint32_t reserved = 0;
+
+  bool operator==(const Geometry&) const = default;
+};
+
+// Per-stripe sizes derived from a Geometry (deterministically, so attachers agree).
+struct StripeGeometry {
+  uint32_t blocks_per_stripe;
+  uint32_t pairs_per_stripe;
+  uint32_t buckets_per_stripe;  // power of two
+  uint32_t engine_stripes;      // power of two
+  uint32_t engine_nodes_per_stripe;
+  uint32_t engine_buckets_per_stripe;  // power of two
+};
+
+struct alignas(64) SegmentHeader {
+  uint64_t magic;
+  uint32_t layout_version;
+  uint32_t header_size;
+  uint64_t total_size;
+  Geometry geometry;
+  StripeGeometry stripe_geometry;
+  uint64_t namespaces_offset;
+  uint64_t publishers_offset;
+  uint64_t stripes_offset;
+  uint64_t stripe_stride;
+  uint64_t engine_stripes_offset;
+  uint64_t engine_stripe_stride;
+  uint64_t created_wall_ns;
+  int32_t creator_pid;
+  uint32_t ready;  // set (release) last by the creator; attachers wait for it
+  // Serialises namespace and publisher registration (rare). Never held with a stripe lock.
+  RobustMutex admin_mu;
+  // Bumped (release) by every registration change, so readers can cache slot lookups.
+  uint64_t registry_version;
+  uint64_t lookups;  // counted by readers that are allowed to write (not the read-only query)
+};
+
+enum NamespaceFlags : uint32_t {
+  // Blocks are keyed by EngineHashKey(root, engine hash): for dialects without tokens (KVBM).
+  kKeyByEngineHash = 1u << 0,
+};
+
+struct NamespaceSlot {
+  uint32_t in_use;
+  uint32_t block_size;
+  uint64_t root;
+  uint32_t flags;
+  int32_t lora_id;  // -1 when none
+  char model[120];
+  char lora_name[64];
+};
+
+enum class PublisherState : uint32_t { kFree = 0, kActive = 1 };
+
+enum PublisherFlags : uint32_t {
+  // Engine hashes of this publisher are not content hashes shared with other publishers
+  // (e.g. old SGLang's unchained Python hash()): its mappings are kept apart from everyone's.
+  kPrivateEngineHashes = 1u << 0,
+};
+
+enum class JournalOp : uint32_t { kNone = 0, kStore = 1, kRemove = 2, kClear = 3 };
+
+// A per-publisher redo record for the one block operation in flight. Written (under the block's
+// stripe lock) before the operation changes the stripe, cleared after the publisher's applied
+// counter is bumped. A publisher whose writer died with a record set is finished by
+// PrefixIndex::RecoverPublisher, which sets the residency to `target_refs` and the counter to
+// `op_index`. Redo is idempotent.
+struct ApplyJournal {
+  uint32_t op;  // JournalOp
+  uint8_t tier;
+  uint8_t target_refs;
+  uint16_t ns;
+  uint64_t op_index;
+  uint64_t block_key;
+  uint64_t engine_hash;
+};
+
+struct alignas(64) PublisherSlot {
+  uint32_t state;  // PublisherState
+  uint32_t flags;  // PublisherFlags
+  uint32_t ns;
+  uint32_t dp_rank;
+  uint32_t worker;  // owning ingest worker
+  uint32_t connected;
+  char pod[64];
+  char endpoint[128];
+  char replay_endpoint[128];
+  char topic[64];
+  char dialect[16];
+  uint64_t epoch;
+  uint64_t quota_pairs;    // 0: no per-publisher quota
+  // Sequence bookkeeping for ingest: last fully applied batch sequence (valid if has_seq).
+  uint64_t last_seq;
+  uint32_t has_seq;
+  uint32_t clear_pending;  // a ClearPublisher was interrupted; RecoverPublisher finishes it
+  uint64_t applied_ops;    // block operations applied, ever (the journal's op_index space)
+  int64_t last_event_wall_ns;
+  uint64_t pairs;          // live residencies (approximate after a crash until recovery)
+  // Counters (monotonic).
+  uint64_t stored_blocks;
+  uint64_t removed_blocks;
+  uint64_t duplicate_stores;
+  uint64_t unknown_removes;
+  uint64_t orphan_blocks;   // parent unknown: cannot be keyed
+  uint64_t unresolved_blocks;  // token-less store with an unknown engine hash
+  uint64_t clears;
+  uint64_t evicted_pairs;   // residencies of this publisher dropped by eviction
+  uint64_t quota_evictions;
+  uint64_t rejected_stores; // could not be stored (capacity or quota)
+  uint64_t gaps;
+  uint64_t replays;
+  uint64_t resyncs;
+  uint64_t batches;
+  uint64_t events;
+  uint64_t decode_errors;
+  ApplyJournal journal;
+};
+
+struct BlockNode {
+  uint64_t key;
+  uint32_t next;       // bucket chain
+  uint32_t res_head;   // residency chain
+  uint32_t lru_prev;   // toward older
+  uint32_t lru_next;   // toward newer
+  uint32_t tick;       // stripe store counter at last store (rebuilds the LRU on repair)
+  uint16_t ns;
+  uint16_t in_use;
+};
+static_assert(sizeof(BlockNode) == 32);
+
+struct Residency {
+  uint32_t next;
+  uint16_t publisher;
+  uint8_t tier;
+  uint8_t refs;  // duplicate stores of the same engine block, saturating at 255
+};
+static_assert(sizeof(Residency) == 8);
+
+struct alignas(64) StripeHeader {
+  RobustMutex mu;
+  uint64_t version;  // seqlock: odd while a writer is inside
+  int32_t owner_pid;
+  uint32_t tick;
+  uint32_t free_blocks;
+  uint32_t free_residencies;
+  uint32_t lru_oldest;
+  uint32_t lru_newest;
+  uint32_t live_blocks;
+  uint32_t live_residencies;
+  uint64_t evicted_blocks;
+  uint64_t repairs;
+};
+
+struct EngineNode {
+  uint64_t engine_hash;
+  uint64_t block_key;
+  uint32_t next;
+  uint16_t ns;
+  uint16_t scope;  // 0: shared content hash; p + 1: private to publisher p
+};
+static_assert(sizeof(EngineNode) == 24);
+
+struct alignas(64) EngineStripeHeader {
+  RobustMutex mu;
+  uint64_t version;
+  int32_t owner_pid;
+  uint32_t free_nodes;
+  uint32_t live_nodes;
+  uint32_t reserved;
+  uint64_t swept;  // stale entries dropped
+  uint64_t full;   // inserts refused: stripe full of live entries
+  uint64_t repairs;
+};
+
+static_assert(std::is_standard_layout_v<SegmentHeader>);
+static_assert(std::is_standard_layout_v<PublisherSlot>);
+static_assert(std::is_standard_layout_v<StripeHeader>);
+static_assert(std::is_standard_layout_v<EngineStripeHeader>);
+
+// Relaxed atomic access to shared fields. Ordering comes from the stripe version (seqlock) and
+// the mutex; these only make the concurrent accesses well defined.
+template <typename T>
+inline T Ld(const T& field) {
+  return __atomic_load_n(&field, __ATOMIC_RELAXED);
+}
+template <typename T>
+inline void St(T& field, T value) {
+  __atomic_store_n(&field, value, __ATOMIC_RELAXED);
+}
+template <typename T>
+inline T AddRelaxed(T& field, T delta) {
+  return __atomic_add_fetch(&field, delta, __ATOMIC_RELAXED);
+}
+
+}  // namespace kvidx::index
+
+#endif  // KVIDX_INDEX_LAYOUT_H_

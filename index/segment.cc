@@ -1,0 +1,291 @@
+#include "index/segment.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "shared/clock.h"
+#include "shared/status.h"
+
+// Boost.Interprocess names the object; the mapping itself is done with mmap so that the
+// read-only attachment is PROT_READ and the size is exactly what the layout says. Only this
+// file and the index know the segment is Boost.Interprocess-compatible (/dev/shm/<name>).
+#include <boost/interprocess/shared_memory_object.hpp>
+
+namespace kvidx::index {
+namespace bip = boost::interprocess;
+
+namespace {
+
+constexpr uint64_t kAlign = 64;
+
+uint64_t AlignUp(uint64_t v, uint64_t a = kAlign) { return (v + a - 1) / a * a; }
+
+uint32_t NextPow2(uint64_t v) {
+  uint64_t p = 1;
+  while (p < v) p <<= 1;
+  return static_cast<uint32_t>(p);
+}
+
+bool IsPow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+void InitStripe(char* p, const StripeGeometry& sg) {
+  auto* h = new (p) StripeHeader{};
+  h->mu.Init();
+  auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(StripeHeader)));
+  for (uint32_t i = 0; i < sg.buckets_per_stripe; ++i) buckets[i] = kNil;
+  auto* blocks = reinterpret_cast<BlockNode*>(
+      reinterpret_cast<char*>(buckets) + AlignUp(uint64_t{sg.buckets_per_stripe} * 4));
+  for (uint32_t i = 0; i < sg.blocks_per_stripe; ++i) {
+    blocks[i] = BlockNode{};
+    blocks[i].next = i + 1 < sg.blocks_per_stripe ? i + 1 : kNil;
+    blocks[i].res_head = kNil;
+    blocks[i].lru_prev = blocks[i].lru_next = kNil;
+  }
+  auto* res = reinterpret_cast<Residency*>(
+      reinterpret_cast<char*>(blocks) + AlignUp(uint64_t{sg.blocks_per_stripe} * sizeof(BlockNode)));
+  for (uint32_t i = 0; i < sg.pairs_per_stripe; ++i) {
+    res[i] = Residency{i + 1 < sg.pairs_per_stripe ? i + 1 : kNil, 0, 0, 0};
+  }
+  h->free_blocks = 0;
+  h->free_residencies = 0;
+  h->lru_oldest = h->lru_newest = kNil;
+}
+
+void InitEngineStripe(char* p, const StripeGeometry& sg) {
+  auto* h = new (p) EngineStripeHeader{};
+  h->mu.Init();
+  auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(EngineStripeHeader)));
+  for (uint32_t i = 0; i < sg.engine_buckets_per_stripe; ++i) buckets[i] = kNil;
+  auto* nodes = reinterpret_cast<EngineNode*>(
+      reinterpret_cast<char*>(buckets) + AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4));
+  for (uint32_t i = 0; i < sg.engine_nodes_per_stripe; ++i) {
+    nodes[i] = EngineNode{};
+    nodes[i].next = i + 1 < sg.engine_nodes_per_stripe ? i + 1 : kNil;
+  }
+  h->free_nodes = 0;
+}
+
+absl::Status CheckHeader(const SegmentHeader* h, size_t mapped,
+                         const std::optional<Geometry>& expected) {
+  if (mapped < sizeof(SegmentHeader) || h->magic != kSegmentMagic) {
+    return absl::FailedPreconditionError("segment is not a kvidx index (bad magic)");
+  }
+  if (h->layout_version != kLayoutVersion || h->header_size != sizeof(SegmentHeader)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment layout version ", h->layout_version, " (header ", h->header_size,
+                     " bytes); this build reads version ", kLayoutVersion, " (header ",
+                     sizeof(SegmentHeader), " bytes)"));
+  }
+  if (h->total_size != mapped) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment size ", mapped, " differs from its header's ", h->total_size));
+  }
+  auto layout = ComputeLayout(h->geometry);
+  if (!layout.ok() || layout->total_size != h->total_size ||
+      layout->stripes_offset != h->stripes_offset) {
+    return absl::FailedPreconditionError("segment header geometry is inconsistent");
+  }
+  if (expected && !(*expected == h->geometry)) {
+    const Geometry& g = h->geometry;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "segment geometry differs from configuration: segment has blocks=", g.blocks,
+        " pairs=", g.pairs, " publishers=", g.publishers, " namespaces=", g.namespaces,
+        " stripes=", g.stripes, "; configured blocks=", expected->blocks,
+        " pairs=", expected->pairs, " publishers=", expected->publishers,
+        " namespaces=", expected->namespaces, " stripes=", expected->stripes,
+        " (remove the segment with `kvidxctl segment remove` to re-create it)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
+  if (g.blocks == 0 || g.pairs == 0 || g.publishers == 0 || g.namespaces == 0) {
+    return absl::InvalidArgumentError("geometry: blocks, pairs, publishers, namespaces must be > 0");
+  }
+  if (!IsPow2(g.stripes)) return absl::InvalidArgumentError("geometry: stripes must be a power of two");
+  if (g.publishers > 65000 || g.namespaces > 65000) {
+    return absl::InvalidArgumentError("geometry: at most 65000 publishers and namespaces");
+  }
+  SegmentLayout l{};
+  StripeGeometry& sg = l.stripe_geometry;
+  // Keys spread binomially over stripes; 6 % + a constant of headroom keeps a stripe from
+  // filling before the table does (eviction handles the rest).
+  uint64_t bps = CeilDiv(g.blocks, g.stripes);
+  bps += bps / 16 + 8;
+  uint64_t pps = CeilDiv(g.pairs, g.stripes);
+  pps += pps / 16 + 8;
+  uint64_t engine = g.engine_hashes != 0 ? g.engine_hashes : g.blocks + g.blocks / 4;
+  uint32_t es = NextPow2(std::max<uint64_t>(1, std::min<uint64_t>(g.stripes, CeilDiv(engine, 64))));
+  uint64_t eps = CeilDiv(engine, es);
+  eps += eps / 16 + 8;
+  if (bps >= kNil || pps >= kNil || eps >= kNil) {
+    return absl::InvalidArgumentError("geometry: too few stripes (a stripe holds < 2^32 nodes)");
+  }
+  sg.blocks_per_stripe = static_cast<uint32_t>(bps);
+  sg.pairs_per_stripe = static_cast<uint32_t>(pps);
+  sg.buckets_per_stripe = NextPow2(bps);
+  sg.engine_stripes = es;
+  sg.engine_nodes_per_stripe = static_cast<uint32_t>(eps);
+  sg.engine_buckets_per_stripe = NextPow2(std::max<uint64_t>(1, eps / 2));
+
+  uint64_t off = AlignUp(sizeof(SegmentHeader));
+  l.namespaces_offset = off;
+  off = AlignUp(off + uint64_t{g.namespaces} * sizeof(NamespaceSlot));
+  l.publishers_offset = off;
+  off = AlignUp(off + uint64_t{g.publishers} * sizeof(PublisherSlot));
+  l.stripes_offset = off;
+  l.stripe_stride = AlignUp(sizeof(StripeHeader)) + AlignUp(uint64_t{sg.buckets_per_stripe} * 4) +
+                    AlignUp(bps * sizeof(BlockNode)) + AlignUp(pps * sizeof(Residency));
+  off += l.stripe_stride * g.stripes;
+  l.engine_stripes_offset = off;
+  l.engine_stripe_stride = AlignUp(sizeof(EngineStripeHeader)) +
+                           AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4) +
+                           AlignUp(eps * sizeof(EngineNode));
+  off += l.engine_stripe_stride * es;
+  l.total_size = AlignUp(off, 4096);
+  return l;
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name,
+                                                         const Geometry& geometry, mode_t mode) {
+  KVIDX_ASSIGN_OR_RETURN(SegmentLayout l, ComputeLayout(geometry));
+  int fd = -1;
+  try {
+    bip::permissions perm(static_cast<int>(mode));
+    bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perm);
+    fd = dup(shm.get_mapping_handle().handle);
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::already_exists_error) {
+      return absl::AlreadyExistsError(absl::StrCat("segment ", name, " already exists"));
+    }
+    return absl::InternalError(absl::StrCat("cannot create segment ", name, ": ", e.what()));
+  }
+  if (fd < 0) return absl::InternalError("dup failed");
+  // umask may have narrowed the mode; the configured one is what the service wants.
+  fchmod(fd, mode);
+  int rc = posix_fallocate(fd, 0, static_cast<off_t>(l.total_size));
+  if (rc != 0) {
+    close(fd);
+    Remove(name);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot reserve ", l.total_size, " bytes for segment ", name, ": ", std::strerror(rc)));
+  }
+  void* p = mmap(nullptr, l.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    Remove(name);
+    return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+  }
+  char* base = static_cast<char*>(p);
+  auto* h = new (base) SegmentHeader{};
+  h->magic = kSegmentMagic;
+  h->layout_version = kLayoutVersion;
+  h->header_size = sizeof(SegmentHeader);
+  h->total_size = l.total_size;
+  h->geometry = geometry;
+  h->stripe_geometry = l.stripe_geometry;
+  h->namespaces_offset = l.namespaces_offset;
+  h->publishers_offset = l.publishers_offset;
+  h->stripes_offset = l.stripes_offset;
+  h->stripe_stride = l.stripe_stride;
+  h->engine_stripes_offset = l.engine_stripes_offset;
+  h->engine_stripe_stride = l.engine_stripe_stride;
+  h->created_wall_ns = WallNanos();
+  h->creator_pid = getpid();
+  h->admin_mu.Init();
+  for (uint32_t i = 0; i < geometry.namespaces; ++i) {
+    new (base + l.namespaces_offset + i * sizeof(NamespaceSlot)) NamespaceSlot{};
+  }
+  for (uint32_t i = 0; i < geometry.publishers; ++i) {
+    new (base + l.publishers_offset + i * sizeof(PublisherSlot)) PublisherSlot{};
+  }
+  for (uint32_t s = 0; s < geometry.stripes; ++s) {
+    InitStripe(base + l.stripes_offset + s * l.stripe_stride, l.stripe_geometry);
+  }
+  for (uint32_t s = 0; s < l.stripe_geometry.engine_stripes; ++s) {
+    InitEngineStripe(base + l.engine_stripes_offset + s * l.engine_stripe_stride,
+                     l.stripe_geometry);
+  }
+  // Attachers spin on `ready`; the release publishes every initialising store above.
+  __atomic_store_n(&h->ready, 1u, __ATOMIC_RELEASE);
+  return std::unique_ptr<Segment>(new Segment(name, base, l.total_size, false));
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name, Access access,
+                                                         std::optional<Geometry> expected) {
+  bool ro = access == Access::kReadOnly;
+  int fd = -1;
+  try {
+    bip::shared_memory_object shm(bip::open_only, name.c_str(),
+                                  ro ? bip::read_only : bip::read_write);
+    fd = dup(shm.get_mapping_handle().handle);
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::not_found_error) {
+      return absl::NotFoundError(absl::StrCat("no segment named ", name));
+    }
+    return absl::PermissionDeniedError(absl::StrCat("cannot open segment ", name, ": ", e.what()));
+  }
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    if (fd >= 0) close(fd);
+    return absl::InternalError("fstat on segment failed");
+  }
+  // The creator fallocates before it maps, so the size is final once non-zero; wait briefly for
+  // a creator that is still initialising.
+  size_t size = static_cast<size_t>(st.st_size);
+  for (int i = 0; i < 500 && size < sizeof(SegmentHeader); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fstat(fd, &st);
+    size = static_cast<size_t>(st.st_size);
+  }
+  if (size < sizeof(SegmentHeader)) {
+    close(fd);
+    return absl::FailedPreconditionError("segment is too small to be a kvidx index");
+  }
+  void* p = mmap(nullptr, size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+  auto* h = static_cast<SegmentHeader*>(p);
+  for (int i = 0; i < 3000 && __atomic_load_n(&h->ready, __ATOMIC_ACQUIRE) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  absl::Status st_check = __atomic_load_n(&h->ready, __ATOMIC_ACQUIRE) == 0
+                              ? absl::UnavailableError("segment creator never finished")
+                              : CheckHeader(h, size, expected);
+  if (!st_check.ok()) {
+    munmap(p, size);
+    return st_check;
+  }
+  return std::unique_ptr<Segment>(new Segment(name, static_cast<char*>(p), size, ro));
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::OpenOrCreate(const std::string& name,
+                                                               const Geometry& geometry,
+                                                               mode_t mode) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto created = Create(name, geometry, mode);
+    if (created.ok() || !absl::IsAlreadyExists(created.status())) return created;
+    auto attached = Attach(name, Access::kReadWrite, geometry);
+    if (attached.ok() || !absl::IsNotFound(attached.status())) return attached;
+  }
+  return absl::UnavailableError("segment kept appearing and disappearing");
+}
+
+bool Segment::Remove(const std::string& name) {
+  return bip::shared_memory_object::remove(name.c_str());
+}
+
+Segment::~Segment() { munmap(base_, size_); }
+
+}  // namespace kvidx::index

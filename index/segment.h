@@ -1,0 +1,85 @@
+// The named shared-memory segment that holds the index: create, attach (read-write or
+// read-only), remove.
+//
+// Create() sizes the segment from a Geometry, reserves every page up front (posix_fallocate on
+// the tmpfs object, so running out of memory fails creation instead of faulting later),
+// initialises every structure and finally marks the header ready. Attach() maps an existing
+// segment and checks magic, layout version and (optionally) geometry: a mismatch is
+// FAILED_PRECONDITION, never a reinterpretation. A read-only attachment maps the pages
+// PROT_READ: any write through it faults.
+//
+// Thread-safety: a Segment is immutable after construction; the memory it maps is shared and
+// its own rules are in layout.h.
+#ifndef KVIDX_INDEX_SEGMENT_H_
+#define KVIDX_INDEX_SEGMENT_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "index/layout.h"
+
+namespace kvidx::index {
+
+struct SegmentLayout {
+  StripeGeometry stripe_geometry;
+  uint64_t namespaces_offset;
+  uint64_t publishers_offset;
+  uint64_t stripes_offset;
+  uint64_t stripe_stride;
+  uint64_t engine_stripes_offset;
+  uint64_t engine_stripe_stride;
+  uint64_t total_size;
+};
+
+// Validates `g` and computes where everything goes. INVALID_ARGUMENT for a geometry that
+// cannot be laid out (zero sizes, stripes not a power of two, indexes past 32 bits).
+absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g);
+
+class Segment {
+ public:
+  enum class Access { kReadWrite, kReadOnly };
+
+  // Creates segment `name` (fails with ALREADY_EXISTS if it exists). `mode` sets the
+  // permissions of the shared-memory object (default: owner and group only).
+  static absl::StatusOr<std::unique_ptr<Segment>> Create(const std::string& name,
+                                                         const Geometry& geometry,
+                                                         mode_t mode = 0660);
+  // Attaches to an existing segment. NOT_FOUND if there is none; FAILED_PRECONDITION on a
+  // foreign or other-version layout, or when `expected` is given and differs.
+  static absl::StatusOr<std::unique_ptr<Segment>> Attach(
+      const std::string& name, Access access, std::optional<Geometry> expected = std::nullopt);
+  // Attaches if the segment exists, else creates it. Safe against concurrent callers.
+  static absl::StatusOr<std::unique_ptr<Segment>> OpenOrCreate(const std::string& name,
+                                                               const Geometry& geometry,
+                                                               mode_t mode = 0660);
+  // Removes the name; mappings stay valid until unmapped. Returns false if it did not exist.
+  static bool Remove(const std::string& name);
+
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  const std::string& name() const { return name_; }
+  bool read_only() const { return read_only_; }
+  size_t size() const { return size_; }
+  char* base() const { return base_; }
+  SegmentHeader* header() const { return reinterpret_cast<SegmentHeader*>(base_); }
+
+ private:
+  Segment(std::string name, char* base, size_t size, bool read_only)
+      : name_(std::move(name)), base_(base), size_(size), read_only_(read_only) {}
+
+  std::string name_;
+  char* base_;
+  size_t size_;
+  bool read_only_;
+};
+
+}  // namespace kvidx::index
+
+#endif  // KVIDX_INDEX_SEGMENT_H_

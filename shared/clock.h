@@ -1,0 +1,25 @@
+// Monotonic and wall clocks in nanoseconds.
+#ifndef KVIDX_SHARED_CLOCK_H_
+#define KVIDX_SHARED_CLOCK_H_
+
+#include <time.h>
+
+#include <cstdint>
+
+namespace kvidx {
+
+inline int64_t MonotonicNanos() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+inline int64_t WallNanos() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+}  // namespace kvidx
+
+#endif  // KVIDX_SHARED_CLOCK_H_

@@ -1,0 +1,476 @@
+#include "index/prefix_index.h"
+
+#include <numeric>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/index/test_util.h"
+
+namespace kvidx::index {
+namespace {
+
+using ::kvidx::testing::ScopedSegment;
+using ::testing::ElementsAre;
+
+std::vector<uint32_t> Tokens(uint32_t first, size_t n) {
+  std::vector<uint32_t> t(n);
+  std::iota(t.begin(), t.end(), first);
+  return t;
+}
+
+class PrefixIndexTest : public ::testing::Test {
+ protected:
+  PrefixIndexTest() : seg_("prefix") {}
+
+  NamespaceId Ns(const std::string& model = "llama", const std::string& lora = "",
+                 uint32_t block_size = 4) {
+    NamespaceSpec spec;
+    spec.model = model;
+    spec.lora_name = lora;
+    spec.block_size = block_size;
+    auto ns = idx().RegisterNamespace(spec);
+    EXPECT_TRUE(ns.ok()) << ns.status();
+    return *ns;
+  }
+  PublisherId Pub(const std::string& pod, NamespaceId ns, uint32_t rank = 0) {
+    PublisherSpec spec;
+    spec.pod = pod;
+    spec.dp_rank = rank;
+    spec.ns = ns;
+    auto p = idx().RegisterPublisher(spec);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *p;
+  }
+  // Stores blocks with engine hashes base, base+1, ... and tokens chunked by 4.
+  StoreResult StoreTokens(PublisherId p, const std::vector<uint32_t>& tokens, uint64_t hash_base,
+                          std::optional<uint64_t> parent = std::nullopt, Tier tier = kGpu) {
+    std::vector<uint64_t> hashes(tokens.size() / 4);
+    std::iota(hashes.begin(), hashes.end(), hash_base);
+    StoreRequest req;
+    req.tier = tier;
+    req.parent_engine_hash = parent;
+    req.engine_hashes = hashes;
+    req.tokens = tokens;
+    auto r = idx().Store(p, req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : StoreResult{};
+  }
+  uint32_t Matched(NamespaceId ns, const std::vector<uint32_t>& tokens, PublisherId p) {
+    auto keys = idx().KeysForTokens(ns, tokens);
+    EXPECT_TRUE(keys.ok());
+    LookupResult r = idx().Lookup(*keys);
+    for (const auto& m : r.matches) {
+      if (m.publisher == p) return m.blocks;
+    }
+    return 0;
+  }
+  PrefixIndex& idx() { return seg_.index(); }
+  const PublisherSlot& slot(PublisherId p) { return *idx().publisher_slot(p); }
+
+  ScopedSegment seg_;
+};
+
+TEST_F(PrefixIndexTest, RegistrationIsIdempotentAndValidated) {
+  NamespaceId a = Ns("m1");
+  EXPECT_EQ(Ns("m1"), a);
+  EXPECT_NE(Ns("m1", "lora-a"), a);
+  EXPECT_EQ(idx().FindNamespace("m1", ""), a);
+  EXPECT_FALSE(idx().FindNamespace("nope", "").has_value());
+  EXPECT_TRUE(absl::IsInvalidArgument(idx().RegisterNamespace({.model = ""}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      idx().RegisterNamespace({.model = "x", .block_size = 0}).status()));
+
+  PublisherId p = Pub("pod-a", a);
+  EXPECT_EQ(Pub("pod-a", a), p);
+  EXPECT_NE(Pub("pod-a", a, 1), p);
+  EXPECT_EQ(idx().FindPublisher("pod-a", 1), Pub("pod-a", a, 1));
+  PublisherSpec bad;
+  bad.pod = "pod-b";
+  bad.ns = 7;  // not registered
+  EXPECT_TRUE(absl::IsNotFound(idx().RegisterPublisher(bad).status()));
+  bad.pod = "";
+  bad.ns = a;
+  EXPECT_TRUE(absl::IsInvalidArgument(idx().RegisterPublisher(bad).status()));
+}
+
+TEST_F(PrefixIndexTest, PublisherTableFullIsResourceExhausted) {
+  NamespaceId ns = Ns();
+  for (int i = 0; i < 64; ++i) Pub("pod-" + std::to_string(i), ns);
+  PublisherSpec spec;
+  spec.pod = "one-too-many";
+  spec.ns = ns;
+  EXPECT_TRUE(absl::IsResourceExhausted(idx().RegisterPublisher(spec).status()));
+}
+
+TEST_F(PrefixIndexTest, StoreThenLookupMatchesLeadingBlocks) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  PublisherId b = Pub("b", ns);
+  std::vector<uint32_t> prompt = Tokens(100, 32);  // 8 blocks
+  StoreTokens(a, std::vector<uint32_t>(prompt.begin(), prompt.begin() + 24), 1000);  // 6 blocks
+  StoreTokens(b, std::vector<uint32_t>(prompt.begin(), prompt.begin() + 8), 1000);   // 2 blocks
+  auto keys = idx().KeysForTokens(ns, prompt);
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 8u);
+  LookupResult r = idx().Lookup(*keys);
+  ASSERT_EQ(r.matches.size(), 2u);
+  EXPECT_EQ(r.matches[0].publisher, a);
+  EXPECT_EQ(r.matches[0].blocks, 6u);
+  EXPECT_EQ(r.matches[0].tier_blocks[kGpu], 6u);
+  EXPECT_EQ(r.matches[0].tier_blocks[kCpu], 0u);
+  EXPECT_EQ(r.matches[1].publisher, b);
+  EXPECT_EQ(r.matches[1].blocks, 2u);
+  EXPECT_EQ(r.blocks_walked, 7u);  // stops at the first block nobody holds
+  EXPECT_FALSE(r.degraded);
+
+  // Candidates restrict; max_blocks caps.
+  PublisherId only_b[] = {b};
+  r = idx().Lookup(*keys, {.candidates = only_b});
+  ASSERT_EQ(r.matches.size(), 1u);
+  EXPECT_EQ(r.matches[0].publisher, b);
+  r = idx().Lookup(*keys, {.max_blocks = 3});
+  EXPECT_EQ(r.matches[0].blocks, 3u);
+
+  // A different prompt that diverges in block 0 matches nothing.
+  EXPECT_EQ(Matched(ns, Tokens(101, 32), a), 0u);
+  // A prompt that diverges in block 3 matches 3.
+  std::vector<uint32_t> diverge = prompt;
+  diverge[13] = 7;
+  EXPECT_EQ(Matched(ns, diverge, a), 3u);
+  EXPECT_EQ(slot(a).stored_blocks, 6u);
+  EXPECT_EQ(slot(a).pairs, 6u);
+}
+
+TEST_F(PrefixIndexTest, ParentHashChainsAcrossEvents) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  std::vector<uint32_t> prompt = Tokens(1, 16);
+  StoreTokens(a, {prompt.begin(), prompt.begin() + 8}, 10);  // hashes 10, 11
+  StoreTokens(a, {prompt.begin() + 8, prompt.end()}, 12, /*parent=*/11);
+  EXPECT_EQ(Matched(ns, prompt, a), 4u);
+}
+
+TEST_F(PrefixIndexTest, UnknownParentIsAnOrphanAndStoresNothing) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  StoreResult r = StoreTokens(a, Tokens(1, 8), 10, /*parent=*/999);
+  EXPECT_TRUE(r.orphan);
+  EXPECT_EQ(r.stored, 0u);
+  EXPECT_EQ(slot(a).orphan_blocks, 2u);
+  EXPECT_EQ(idx().Stats().blocks, 0u);
+  EXPECT_EQ(slot(a).applied_ops, 2u);  // counted as applied (no-ops) for sequence bookkeeping
+}
+
+TEST_F(PrefixIndexTest, DuplicateStoresAreReferenceCounted) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  std::vector<uint32_t> t = Tokens(5, 4);
+  StoreTokens(a, t, 42);
+  StoreResult r = StoreTokens(a, t, 42);
+  EXPECT_EQ(r.duplicates, 1u);
+  EXPECT_EQ(slot(a).duplicate_stores, 1u);
+  EXPECT_EQ(slot(a).pairs, 1u);
+  ASSERT_TRUE(idx().Remove(a, kGpu, 42).ok());
+  EXPECT_EQ(Matched(ns, t, a), 1u);  // one reference left
+  ASSERT_TRUE(idx().Remove(a, kGpu, 42).ok());
+  EXPECT_EQ(Matched(ns, t, a), 0u);
+  EXPECT_EQ(idx().Stats().blocks, 0u);
+  EXPECT_EQ(slot(a).pairs, 0u);
+}
+
+TEST_F(PrefixIndexTest, RemoveOfUnknownHashIsNotFoundAndCounted) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  PublisherId b = Pub("b", ns);
+  EXPECT_TRUE(absl::IsNotFound(idx().Remove(a, kGpu, 12345)));
+  EXPECT_EQ(slot(a).unknown_removes, 1u);
+  // Known hash, but `b` never stored it: also NOT_FOUND, and a's residency stays.
+  StoreTokens(a, Tokens(1, 4), 77);
+  EXPECT_TRUE(absl::IsNotFound(idx().Remove(b, kGpu, 77)));
+  EXPECT_EQ(slot(b).unknown_removes, 1u);
+  EXPECT_EQ(Matched(ns, Tokens(1, 4), a), 1u);
+  // Known hash, wrong tier.
+  EXPECT_TRUE(absl::IsNotFound(idx().Remove(a, kCpu, 77)));
+  EXPECT_EQ(Matched(ns, Tokens(1, 4), a), 1u);
+}
+
+TEST_F(PrefixIndexTest, TokenlessStoresResolveThroughEngineHashes) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  std::vector<uint32_t> t = Tokens(1, 12);  // 3 blocks, hashes 500..502
+  StoreTokens(a, t, 500);
+  // CPU offload of the first two blocks: hashes only.
+  std::vector<uint64_t> hashes = {500, 501};
+  StoreRequest cpu;
+  cpu.tier = kCpu;
+  cpu.engine_hashes = hashes;
+  auto r = idx().Store(a, cpu);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->stored, 2u);
+  auto keys = *idx().KeysForTokens(ns, t);
+  LookupResult lr = idx().Lookup(keys);
+  ASSERT_EQ(lr.matches.size(), 1u);
+  EXPECT_EQ(lr.matches[0].blocks, 3u);
+  EXPECT_EQ(lr.matches[0].tier_blocks[kGpu], 3u);
+  EXPECT_EQ(lr.matches[0].tier_blocks[kCpu], 2u);
+  // A GPU eviction of block 0 leaves the CPU copy: still 3 blocks in some tier... no: block 0
+  // is then held only in CPU, so the GPU run is 0 and the any-tier run stays 3.
+  ASSERT_TRUE(idx().Remove(a, kGpu, 500).ok());
+  lr = idx().Lookup(keys);
+  EXPECT_EQ(lr.matches[0].blocks, 3u);
+  EXPECT_EQ(lr.matches[0].tier_blocks[kGpu], 0u);
+  EXPECT_EQ(lr.matches[0].tier_blocks[kCpu], 2u);
+  // Unknown engine hash without tokens: unresolved, counted, nothing stored.
+  std::vector<uint64_t> unknown = {9999};
+  cpu.engine_hashes = unknown;
+  r = idx().Store(a, cpu);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->unresolved, 1u);
+  EXPECT_EQ(slot(a).unresolved_blocks, 1u);
+}
+
+TEST_F(PrefixIndexTest, LoraNamespacesNeverMatchEachOther) {
+  NamespaceId base = Ns("m");
+  NamespaceId lora_a = Ns("m", "adapter-a");
+  NamespaceId lora_b = Ns("m", "adapter-b");
+  NamespaceId other_model = Ns("m2");
+  PublisherId pa = Pub("a", lora_a);
+  std::vector<uint32_t> t = Tokens(1, 16);
+  StoreTokens(pa, t, 1);
+  EXPECT_EQ(Matched(lora_a, t, pa), 4u);
+  EXPECT_EQ(Matched(base, t, pa), 0u);
+  EXPECT_EQ(Matched(lora_b, t, pa), 0u);
+  EXPECT_EQ(Matched(other_model, t, pa), 0u);
+  // The same engine hashes in another namespace do not resolve to a's blocks.
+  PublisherId pb = Pub("b", base);
+  EXPECT_TRUE(absl::IsNotFound(idx().Remove(pb, kGpu, 1)));
+}
+
+TEST_F(PrefixIndexTest, SharedEngineHashesResolveAcrossPublishersUnlessPrivate) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  PublisherId b = Pub("b", ns);
+  StoreTokens(a, Tokens(1, 4), 700);
+  // b sends a token-less CPU store of the same content hash: shared mapping resolves it.
+  std::vector<uint64_t> h = {700};
+  StoreRequest cpu;
+  cpu.tier = kCpu;
+  cpu.engine_hashes = h;
+  ASSERT_EQ(idx().Store(b, cpu)->stored, 1u);
+  // A publisher with private engine hashes does not see the shared mapping.
+  PublisherSpec spec;
+  spec.pod = "c";
+  spec.ns = ns;
+  spec.private_engine_hashes = true;
+  PublisherId c = *idx().RegisterPublisher(spec);
+  ASSERT_EQ(idx().Store(c, cpu)->unresolved, 1u);
+}
+
+TEST_F(PrefixIndexTest, ClearPublisherAndNamespaceAndUnregister) {
+  NamespaceId ns = Ns();
+  NamespaceId ns2 = Ns("other");
+  PublisherId a = Pub("a", ns);
+  PublisherId b = Pub("b", ns);
+  PublisherId c = Pub("c", ns2);
+  std::vector<uint32_t> t = Tokens(1, 16);
+  StoreTokens(a, t, 1);
+  StoreTokens(b, t, 1);
+  StoreTokens(c, t, 1);
+  ASSERT_TRUE(idx().ClearPublisher(a).ok());
+  EXPECT_EQ(Matched(ns, t, a), 0u);
+  EXPECT_EQ(Matched(ns, t, b), 4u);
+  EXPECT_EQ(slot(a).pairs, 0u);
+  EXPECT_EQ(slot(a).clears, 1u);
+  auto dropped = idx().ClearNamespace(ns);
+  ASSERT_TRUE(dropped.ok());
+  EXPECT_EQ(*dropped, 4u);
+  EXPECT_EQ(Matched(ns, t, b), 0u);
+  EXPECT_EQ(Matched(ns2, t, c), 4u);
+  EXPECT_EQ(slot(b).pairs, 0u);
+  ASSERT_TRUE(idx().UnregisterPublisher(c).ok());
+  EXPECT_EQ(idx().publisher_slot(c), nullptr);
+  EXPECT_EQ(idx().Stats().blocks, 0u);
+  EXPECT_TRUE(absl::IsNotFound(idx().ClearPublisher(c)));
+  EXPECT_TRUE(absl::IsNotFound(idx().ClearNamespace(7).status()));
+}
+
+TEST_F(PrefixIndexTest, UnknownPublisherIsNotFound) {
+  Ns();
+  std::vector<uint64_t> h = {1};
+  StoreRequest req;
+  req.engine_hashes = h;
+  EXPECT_TRUE(absl::IsNotFound(idx().Store(33, req).status()));
+  EXPECT_TRUE(absl::IsNotFound(idx().Remove(33, kGpu, 1)));
+  EXPECT_TRUE(absl::IsNotFound(idx().StoreBlock(1000, kGpu, 1, 1)));
+}
+
+TEST_F(PrefixIndexTest, MalformedStoreIsInvalidArgument) {
+  NamespaceId ns = Ns();
+  PublisherId a = Pub("a", ns);
+  std::vector<uint64_t> h = {1, 2};
+  std::vector<uint32_t> t = Tokens(1, 7);  // not 2 x 4
+  StoreRequest req;
+  req.engine_hashes = h;
+  req.tokens = t;
+  EXPECT_TRUE(absl::IsInvalidArgument(idx().Store(a, req).status()));
+  req.tier = static_cast<Tier>(9);
+  req.tokens = {};
+  EXPECT_TRUE(absl::IsInvalidArgument(idx().Store(a, req).status()));
+  EXPECT_EQ(idx().Stats().blocks, 0u);
+}
+
+TEST(PrefixIndexCapacityTest, FullTableEvictsLeastRecentlyStoredAndKeepsServing) {
+  index::Geometry g;
+  g.blocks = 64;
+  g.pairs = 64;
+  g.publishers = 4;
+  g.namespaces = 2;
+  g.stripes = 1;
+  ScopedSegment seg("evict", g);
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 1});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  const uint64_t cap = idx.Stats().block_capacity;
+  ASSERT_GE(cap, 64u);
+  // Store cap + 10 single-token blocks, each its own sequence (no parent).
+  for (uint32_t i = 0; i < cap + 10; ++i) {
+    uint32_t tok = i;
+    uint64_t h = 1000 + i;
+    StoreRequest req;
+    req.engine_hashes = {&h, 1};
+    req.tokens = {&tok, 1};
+    auto r = idx.Store(a, req);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->stored, 1u);
+  }
+  IndexStats s = idx.Stats();
+  EXPECT_EQ(s.blocks, cap);
+  EXPECT_EQ(s.evicted_blocks, 10u);
+  EXPECT_EQ(idx.publisher_slot(a)->evicted_pairs, 10u);
+  EXPECT_EQ(idx.publisher_slot(a)->pairs, cap);
+  // The oldest ten are gone, the newest are there.
+  auto held = [&](uint32_t tok) {
+    auto keys = *idx.KeysForTokens(ns, std::span<const uint32_t>(&tok, 1));
+    return !idx.Lookup(keys).matches.empty();
+  };
+  for (uint32_t i = 0; i < 10; ++i) EXPECT_FALSE(held(i)) << i;
+  EXPECT_TRUE(held(10));
+  EXPECT_TRUE(held(static_cast<uint32_t>(cap + 9)));
+  // Re-storing block 10 makes it the most recent: the next eviction takes 11 instead.
+  {
+    uint32_t tok = 10;
+    uint64_t h = 1010;
+    StoreRequest req;
+    req.engine_hashes = {&h, 1};
+    req.tokens = {&tok, 1};
+    ASSERT_TRUE(idx.Store(a, req).ok());
+    tok = 100000;
+    h = 99;
+    ASSERT_TRUE(idx.Store(a, req).ok());
+  }
+  EXPECT_TRUE(held(10));
+  EXPECT_FALSE(held(11));
+}
+
+TEST(PrefixIndexCapacityTest, QuotaEvictsThePublishersOwnOldest) {
+  index::Geometry g;
+  g.blocks = 256;
+  g.pairs = 256;
+  g.publishers = 4;
+  g.namespaces = 2;
+  g.stripes = 1;
+  ScopedSegment seg("quota", g);
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 1});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns, .quota_pairs = 8});
+  PublisherId b = *idx.RegisterPublisher({.pod = "b", .ns = ns});
+  auto store = [&](PublisherId p, uint32_t tok) {
+    uint64_t h = tok;
+    StoreRequest req;
+    req.engine_hashes = {&h, 1};
+    req.tokens = {&tok, 1};
+    ASSERT_TRUE(idx.Store(p, req).ok());
+  };
+  store(b, 5000);  // b's block is older than all of a's
+  for (uint32_t i = 0; i < 20; ++i) store(a, i);
+  EXPECT_EQ(idx.publisher_slot(a)->pairs, 8u);
+  EXPECT_EQ(idx.publisher_slot(a)->quota_evictions, 12u);
+  EXPECT_EQ(idx.publisher_slot(b)->pairs, 1u);  // untouched by a's quota
+}
+
+TEST(PrefixIndexReadOnlyTest, ReadOnlyAttachmentServesLookupsAndRefusesWrites) {
+  ScopedSegment seg("ro");
+  NamespaceId ns = *seg.index().RegisterNamespace({.model = "m", .block_size = 2});
+  PublisherId a = *seg.index().RegisterPublisher({.pod = "a", .ns = ns});
+  std::vector<uint32_t> t = {1, 2, 3, 4};
+  std::vector<uint64_t> h = {1, 2};
+  StoreRequest req;
+  req.engine_hashes = h;
+  req.tokens = t;
+  ASSERT_TRUE(seg.index().Store(a, req).ok());
+
+  auto ro = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  PrefixIndex view(ro->get());
+  EXPECT_TRUE(view.read_only());
+  auto keys = *view.KeysForTokens(ns, t);
+  LookupResult r = view.Lookup(keys);
+  ASSERT_EQ(r.matches.size(), 1u);
+  EXPECT_EQ(r.matches[0].blocks, 2u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(view.Store(a, req).status()));
+  EXPECT_TRUE(absl::IsFailedPrecondition(view.Remove(a, kGpu, 1)));
+  EXPECT_TRUE(absl::IsFailedPrecondition(view.ClearPublisher(a)));
+  EXPECT_TRUE(absl::IsFailedPrecondition(view.RegisterNamespace({.model = "x"}).status()));
+  EXPECT_EQ(view.RepairAbandonedStripes(), 0u);
+}
+
+TEST(PrefixIndexKvbmTest, EngineKeyedNamespaceNeedsNoTokens) {
+  ScopedSegment seg("kvbm");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns =
+      *idx.RegisterNamespace({.model = "kvbm-model", .block_size = 16, .key_by_engine_hash = true});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  std::vector<uint64_t> h = {11, 22, 33};
+  StoreRequest req;
+  req.engine_hashes = h;
+  auto r = idx.Store(a, req);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->stored, 3u);
+  BlockKey root = idx.namespace_slot(ns)->root;
+  std::vector<BlockKey> keys = {EngineHashKey(root, 11), EngineHashKey(root, 22),
+                                EngineHashKey(root, 33)};
+  EXPECT_EQ(idx.Lookup(keys).matches.at(0).blocks, 3u);
+  ASSERT_TRUE(idx.Remove(a, kGpu, 22).ok());
+  EXPECT_EQ(idx.Lookup(keys).matches.at(0).blocks, 1u);
+}
+
+TEST(PrefixIndexStatsTest, ReportsExactMemoryAndOccupancy) {
+  ScopedSegment seg("stats");
+  PrefixIndex& idx = seg.index();
+  IndexStats s = idx.Stats();
+  EXPECT_EQ(s.segment_bytes, seg.segment()->size());
+  EXPECT_GE(s.block_capacity, 4096u);
+  EXPECT_GE(s.pair_capacity, 16384u);
+  EXPECT_EQ(s.pairs, 0u);
+  EXPECT_GT(s.bytes_per_pair_capacity, 8.0);
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 1});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  PublisherId b = *idx.RegisterPublisher({.pod = "b", .ns = ns});
+  uint32_t tok = 1;
+  uint64_t h = 1;
+  StoreRequest req;
+  req.engine_hashes = {&h, 1};
+  req.tokens = {&tok, 1};
+  ASSERT_TRUE(idx.Store(a, req).ok());
+  ASSERT_TRUE(idx.Store(b, req).ok());
+  s = idx.Stats();
+  EXPECT_EQ(s.blocks, 1u);
+  EXPECT_EQ(s.pairs, 2u);
+  EXPECT_EQ(s.engine_entries, 1u);  // one shared content hash
+  EXPECT_EQ(s.publishers, 2u);
+  EXPECT_DOUBLE_EQ(s.bytes_per_live_pair, s.segment_bytes / 2.0);
+}
+
+}  // namespace
+}  // namespace kvidx::index
