@@ -221,12 +221,14 @@ class PrefixIndex::StripeWriter {
     }
     // The version is odd from here until the destructor. A dead writer may have left it odd
     // already; then it stays odd and the destructor makes it even.
+    // The owner is recorded before the version turns odd, so a reader that sees an odd
+    // version can always tell whether its writer is alive.
+    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
     uint64_t ver = Ld(v_.h->version);
     if ((ver & 1) == 0) St(v_.h->version, ver + 1);
     // Release: readers that see a later version see the odd one first (fence pairs with their
     // acquire fence before the re-check).
     std::atomic_thread_fence(std::memory_order_release);
-    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
     if (r == RobustMutex::LockResult::kOwnerDied) {
       RepairStripe(idx_, idx_->sg_, v_.h, v_.buckets, v_.blocks, v_.res);
       v_.h->mu.MarkConsistent();
@@ -234,9 +236,10 @@ class PrefixIndex::StripeWriter {
   }
   ~StripeWriter() {
     if (!ok_) return;
-    St(v_.h->owner_pid, 0);
-    // Release: every data store above is visible before the even version.
+    // Release: every data store above is visible before the even version. The owner is
+    // cleared only after, for the same reason it is set before.
     __atomic_store_n(&v_.h->version, (Ld(v_.h->version) | 1) + 1, __ATOMIC_RELEASE);
+    St(v_.h->owner_pid, 0);
     v_.h->mu.Unlock();
   }
   StripeWriter(const StripeWriter&) = delete;
@@ -394,10 +397,12 @@ class PrefixIndex::EngineWriter {
       ok_ = false;
       return;
     }
+    // The owner is recorded before the version turns odd, so a reader that sees an odd
+    // version can always tell whether its writer is alive.
+    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
     uint64_t ver = Ld(v_.h->version);
     if ((ver & 1) == 0) St(v_.h->version, ver + 1);
     std::atomic_thread_fence(std::memory_order_release);
-    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
     if (r == RobustMutex::LockResult::kOwnerDied) {
       RepairEngineStripe(idx_->sg_, v_.h, v_.buckets, v_.nodes);
       v_.h->mu.MarkConsistent();
@@ -405,8 +410,8 @@ class PrefixIndex::EngineWriter {
   }
   ~EngineWriter() {
     if (!ok_) return;
-    St(v_.h->owner_pid, 0);
     __atomic_store_n(&v_.h->version, (Ld(v_.h->version) | 1) + 1, __ATOMIC_RELEASE);
+    St(v_.h->owner_pid, 0);
     v_.h->mu.Unlock();
   }
   EngineWriter(const EngineWriter&) = delete;

@@ -1,2 +1,102 @@
+// Two writer processes apply random store/remove streams for different publishers that share
+// blocks while a reader process looks up the whole time; afterwards the index equals the
+// reference model built from the same streams.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+
 #include "gtest/gtest.h"
-TEST(Placeholder, Todo) { GTEST_SKIP(); }
+#include "shared/clock.h"
+#include "tests/index/op_stream.h"
+#include "tests/index/test_util.h"
+
+namespace kvidx::index {
+namespace {
+
+using namespace ::kvidx::testing;
+
+struct ReaderReport {
+  uint64_t lookups;
+  uint64_t bad;
+  int64_t max_wait_ns;
+};
+
+TEST(MultiProcessTest, TwoWriterProcessesAndAReaderEndEqualToModel) {
+  ScopedSegment seg("mp");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = kBlockSize});
+  BlockKey root = idx.namespace_slot(ns)->root;
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  PublisherId b = *idx.RegisterPublisher({.pod = "b", .ns = ns});
+  const size_t n = 30000;
+  auto sa = GenerateStream(11, n);
+  auto sb = GenerateStream(12, n);
+
+  int report_pipe[2];
+  ASSERT_EQ(pipe(report_pipe), 0);
+  pid_t reader = fork();
+  ASSERT_GE(reader, 0);
+  if (reader == 0) {
+    auto s = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
+    if (!s.ok()) _exit(2);
+    PrefixIndex view(s->get());
+    ReaderReport rep{0, 0, 0};
+    std::vector<PromptKeys> keys;
+    for (uint32_t p = 0; p < kPrompts; ++p) keys.push_back(KeysOf(root, p));
+    // Runs until the parent says stop (SIGTERM is left default: we poll the pipe instead).
+    for (uint32_t p = 0; getppid() != 1; ++p) {
+      int64_t t0 = MonotonicNanos();
+      LookupResult r = view.Lookup(keys[p % kPrompts].keys);
+      rep.max_wait_ns = std::max(rep.max_wait_ns, MonotonicNanos() - t0);
+      for (const auto& m : r.matches) {
+        if ((m.publisher != a && m.publisher != b) || m.blocks > kBlocksPerPrompt) ++rep.bad;
+      }
+      ++rep.lookups;
+      if (view.publisher_slot(a)->applied_ops == n && view.publisher_slot(b)->applied_ops == n &&
+          rep.lookups > 1000) {
+        break;
+      }
+    }
+    (void)!write(report_pipe[1], &rep, sizeof(rep));
+    _exit(0);
+  }
+  auto spawn_writer = [&](PublisherId p, const std::vector<Op>& ops) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      auto s = Segment::Attach(seg.name(), Segment::Access::kReadWrite);
+      if (!s.ok()) _exit(2);
+      PrefixIndex w(s->get());
+      for (const Op& op : ops) {
+        absl::Status st = ApplyOp(w, p, root, op);
+        if (!st.ok() && !absl::IsNotFound(st)) _exit(3);
+      }
+      _exit(0);
+    }
+    return pid;
+  };
+  pid_t wa = spawn_writer(a, sa);
+  pid_t wb = spawn_writer(b, sb);
+  int status = 0;
+  waitpid(wa, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  waitpid(wb, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  waitpid(reader, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ReaderReport rep{};
+  ASSERT_EQ(read(report_pipe[0], &rep, sizeof(rep)), static_cast<ssize_t>(sizeof(rep)));
+  EXPECT_GT(rep.lookups, 1000u);
+  EXPECT_EQ(rep.bad, 0u);
+  std::printf("reader: %lu lookups, longest %.1f us\n", rep.lookups, rep.max_wait_ns / 1e3);
+
+  Model model(root);
+  for (const Op& op : sa) model.Apply(a, op);
+  for (const Op& op : sb) model.Apply(b, op);
+  EXPECT_GT(model.size(), 0u);
+  EXPECT_EQ(model.Diff(idx), "");
+}
+
+}  // namespace
+}  // namespace kvidx::index

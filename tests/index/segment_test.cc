@@ -1,2 +1,97 @@
+#include "index/segment.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "gtest/gtest.h"
-TEST(Placeholder, Todo) { GTEST_SKIP(); }
+#include "index/prefix_index.h"
+#include "tests/index/test_util.h"
+
+namespace kvidx::index {
+namespace {
+
+using ::kvidx::testing::ScopedSegment;
+using ::kvidx::testing::SmallGeometry;
+using ::kvidx::testing::UniqueSegmentName;
+
+TEST(SegmentTest, CreateIsPreallocatedAndAttachSeesTheSameGeometry) {
+  ScopedSegment seg("geo");
+  auto layout = ComputeLayout(SmallGeometry());
+  ASSERT_TRUE(layout.ok());
+  EXPECT_EQ(seg.segment()->size(), layout->total_size);
+  struct stat st {};
+  ASSERT_EQ(stat(("/dev/shm/" + seg.name()).c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), layout->total_size);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, layout->total_size);  // reserved
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  auto again = Segment::Attach(seg.name(), Segment::Access::kReadWrite, SmallGeometry());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->header()->geometry, SmallGeometry());
+}
+
+TEST(SegmentTest, CreateTwiceIsAlreadyExistsAndOpenOrCreateAttaches) {
+  ScopedSegment seg("twice");
+  EXPECT_TRUE(absl::IsAlreadyExists(Segment::Create(seg.name(), SmallGeometry()).status()));
+  auto s = Segment::OpenOrCreate(seg.name(), SmallGeometry());
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)->size(), seg.segment()->size());
+}
+
+TEST(SegmentTest, GeometryMismatchIsAClearError) {
+  ScopedSegment seg("mismatch");
+  Geometry other = SmallGeometry();
+  other.blocks *= 2;
+  auto s = Segment::Attach(seg.name(), Segment::Access::kReadWrite, other);
+  ASSERT_TRUE(absl::IsFailedPrecondition(s.status()));
+  EXPECT_NE(s.status().message().find("geometry differs"), std::string::npos);
+  EXPECT_TRUE(absl::IsFailedPrecondition(Segment::OpenOrCreate(seg.name(), other).status()));
+}
+
+TEST(SegmentTest, ForeignOrOtherVersionLayoutIsRefused) {
+  ScopedSegment seg("version");
+  seg.segment()->header()->layout_version = kLayoutVersion + 1;
+  auto s = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
+  ASSERT_TRUE(absl::IsFailedPrecondition(s.status()));
+  EXPECT_NE(s.status().message().find("layout version"), std::string::npos);
+  seg.segment()->header()->layout_version = kLayoutVersion;
+  seg.segment()->header()->magic = 0x1234;
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      Segment::Attach(seg.name(), Segment::Access::kReadOnly).status()));
+  seg.segment()->header()->magic = kSegmentMagic;
+  EXPECT_TRUE(Segment::Attach(seg.name(), Segment::Access::kReadOnly).ok());
+}
+
+TEST(SegmentTest, MissingSegmentIsNotFoundAndBadGeometryInvalid) {
+  EXPECT_TRUE(absl::IsNotFound(
+      Segment::Attach(UniqueSegmentName("absent"), Segment::Access::kReadOnly).status()));
+  Geometry g = SmallGeometry();
+  g.stripes = 3;
+  EXPECT_TRUE(absl::IsInvalidArgument(Segment::Create(UniqueSegmentName("bad"), g).status()));
+  g = SmallGeometry();
+  g.blocks = 0;
+  EXPECT_TRUE(absl::IsInvalidArgument(ComputeLayout(g).status()));
+}
+
+// The query process maps the index read-only: a write through that mapping faults.
+TEST(SegmentTest, ReadOnlyMappingCannotBeWritten) {
+  ScopedSegment seg("rofault");
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto s = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
+    if (!s.ok()) _exit(2);
+    volatile uint64_t* p = &(*s)->header()->lookups;
+    *p = 42;  // must fault
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGSEGV);
+  EXPECT_EQ(seg.segment()->header()->lookups, 0u);
+}
+
+}  // namespace
+}  // namespace kvidx::index
