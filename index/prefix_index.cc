@@ -1,6 +1,7 @@
 #include "index/prefix_index.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <unistd.h>
@@ -45,6 +46,24 @@ bool ProcessAlive(int32_t pid) {
 }
 
 uint64_t AlignUp(uint64_t v) { return (v + 63) / 64 * 64; }
+
+// getpid() is a system call in glibc 2.36 and the writers record their pid on every lock:
+// cache it, and refresh it in a forked child.
+std::atomic<int32_t> g_pid{0};
+void ResetPidAfterFork() { g_pid.store(0, std::memory_order_relaxed); }
+int32_t CachedPid() {
+  int32_t pid = g_pid.load(std::memory_order_relaxed);
+  if (pid == 0) {
+    static const bool registered = [] {
+      pthread_atfork(nullptr, nullptr, &ResetPidAfterFork);
+      return true;
+    }();
+    (void)registered;
+    pid = static_cast<int32_t>(getpid());
+    g_pid.store(pid, std::memory_order_relaxed);
+  }
+  return pid;
+}
 
 // Keeps the compiler from moving stores across a point that crash recovery relies on (the
 // journal is complete before the stripe changes). The hardware keeps a thread's own stores in
@@ -223,7 +242,7 @@ class PrefixIndex::StripeWriter {
     // already; then it stays odd and the destructor makes it even.
     // The owner is recorded before the version turns odd, so a reader that sees an odd
     // version can always tell whether its writer is alive.
-    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
+    St(v_.h->owner_pid, CachedPid());
     uint64_t ver = Ld(v_.h->version);
     if ((ver & 1) == 0) St(v_.h->version, ver + 1);
     // Release: readers that see a later version see the odd one first (fence pairs with their
@@ -399,7 +418,7 @@ class PrefixIndex::EngineWriter {
     }
     // The owner is recorded before the version turns odd, so a reader that sees an odd
     // version can always tell whether its writer is alive.
-    St(v_.h->owner_pid, static_cast<int32_t>(getpid()));
+    St(v_.h->owner_pid, CachedPid());
     uint64_t ver = Ld(v_.h->version);
     if ((ver & 1) == 0) St(v_.h->version, ver + 1);
     std::atomic_thread_fence(std::memory_order_release);

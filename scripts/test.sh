@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, runs every test (the release build, plus
+# the index's concurrency tests under ThreadSanitizer), and ends with "N passed, N failed"
+# counted in GoogleTest cases. Exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh || exit 1
+bash scripts/build.sh || exit 1
+
+# ThreadSanitizer: only the index and its tests (TSan sees one address space, so the threaded
+# variant of the multi-writer test is the one it checks; see tests/index/concurrency_test.cc).
+if [ ! -f build-tsan/build.ninja ]; then
+  meson setup build-tsan -Dservices=false -Db_sanitize=thread -Dbuildtype=debugoptimized \
+    >/dev/null || exit 1
+fi
+ninja -C build-tsan -j2 tests/index/concurrency_test tests/index/prefix_index_test || exit 1
+
+rc=0
+meson test -C build --num-processes 2 --print-errorlogs "$@" || rc=1
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  meson test -C build-tsan --no-rebuild --print-errorlogs concurrency_test prefix_index_test || rc=1
+/usr/bin/python3 scripts/summarize_tests.py build/meson-logs/testlog.json \
+  build-tsan/meson-logs/testlog.json || rc=1
+exit $rc
