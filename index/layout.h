@@ -11,23 +11,26 @@
 //   +--------------------+ publishers_offset
 //   | PublisherSlot[P]   |  pod + DP rank, sequence/epoch, counters, apply journal
 //   +--------------------+ stripes_offset
-//   | Stripe 0           |  StripeHeader | u32 buckets[B] | BlockNode[b] | Residency[r]
+//   | Stripe 0           |  StripeHeader | u32 buckets[B] | BlockNode[b] | HolderChunk[c]
 //   | Stripe 1 ...       |  (stripe_stride bytes each; a block key picks its stripe)
 //   +--------------------+ engine_stripes_offset
 //   | EngineStripe 0 ... |  EngineStripeHeader | u32 buckets[EB] | EngineNode[e]
 //   +--------------------+ total_size
 //
-// A block lives in stripe (key >> 32) & (stripes - 1), in bucket key & (B - 1). A block node
-// chains to the next node of its bucket and heads a chain of Residency nodes (publisher, tier,
-// reference count), one per (publisher, tier) holding the block. Blocks of a stripe are also on
-// a doubly linked list in store order (least recently stored first) for eviction.
+// A block lives in stripe (key >> 40) & (stripes - 1), in bucket key & (B - 1). A block node
+// chains to the next node of its bucket. Its holders — one 32-bit slot per (publisher, tier):
+// publisher, tier, reference count — sit in two slots inline in the node and then in a chain of
+// HolderChunks of seven slots each, so a block held by 64 pods costs 10 cache lines to read,
+// not 64. A slot is free when its reference count is 0. Blocks of a stripe are also on a doubly
+// linked list in store order (least recently stored first) for eviction.
 //
 // Engine stripes map (engine hash, namespace, scope) -> block key. The mapping is a cache that
 // is never wrong, only possibly stale: an engine hash names the same content every time, so an
 // entry stays valid after its block is evicted and is swept only when its stripe fills up.
 //
 // Every index is a u32 into an array of the same stripe; kNil ends a chain. Nodes are linked
-// with one store after they are filled and unlinked with one store before they are freed, so a
+// with one store after they are filled and unlinked with one store before they are freed, and a
+// holder slot is set or cleared with one 32-bit store, so a
 // writer killed at any instruction leaves every chain readable; a repair (on EOWNERDEAD) only
 // rebuilds the free lists and the store-order list from what is reachable.
 //
@@ -59,6 +62,7 @@ inline constexpr int kNumTiers = 3;
 struct Geometry {
   uint64_t blocks = 0;         // distinct blocks
   uint64_t pairs = 0;          // (publisher, tier, block) residencies
+  uint64_t holder_chunks = 0;  // 7-holder overflow chunks (0: pairs / 5)
   uint64_t engine_hashes = 0;  // engine hash -> block key mappings (0: 1.25 x blocks)
   uint32_t publishers = 0;
   uint32_t namespaces = 0;
@@ -71,7 +75,8 @@ struct Geometry {
 // Per-stripe sizes derived from a Geometry (deterministically, so attachers agree).
 struct StripeGeometry {
   uint32_t blocks_per_stripe;
-  uint32_t pairs_per_stripe;
+  uint32_t pairs_per_stripe;   // nominal; what fits depends on how holders spread over blocks
+  uint32_t chunks_per_stripe;
   uint32_t buckets_per_stripe;  // power of two
   uint32_t engine_stripes;      // power of two
   uint32_t engine_nodes_per_stripe;
@@ -182,25 +187,49 @@ struct alignas(64) PublisherSlot {
   ApplyJournal journal;
 };
 
+// A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same
+// engine block, saturating at 255; 0 = free slot), 24-25 tier.
+using HolderSlot = uint32_t;
+inline constexpr HolderSlot PackHolder(uint16_t publisher, uint8_t tier, uint8_t refs) {
+  return uint32_t{publisher} | (uint32_t{refs} << 16) | (uint32_t{tier & 3u} << 24);
+}
+inline constexpr uint16_t SlotPublisher(HolderSlot s) { return s & 0xFFFF; }
+inline constexpr uint8_t SlotRefs(HolderSlot s) { return (s >> 16) & 0xFF; }
+inline constexpr uint8_t SlotTier(HolderSlot s) { return (s >> 24) & 3; }
+
+inline constexpr int kInlineHolders = 2;
+inline constexpr int kChunkHolders = 7;
+
+// Identifies a block's set of (publisher, tier) holders: the XOR of HolderMix over them.
+// Lookups skip re-reading holders when a block's set equals its predecessor's.
+inline constexpr uint64_t HolderMix(uint16_t publisher, uint8_t tier) {
+  uint64_t x = (uint64_t{publisher} << 2 | tier) + 0x9e3779b97f4a7c15ULL;
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 29;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 32);
+}
+
 struct BlockNode {
   uint64_t key;
-  uint32_t next;       // bucket chain
-  uint32_t res_head;   // residency chain
-  uint32_t lru_prev;   // toward older
-  uint32_t lru_next;   // toward newer
-  uint32_t tick;       // stripe store counter at last store (rebuilds the LRU on repair)
+  uint64_t holder_set;  // XOR of HolderMix over the holders (0: none)
+  uint32_t next;        // bucket chain
+  uint32_t chunk_head;  // HolderChunk chain
+  uint32_t lru_prev;    // toward older
+  uint32_t lru_next;    // toward newer
+  uint32_t tick;        // stripe store counter at last store (rebuilds the LRU on repair)
   uint16_t ns;
   uint16_t in_use;
+  HolderSlot inline_holders[kInlineHolders];
 };
-static_assert(sizeof(BlockNode) == 32);
+static_assert(sizeof(BlockNode) == 48);
 
-struct Residency {
+struct HolderChunk {
   uint32_t next;
-  uint16_t publisher;
-  uint8_t tier;
-  uint8_t refs;  // duplicate stores of the same engine block, saturating at 255
+  HolderSlot slots[kChunkHolders];
 };
-static_assert(sizeof(Residency) == 8);
+static_assert(sizeof(HolderChunk) == 32);
 
 struct alignas(64) StripeHeader {
   RobustMutex mu;
@@ -208,11 +237,11 @@ struct alignas(64) StripeHeader {
   int32_t owner_pid;
   uint32_t tick;
   uint32_t free_blocks;
-  uint32_t free_residencies;
+  uint32_t free_chunks;
   uint32_t lru_oldest;
   uint32_t lru_newest;
   uint32_t live_blocks;
-  uint32_t live_residencies;
+  uint32_t live_residencies;  // occupied holder slots: (publisher, tier, block) pairs
   uint64_t evicted_blocks;
   uint64_t repairs;
 };

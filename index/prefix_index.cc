@@ -109,7 +109,7 @@ struct PrefixIndex::StripeView {
   StripeHeader* h;
   uint32_t* buckets;
   BlockNode* blocks;
-  Residency* res;
+  HolderChunk* chunks;
 };
 
 struct PrefixIndex::EngineView {
@@ -121,14 +121,15 @@ struct PrefixIndex::EngineView {
 namespace {
 
 // Rebuilds a stripe after its writer died: every chain reachable from the buckets is kept (cut
-// at the first out-of-range or repeated index), empty blocks are dropped, and the free lists
-// and the store-order list are rebuilt from what is left. Caller holds the stripe lock.
-void RepairStripe(const PrefixIndex* /*unused*/, const StripeGeometry& sg, StripeHeader* h,
-                  uint32_t* buckets, BlockNode* blocks, Residency* res) {
+// at the first out-of-range or repeated index), empty chunks and blocks without holders are
+// dropped, and the free lists and the store-order list are rebuilt from what is left. Caller
+// holds the stripe lock.
+void RepairStripe(const StripeGeometry& sg, StripeHeader* h, uint32_t* buckets, BlockNode* blocks,
+                  HolderChunk* chunks) {
   std::vector<uint8_t> seen_block(sg.blocks_per_stripe, 0);
-  std::vector<uint8_t> seen_res(sg.pairs_per_stripe, 0);
+  std::vector<uint8_t> seen_chunk(sg.chunks_per_stripe, 0);
   std::vector<std::pair<uint32_t, uint32_t>> live;  // (tick, block)
-  uint32_t live_res = 0;
+  uint32_t live_pairs = 0;
   for (uint32_t b = 0; b < sg.buckets_per_stripe; ++b) {
     uint32_t* link = &buckets[b];
     uint32_t i = Ld(*link);
@@ -138,18 +139,33 @@ void RepairStripe(const PrefixIndex* /*unused*/, const StripeGeometry& sg, Strip
         break;
       }
       seen_block[i] = 1;
-      uint32_t* rlink = &blocks[i].res_head;
-      uint32_t r = Ld(*rlink);
       uint32_t count = 0;
-      while (r != kNil) {
-        if (r >= sg.pairs_per_stripe || seen_res[r] || Ld(res[r].refs) == 0) {
-          St(*rlink, kNil);
+      uint64_t set = 0;
+      auto note = [&](HolderSlot& slot) {
+        HolderSlot hs = Ld(slot);
+        if (SlotRefs(hs) == 0) return 0u;
+        set ^= HolderMix(SlotPublisher(hs), SlotTier(hs));
+        return 1u;
+      };
+      for (HolderSlot& slot : blocks[i].inline_holders) count += note(slot);
+      uint32_t* clink = &blocks[i].chunk_head;
+      uint32_t c = Ld(*clink);
+      while (c != kNil) {
+        if (c >= sg.chunks_per_stripe || seen_chunk[c]) {
+          St(*clink, kNil);
           break;
         }
-        seen_res[r] = 1;
-        ++count;
-        rlink = &res[r].next;
-        r = Ld(*rlink);
+        uint32_t in_chunk = 0;
+        for (HolderSlot& slot : chunks[c].slots) in_chunk += note(slot);
+        if (in_chunk == 0) {  // an empty chunk is unlinked (and freed below)
+          St(*clink, Ld(chunks[c].next));
+          c = Ld(*clink);
+          continue;
+        }
+        seen_chunk[c] = 1;
+        count += in_chunk;
+        clink = &chunks[c].next;
+        c = Ld(*clink);
       }
       if (count == 0) {  // a block without holders is not kept
         seen_block[i] = 0;
@@ -158,7 +174,8 @@ void RepairStripe(const PrefixIndex* /*unused*/, const StripeGeometry& sg, Strip
         i = next;
         continue;
       }
-      live_res += count;
+      live_pairs += count;
+      St(blocks[i].holder_set, set);
       St(blocks[i].in_use, uint16_t{1});
       live.emplace_back(Ld(blocks[i].tick), i);
       link = &blocks[i].next;
@@ -180,20 +197,22 @@ void RepairStripe(const PrefixIndex* /*unused*/, const StripeGeometry& sg, Strip
   for (uint32_t i = sg.blocks_per_stripe; i-- > 0;) {
     if (seen_block[i]) continue;
     St(blocks[i].in_use, uint16_t{0});
-    St(blocks[i].res_head, kNil);
+    St(blocks[i].chunk_head, kNil);
+    for (HolderSlot& slot : blocks[i].inline_holders) St(slot, HolderSlot{0});
     St(blocks[i].next, free_head);
     free_head = i;
   }
   St(h->free_blocks, free_head);
   free_head = kNil;
-  for (uint32_t r = sg.pairs_per_stripe; r-- > 0;) {
-    if (seen_res[r]) continue;
-    St(res[r].next, free_head);
-    free_head = r;
+  for (uint32_t c = sg.chunks_per_stripe; c-- > 0;) {
+    if (seen_chunk[c]) continue;
+    for (HolderSlot& slot : chunks[c].slots) St(slot, HolderSlot{0});
+    St(chunks[c].next, free_head);
+    free_head = c;
   }
-  St(h->free_residencies, free_head);
+  St(h->free_chunks, free_head);
   St(h->live_blocks, static_cast<uint32_t>(live.size()));
-  St(h->live_residencies, live_res);
+  St(h->live_residencies, live_pairs);
   AddRelaxed(h->repairs, uint64_t{1});
 }
 
@@ -249,7 +268,7 @@ class PrefixIndex::StripeWriter {
     // acquire fence before the re-check).
     std::atomic_thread_fence(std::memory_order_release);
     if (r == RobustMutex::LockResult::kOwnerDied) {
-      RepairStripe(idx_, idx_->sg_, v_.h, v_.buckets, v_.blocks, v_.res);
+      RepairStripe(idx_->sg_, v_.h, v_.buckets, v_.blocks, v_.chunks);
       v_.h->mu.MarkConsistent();
     }
   }
@@ -276,25 +295,88 @@ class PrefixIndex::StripeWriter {
     return i;
   }
 
-  uint32_t FindRes(uint32_t block, PublisherId p, Tier tier, uint32_t* prev) const {
-    uint32_t pr = kNil;
-    uint32_t r = Ld(v_.blocks[block].res_head);
-    while (r != kNil) {
-      const Residency& n = v_.res[r];
-      if (Ld(n.publisher) == p && Ld(n.tier) == tier) break;
-      pr = r;
-      r = Ld(n.next);
+  // Calls fn(slot, chunk) for every slot of `block` (chunk is kNil for inline slots) until fn
+  // returns true; returns whether it did.
+  template <typename F>
+  bool ForEachSlot(uint32_t block, F&& fn) const {
+    for (HolderSlot& slot : v_.blocks[block].inline_holders) {
+      if (fn(slot, kNil)) return true;
     }
-    if (prev != nullptr) *prev = pr;
-    return r;
-  }
-
-  bool HoldsAny(uint32_t block, PublisherId p) const {
-    for (uint32_t r = Ld(v_.blocks[block].res_head); r != kNil; r = Ld(v_.res[r].next)) {
-      if (Ld(v_.res[r].publisher) == p) return true;
+    for (uint32_t c = Ld(v_.blocks[block].chunk_head); c != kNil; c = Ld(v_.chunks[c].next)) {
+      for (HolderSlot& slot : v_.chunks[c].slots) {
+        if (fn(slot, c)) return true;
+      }
     }
     return false;
   }
+
+  // The occupied slot of (p, tier) on `block`, or nullptr; `chunk` receives its chunk.
+  HolderSlot* FindSlot(uint32_t block, PublisherId p, Tier tier, uint32_t* chunk) const {
+    HolderSlot* found = nullptr;
+    ForEachSlot(block, [&](HolderSlot& slot, uint32_t c) {
+      HolderSlot s = Ld(slot);
+      if (SlotRefs(s) != 0 && SlotPublisher(s) == p && SlotTier(s) == tier) {
+        found = &slot;
+        if (chunk != nullptr) *chunk = c;
+        return true;
+      }
+      return false;
+    });
+    return found;
+  }
+
+  HolderSlot* FindFreeSlot(uint32_t block) const {
+    HolderSlot* found = nullptr;
+    ForEachSlot(block, [&](HolderSlot& slot, uint32_t) {
+      if (SlotRefs(Ld(slot)) == 0) found = &slot;
+      return found != nullptr;
+    });
+    return found;
+  }
+
+  bool Empty(uint32_t block) const {
+    return !ForEachSlot(block, [](HolderSlot& slot, uint32_t) { return SlotRefs(Ld(slot)) != 0; });
+  }
+
+  // Occupies a free slot of `block` (one 32-bit store), taking a chunk from the free list when
+  // the block has none free. False if neither is available.
+  bool AddHolder(uint32_t block, PublisherId p, Tier tier, uint8_t refs) {
+    HolderSlot packed = PackHolder(p, tier, refs);
+    if (HolderSlot* slot = FindFreeSlot(block)) {
+      St(*slot, packed);
+    } else {
+      uint32_t c = Ld(v_.h->free_chunks);
+      if (c == kNil) return false;
+      St(v_.h->free_chunks, Ld(v_.chunks[c].next));
+      St(v_.chunks[c].slots[0], packed);
+      for (int k = 1; k < kChunkHolders; ++k) St(v_.chunks[c].slots[k], HolderSlot{0});
+      St(v_.chunks[c].next, Ld(v_.blocks[block].chunk_head));
+      St(v_.blocks[block].chunk_head, c);  // publishes the chunk with its holder
+    }
+    St(v_.blocks[block].holder_set, Ld(v_.blocks[block].holder_set) ^ HolderMix(p, tier));
+    St(v_.h->live_residencies, Ld(v_.h->live_residencies) + 1);
+    return true;
+  }
+
+  // Frees `slot` (one store); frees its chunk too when that leaves the chunk empty.
+  void ClearSlot(uint32_t block, HolderSlot* slot, uint32_t chunk) {
+    HolderSlot old = Ld(*slot);
+    St(*slot, HolderSlot{0});
+    St(v_.blocks[block].holder_set,
+       Ld(v_.blocks[block].holder_set) ^ HolderMix(SlotPublisher(old), SlotTier(old)));
+    St(v_.h->live_residencies, Ld(v_.h->live_residencies) - 1);
+    if (chunk == kNil) return;
+    for (HolderSlot& s : v_.chunks[chunk].slots) {
+      if (SlotRefs(Ld(s)) != 0) return;
+    }
+    uint32_t* link = &v_.blocks[block].chunk_head;
+    while (Ld(*link) != chunk) link = &v_.chunks[Ld(*link)].next;
+    St(*link, Ld(v_.chunks[chunk].next));  // unlinks the chunk
+    St(v_.chunks[chunk].next, Ld(v_.h->free_chunks));
+    St(v_.h->free_chunks, chunk);
+  }
+
+  bool HasFreeChunk() const { return Ld(v_.h->free_chunks) != kNil; }
 
   void LruUnlink(uint32_t i) {
     BlockNode& n = v_.blocks[i];
@@ -334,26 +416,8 @@ class PrefixIndex::StripeWriter {
     if (i != kNil) St(v_.h->free_blocks, Ld(v_.blocks[i].next));
     return i;
   }
-  uint32_t PopRes() {
-    uint32_t r = Ld(v_.h->free_residencies);
-    if (r != kNil) St(v_.h->free_residencies, Ld(v_.res[r].next));
-    return r;
-  }
-  void PushRes(uint32_t r) {
-    St(v_.res[r].next, Ld(v_.h->free_residencies));
-    St(v_.h->free_residencies, r);
-    St(v_.h->live_residencies, Ld(v_.h->live_residencies) - 1);
-  }
-
-  // Unlinks residency `r` (whose predecessor in the chain is `prev`) and frees it.
-  void UnlinkRes(uint32_t block, uint32_t r, uint32_t prev) {
-    uint32_t next = Ld(v_.res[r].next);
-    if (prev == kNil) St(v_.blocks[block].res_head, next); else St(v_.res[prev].next, next);
-    PushRes(r);
-  }
-
-  // Unlinks block `i` from its bucket and the store-order list and frees it with every
-  // residency still on it; `on_drop` is called for each dropped residency.
+  // Unlinks block `i` from its bucket and the store-order list and frees it with every holder
+  // still on it; `on_drop` is called for each dropped holder's publisher.
   template <typename F>
   void DropBlock(uint32_t i, F&& on_drop) {
     BlockNode& n = v_.blocks[i];
@@ -361,14 +425,25 @@ class PrefixIndex::StripeWriter {
     while (Ld(*link) != i) link = &v_.blocks[Ld(*link)].next;
     St(*link, Ld(n.next));  // the block is now unreachable: one store
     LruUnlink(i);
-    uint32_t r = Ld(n.res_head);
-    St(n.res_head, kNil);
-    while (r != kNil) {
-      uint32_t next = Ld(v_.res[r].next);
-      on_drop(Ld(v_.res[r].publisher));
-      PushRes(r);
-      r = next;
+    uint32_t dropped = 0;
+    ForEachSlot(i, [&](HolderSlot& slot, uint32_t) {
+      HolderSlot s = Ld(slot);
+      if (SlotRefs(s) != 0) {
+        on_drop(SlotPublisher(s));
+        ++dropped;
+      }
+      St(slot, HolderSlot{0});
+      return false;
+    });
+    uint32_t c = Ld(n.chunk_head);
+    St(n.chunk_head, kNil);
+    while (c != kNil) {
+      uint32_t next = Ld(v_.chunks[c].next);
+      St(v_.chunks[c].next, Ld(v_.h->free_chunks));
+      St(v_.h->free_chunks, c);
+      c = next;
     }
+    St(v_.h->live_residencies, Ld(v_.h->live_residencies) - dropped);
     St(n.in_use, uint16_t{0});
     St(n.next, Ld(v_.h->free_blocks));
     St(v_.h->free_blocks, i);
@@ -385,19 +460,26 @@ class PrefixIndex::StripeWriter {
     return true;
   }
 
-  // Drops the least recently stored residency of `p` in this stripe (other than on `keep`).
+  // Drops the least recently stored holder slot of `p` in this stripe (not on `keep`).
   bool EvictForQuota(PublisherId p, uint32_t keep) {
     uint32_t i = Ld(v_.h->lru_oldest);
     for (uint32_t n = 0; i != kNil && n < kQuotaScan; ++n, i = Ld(v_.blocks[i].lru_next)) {
       if (i == keep) continue;
-      uint32_t prev = kNil;
-      for (uint32_t r = Ld(v_.blocks[i].res_head); r != kNil; prev = r, r = Ld(v_.res[r].next)) {
-        if (Ld(v_.res[r].publisher) != p) continue;
-        UnlinkRes(i, r, prev);
-        idx_->NoteEvicted(p);
-        if (Ld(v_.blocks[i].res_head) == kNil) DropBlock(i, [](PublisherId) {});
-        return true;
-      }
+      HolderSlot* hit = nullptr;
+      uint32_t hit_chunk = kNil;
+      ForEachSlot(i, [&](HolderSlot& slot, uint32_t c) {
+        HolderSlot s = Ld(slot);
+        if (SlotRefs(s) != 0 && SlotPublisher(s) == p) {
+          hit = &slot;
+          hit_chunk = c;
+        }
+        return hit != nullptr;
+      });
+      if (hit == nullptr) continue;
+      ClearSlot(i, hit, hit_chunk);
+      idx_->NoteEvicted(p);
+      if (Empty(i)) DropBlock(i, [](PublisherId) {});
+      return true;
     }
     return false;
   }
@@ -462,7 +544,7 @@ PrefixIndex::StripeView PrefixIndex::stripe(uint32_t s) const {
   p += AlignUp(uint64_t{sg_.buckets_per_stripe} * 4);
   v.blocks = reinterpret_cast<BlockNode*>(p);
   p += AlignUp(uint64_t{sg_.blocks_per_stripe} * sizeof(BlockNode));
-  v.res = reinterpret_cast<Residency*>(p);
+  v.chunks = reinterpret_cast<HolderChunk*>(p);
   return v;
 }
 
@@ -715,12 +797,12 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
     const StripeView& v = w.view();
     uint32_t b = w.Find(key);
     if (b != kNil) {
-      uint32_t r = w.FindRes(b, p, tier, nullptr);
-      if (r != kNil) {
-        uint8_t refs = Ld(v.res[r].refs);
+      HolderSlot* slot = w.FindSlot(b, p, tier, nullptr);
+      if (slot != nullptr) {
+        uint8_t refs = SlotRefs(Ld(*slot));
         uint8_t target = redo_refs ? *redo_refs : static_cast<uint8_t>(refs == 255 ? 255 : refs + 1);
         journal(target);
-        St(v.res[r].refs, target);
+        St(*slot, PackHolder(p, tier, target));
         duplicate = !redo_refs;
         w.Touch(b);
       } else {
@@ -732,21 +814,15 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
           }
           AddRelaxed(ps.quota_evictions, uint64_t{1});
         }
-        while (Ld(v.h->free_residencies) == kNil) {
+        while (w.FindFreeSlot(b) == nullptr && !w.HasFreeChunk()) {
           if (!w.EvictOldest(b)) {
             AddRelaxed(ps.rejected_stores, uint64_t{1});
-            return absl::ResourceExhaustedError("stripe residency pool is full");
+            return absl::ResourceExhaustedError("stripe holder pool is full");
           }
         }
         uint8_t target = redo_refs ? *redo_refs : 1;
         journal(target);
-        uint32_t nr = w.PopRes();
-        St(v.res[nr].publisher, p);
-        St(v.res[nr].tier, static_cast<uint8_t>(tier));
-        St(v.res[nr].refs, target);
-        St(v.res[nr].next, Ld(v.blocks[b].res_head));
-        St(v.blocks[b].res_head, nr);  // publishes the residency
-        St(v.h->live_residencies, Ld(v.h->live_residencies) + 1);
+        w.AddHolder(b, p, tier, target);  // one store publishes the holder
         AddRelaxed(ps.pairs, uint64_t{1});
         w.Touch(b);
       }
@@ -759,7 +835,7 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
         }
         AddRelaxed(ps.quota_evictions, uint64_t{1});
       }
-      while (Ld(v.h->free_blocks) == kNil || Ld(v.h->free_residencies) == kNil) {
+      while (Ld(v.h->free_blocks) == kNil) {
         if (!w.EvictOldest(kNil)) {
           AddRelaxed(ps.rejected_stores, uint64_t{1});
           return absl::ResourceExhaustedError("stripe is full");
@@ -768,20 +844,18 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
       uint8_t target = redo_refs ? *redo_refs : 1;
       journal(target);
       uint32_t nb = w.PopBlock();
-      uint32_t nr = w.PopRes();
-      St(v.res[nr].publisher, p);
-      St(v.res[nr].tier, static_cast<uint8_t>(tier));
-      St(v.res[nr].refs, target);
-      St(v.res[nr].next, kNil);
       BlockNode& n = v.blocks[nb];
       St(n.key, key);
-      St(n.res_head, nr);
+      St(n.chunk_head, kNil);
+      St(n.inline_holders[0], PackHolder(p, tier, target));
+      St(n.holder_set, HolderMix(p, tier));
+      for (int k = 1; k < kInlineHolders; ++k) St(n.inline_holders[k], HolderSlot{0});
       St(n.ns, ns);
       St(n.in_use, uint16_t{1});
       w.LruAppend(nb);
       uint32_t* bucket = &v.buckets[w.Bucket(key)];
       St(n.next, Ld(*bucket));
-      St(*bucket, nb);  // publishes the block with its residency
+      St(*bucket, nb);  // publishes the block with its holder
       St(v.h->live_blocks, Ld(v.h->live_blocks) + 1);
       St(v.h->live_residencies, Ld(v.h->live_residencies) + 1);
       AddRelaxed(ps.pairs, uint64_t{1});
@@ -806,11 +880,10 @@ absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tie
   {
     StripeWriter w(this, stripe_for(key));
     if (!w.ok()) return absl::InternalError("stripe lock unrecoverable");
-    const StripeView& v = w.view();
     uint32_t b = w.Find(key);
-    uint32_t prev = kNil;
-    uint32_t r = b == kNil ? kNil : w.FindRes(b, p, tier, &prev);
-    if (r == kNil) {
+    uint32_t chunk = kNil;
+    HolderSlot* slot = b == kNil ? nullptr : w.FindSlot(b, p, tier, &chunk);
+    if (slot == nullptr) {
       if (redo_refs) {
         Ack(ps, op_index);
         return absl::OkStatus();  // already gone: the redo is complete
@@ -819,7 +892,7 @@ absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tie
       Ack(ps, op_index);
       return absl::NotFoundError("publisher does not hold that block in that tier");
     }
-    uint8_t refs = Ld(v.res[r].refs);
+    uint8_t refs = SlotRefs(Ld(*slot));
     uint8_t target = redo_refs ? *redo_refs : static_cast<uint8_t>(refs - 1);
     if (!redo_refs) {
       St(ps.journal.tier, static_cast<uint8_t>(tier));
@@ -832,11 +905,11 @@ absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tie
       CompilerBarrier();
     }
     if (target > 0) {
-      St(v.res[r].refs, target);
+      St(*slot, PackHolder(p, tier, target));
     } else {
-      w.UnlinkRes(b, r, prev);  // one store unlinks it
+      w.ClearSlot(b, slot, chunk);  // one store drops the holder
       AddRelaxed(ps.pairs, uint64_t(-1));
-      if (Ld(v.blocks[b].res_head) == kNil) w.DropBlock(b, [](PublisherId) {});
+      if (w.Empty(b)) w.DropBlock(b, [](PublisherId) {});
     }
   }
   AddRelaxed(ps.removed_blocks, uint64_t{1});
@@ -989,18 +1062,15 @@ void PrefixIndex::ClearPublisherStripes(PublisherId p) {
       uint32_t i = Ld(v.buckets[b]);
       while (i != kNil) {
         uint32_t next_block = Ld(v.blocks[i].next);
-        uint32_t prev = kNil;
-        uint32_t r = Ld(v.blocks[i].res_head);
-        while (r != kNil) {
-          uint32_t next = Ld(v.res[r].next);
-          if (Ld(v.res[r].publisher) == p) {
-            w.UnlinkRes(i, r, prev);
-          } else {
-            prev = r;
-          }
-          r = next;
-        }
-        if (Ld(v.blocks[i].res_head) == kNil) w.DropBlock(i, [](PublisherId) {});
+        // Collect first: clearing a slot may free the chunk being walked.
+        std::vector<std::pair<HolderSlot*, uint32_t>> mine;
+        w.ForEachSlot(i, [&](HolderSlot& slot, uint32_t c) {
+          HolderSlot hs = Ld(slot);
+          if (SlotRefs(hs) != 0 && SlotPublisher(hs) == p) mine.emplace_back(&slot, c);
+          return false;
+        });
+        for (auto& [slot, c] : mine) w.ClearSlot(i, slot, c);
+        if (!mine.empty() && w.Empty(i)) w.DropBlock(i, [](PublisherId) {});
         i = next_block;
       }
     }
@@ -1049,10 +1119,12 @@ absl::StatusOr<uint64_t> PrefixIndex::ClearNamespace(NamespaceId ns) {
 
 // --- Reads ---------------------------------------------------------------------------------
 
-bool PrefixIndex::ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded) const {
+PrefixIndex::ReadResult PrefixIndex::ReadHolders(BlockKey key, std::vector<Holder>& out,
+                                                 bool& degraded, uint64_t* holder_set,
+                                                 uint64_t same_as) const {
   const StripeView v = stripe_for(key);
   const uint32_t bucket = key & (sg_.buckets_per_stripe - 1);
-  const uint32_t max_holders = header_->geometry.publishers * kNumTiers;
+  const uint32_t max_chunks = header_->geometry.publishers * kNumTiers / kChunkHolders + 2;
   ReadWait wait;
   bool force = false;
   for (;;) {
@@ -1073,21 +1145,34 @@ bool PrefixIndex::ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degr
       }
       i = Ld(v.blocks[i].next);
     }
-    if (found) {
-      uint32_t r = Ld(v.blocks[i].res_head);
-      for (uint32_t steps = 0; r < sg_.pairs_per_stripe && steps < max_holders; ++steps) {
-        const Residency& rn = v.res[r];
-        out.push_back(Holder{Ld(rn.publisher), static_cast<Tier>(Ld(rn.tier)), Ld(rn.refs)});
-        r = Ld(rn.next);
+    uint64_t set = found ? Ld(v.blocks[i].holder_set) : 0;
+    bool same = found && same_as != 0 && set == same_as;
+    if (found && !same) {
+      // Bounded: inline slots, then at most as many chunks as could hold every publisher.
+      auto take = [&](const HolderSlot& slot) {
+        HolderSlot hs = Ld(slot);
+        if (SlotRefs(hs) != 0) {
+          out.push_back(Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)), SlotRefs(hs)});
+        }
+      };
+      for (const HolderSlot& slot : v.blocks[i].inline_holders) take(slot);
+      uint32_t c = Ld(v.blocks[i].chunk_head);
+      for (uint32_t steps = 0; c < sg_.chunks_per_stripe && steps < max_chunks; ++steps) {
+        const HolderChunk& ch = v.chunks[c];
+        __builtin_prefetch(&v.chunks[std::min(Ld(ch.next), sg_.chunks_per_stripe - 1)]);
+        for (const HolderSlot& slot : ch.slots) take(slot);
+        c = Ld(ch.next);
       }
     }
+    ReadResult rr = !found ? ReadResult::kAbsent : same ? ReadResult::kSame : ReadResult::kFound;
+    if (holder_set != nullptr) *holder_set = set;
     if (force) {
       degraded = true;
-      return found;
+      return rr;
     }
     // Acquire fence: the data loads above complete before the version is read again.
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (__atomic_load_n(&v.h->version, __ATOMIC_RELAXED) == v1) return found;
+    if (__atomic_load_n(&v.h->version, __ATOMIC_RELAXED) == v1) return rr;
     force = wait.Wait(v.h->owner_pid);
   }
 }
@@ -1095,7 +1180,7 @@ bool PrefixIndex::ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degr
 bool PrefixIndex::BlockExists(BlockKey key) const {
   thread_local std::vector<Holder> scratch;
   bool degraded = false;
-  bool found = ReadHolders(key, scratch, degraded);
+  bool found = ReadHolders(key, scratch, degraded) != ReadResult::kAbsent;
   return found || degraded;  // when unsure, say it exists: sweeping less is always safe
 }
 
@@ -1204,11 +1289,31 @@ LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
   for (size_t j = 0; j < std::min(n, kPrefetchAhead); ++j) prefetch_bucket(j);
   for (size_t j = 0; j < std::min(n, kPrefetchAhead / 2); ++j) prefetch_node(j);
 
+  uint64_t prev_set = 0;
+  uint32_t pending = 0;  // blocks whose holder set equals the last one fully read
+  auto flush = [&] {
+    if (pending == 0) return;
+    for (Cand& c : cands) {
+      if (!c.alive) continue;
+      c.blocks += pending;
+      for (int k = 0; k < kNumTiers; ++k) c.tier_blocks[k] += ((c.tiers_alive >> k) & 1u) * pending;
+    }
+    pending = 0;
+  };
   for (size_t i = 0; i < n; ++i) {
     if (i + kPrefetchAhead < n) prefetch_bucket(i + kPrefetchAhead);
     if (i + kPrefetchAhead / 2 < n) prefetch_node(i + kPrefetchAhead / 2);
-    bool found = ReadHolders(keys[i], sc.holders, result.degraded);
+    uint64_t set = 0;
+    ReadResult rr = ReadHolders(keys[i], sc.holders, result.degraded, &set, i == 0 ? 0 : prev_set);
     result.blocks_walked = static_cast<uint32_t>(i + 1);
+    if (rr == ReadResult::kSame) {
+      // Same holders as the previous block: every live candidate extends its run unchanged.
+      ++pending;
+      continue;
+    }
+    flush();
+    prev_set = set;
+    const bool found = rr == ReadResult::kFound;
     const uint32_t stamp = ++sc.clock;
     if (found) {
       for (const Holder& h : sc.holders) {
@@ -1256,6 +1361,7 @@ LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
     }
     if (alive == 0) break;
   }
+  flush();
   result.matches.reserve(cands.size());
   for (const Cand& c : cands) {
     result.matches.push_back(
@@ -1344,9 +1450,11 @@ absl::Status PrefixIndex::RecoverPublisher(PublisherId p) {
     if (Ld(v.h->live_residencies) == 0) continue;
     for (uint32_t b = 0; b < sg_.buckets_per_stripe; ++b) {
       for (uint32_t i = Ld(v.buckets[b]); i != kNil; i = Ld(v.blocks[i].next)) {
-        for (uint32_t r = Ld(v.blocks[i].res_head); r != kNil; r = Ld(v.res[r].next)) {
-          if (Ld(v.res[r].publisher) == p) ++pairs;
-        }
+        w.ForEachSlot(i, [&](HolderSlot& slot, uint32_t) {
+          HolderSlot hs = Ld(slot);
+          pairs += SlotRefs(hs) != 0 && SlotPublisher(hs) == p;
+          return false;
+        });
       }
     }
   }
@@ -1382,12 +1490,19 @@ std::vector<PrefixIndex::Entry> PrefixIndex::Dump() const {
       uint32_t guard = 0;
       for (uint32_t i = Ld(v.buckets[b]); i < sg_.blocks_per_stripe && guard++ < sg_.blocks_per_stripe;
            i = Ld(v.blocks[i].next)) {
-        uint32_t rguard = 0;
-        for (uint32_t r = Ld(v.blocks[i].res_head);
-             r < sg_.pairs_per_stripe && rguard++ < sg_.pairs_per_stripe; r = Ld(v.res[r].next)) {
-          out.push_back(Entry{Ld(v.blocks[i].key), Ld(v.blocks[i].ns),
-                              Holder{Ld(v.res[r].publisher), static_cast<Tier>(Ld(v.res[r].tier)),
-                                     Ld(v.res[r].refs)}});
+        const BlockNode& n = v.blocks[i];
+        auto emit = [&](const HolderSlot& slot) {
+          HolderSlot hs = Ld(slot);
+          if (SlotRefs(hs) == 0) return;
+          out.push_back(Entry{Ld(n.key), Ld(n.ns),
+                              Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)),
+                                     SlotRefs(hs)}});
+        };
+        for (const HolderSlot& slot : n.inline_holders) emit(slot);
+        uint32_t cguard = 0;
+        for (uint32_t c = Ld(n.chunk_head);
+             c < sg_.chunks_per_stripe && cguard++ < sg_.chunks_per_stripe; c = Ld(v.chunks[c].next)) {
+          for (const HolderSlot& slot : v.chunks[c].slots) emit(slot);
         }
       }
     }

@@ -209,7 +209,11 @@ class PrefixIndex {
 
   // Reads the holders of `key`; returns false if absent. `degraded` is set on a best-effort
   // read of a stripe whose writer died.
-  bool ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded) const;
+  // With `same_as` non-zero, returns kSame without reading holders when the block's holder set
+  // fingerprint equals it; `holder_set` receives the fingerprint.
+  enum class ReadResult { kAbsent, kFound, kSame };
+  ReadResult ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded,
+                         uint64_t* holder_set = nullptr, uint64_t same_as = 0) const;
   bool BlockExists(BlockKey key) const;
 
   absl::Status ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,

@@ -47,16 +47,17 @@ void InitStripe(char* p, const StripeGeometry& sg) {
   for (uint32_t i = 0; i < sg.blocks_per_stripe; ++i) {
     blocks[i] = BlockNode{};
     blocks[i].next = i + 1 < sg.blocks_per_stripe ? i + 1 : kNil;
-    blocks[i].res_head = kNil;
+    blocks[i].chunk_head = kNil;
     blocks[i].lru_prev = blocks[i].lru_next = kNil;
   }
-  auto* res = reinterpret_cast<Residency*>(
+  auto* chunks = reinterpret_cast<HolderChunk*>(
       reinterpret_cast<char*>(blocks) + AlignUp(uint64_t{sg.blocks_per_stripe} * sizeof(BlockNode)));
-  for (uint32_t i = 0; i < sg.pairs_per_stripe; ++i) {
-    res[i] = Residency{i + 1 < sg.pairs_per_stripe ? i + 1 : kNil, 0, 0, 0};
+  for (uint32_t i = 0; i < sg.chunks_per_stripe; ++i) {
+    chunks[i] = HolderChunk{};
+    chunks[i].next = i + 1 < sg.chunks_per_stripe ? i + 1 : kNil;
   }
   h->free_blocks = 0;
-  h->free_residencies = 0;
+  h->free_chunks = sg.chunks_per_stripe > 0 ? 0 : kNil;
   h->lru_oldest = h->lru_newest = kNil;
 }
 
@@ -98,7 +99,7 @@ absl::Status CheckHeader(const SegmentHeader* h, size_t mapped,
     const Geometry& g = h->geometry;
     return absl::FailedPreconditionError(absl::StrCat(
         "segment geometry differs from configuration: segment has blocks=", g.blocks,
-        " pairs=", g.pairs, " publishers=", g.publishers, " namespaces=", g.namespaces,
+        " pairs=", g.pairs, " chunks=", g.holder_chunks, " publishers=", g.publishers, " namespaces=", g.namespaces,
         " stripes=", g.stripes, "; configured blocks=", expected->blocks,
         " pairs=", expected->pairs, " publishers=", expected->publishers,
         " namespaces=", expected->namespaces, " stripes=", expected->stripes,
@@ -125,15 +126,19 @@ absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
   bps += bps / 16 + 8;
   uint64_t pps = CeilDiv(g.pairs, g.stripes);
   pps += pps / 16 + 8;
+  uint64_t chunks = g.holder_chunks != 0 ? g.holder_chunks : g.pairs / 5;
+  uint64_t cps = CeilDiv(chunks, g.stripes);
+  cps += cps / 16 + 8;
   uint64_t engine = g.engine_hashes != 0 ? g.engine_hashes : g.blocks + g.blocks / 4;
   uint32_t es = NextPow2(std::max<uint64_t>(1, std::min<uint64_t>(g.stripes, CeilDiv(engine, 64))));
   uint64_t eps = CeilDiv(engine, es);
   eps += eps / 16 + 8;
-  if (bps >= kNil || pps >= kNil || eps >= kNil) {
+  if (bps >= kNil || pps >= kNil || eps >= kNil || cps >= kNil) {
     return absl::InvalidArgumentError("geometry: too few stripes (a stripe holds < 2^32 nodes)");
   }
   sg.blocks_per_stripe = static_cast<uint32_t>(bps);
   sg.pairs_per_stripe = static_cast<uint32_t>(pps);
+  sg.chunks_per_stripe = static_cast<uint32_t>(cps);
   sg.buckets_per_stripe = NextPow2(bps);
   sg.engine_stripes = es;
   sg.engine_nodes_per_stripe = static_cast<uint32_t>(eps);
@@ -146,7 +151,7 @@ absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
   off = AlignUp(off + uint64_t{g.publishers} * sizeof(PublisherSlot));
   l.stripes_offset = off;
   l.stripe_stride = AlignUp(sizeof(StripeHeader)) + AlignUp(uint64_t{sg.buckets_per_stripe} * 4) +
-                    AlignUp(bps * sizeof(BlockNode)) + AlignUp(pps * sizeof(Residency));
+                    AlignUp(bps * sizeof(BlockNode)) + AlignUp(cps * sizeof(HolderChunk));
   off += l.stripe_stride * g.stripes;
   l.engine_stripes_offset = off;
   l.engine_stripe_stride = AlignUp(sizeof(EngineStripeHeader)) +

@@ -39,6 +39,17 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
   // b's blocks overlap a's: a's stripes hold other publishers' data that must survive.
   auto sb = GenerateStream(21, 3000);
   Model model(root);
+  // Twelve more publishers hold every prompt, so a's holders live in overflow chunks too.
+  for (int e = 0; e < 12; ++e) {
+    PublisherId p = *idx.RegisterPublisher({.pod = "extra-" + std::to_string(e), .ns = ns});
+    for (uint32_t pr = 0; pr < kPrompts; ++pr) {
+      for (uint32_t blk = 0; blk < kBlocksPerPrompt; ++blk) {
+        Op op{Op::kStore, pr, blk, index::kGpu};
+        ASSERT_TRUE(ApplyOp(idx, p, root, op).ok());
+        model.Apply(p, op);
+      }
+    }
+  }
   for (const Op& op : sb) {
     absl::Status st = ApplyOp(idx, b, root, op);
     ASSERT_TRUE(st.ok() || absl::IsNotFound(st)) << st;

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"
 
 namespace kvidx::index {
@@ -470,6 +471,41 @@ TEST(PrefixIndexStatsTest, ReportsExactMemoryAndOccupancy) {
   EXPECT_EQ(s.engine_entries, 1u);  // one shared content hash
   EXPECT_EQ(s.publishers, 2u);
   EXPECT_DOUBLE_EQ(s.bytes_per_live_pair, s.segment_bytes / 2.0);
+}
+
+// Many publishers on the same blocks: holders overflow into chunks, which are freed and reused
+// as holders come and go. The index must equal the model after every step.
+TEST(PrefixIndexManyHoldersTest, ManyPublishersPerBlockMatchTheModel) {
+  ScopedSegment seg("many");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = kvidx::testing::kBlockSize});
+  BlockKey root = idx.namespace_slot(ns)->root;
+  std::vector<PublisherId> pubs;
+  for (int i = 0; i < 24; ++i) {
+    pubs.push_back(*idx.RegisterPublisher({.pod = "p" + std::to_string(i), .ns = ns}));
+  }
+  kvidx::testing::Model model(root);
+  std::vector<std::vector<kvidx::testing::Op>> streams;
+  for (int i = 0; i < 24; ++i) streams.push_back(kvidx::testing::GenerateStream(100 + i, 600));
+  for (size_t step = 0; step < 600; ++step) {
+    for (int i = 0; i < 24; ++i) {
+      absl::Status st = kvidx::testing::ApplyOp(idx, pubs[i], root, streams[i][step]);
+      ASSERT_TRUE(st.ok() || absl::IsNotFound(st)) << st;
+      model.Apply(pubs[i], streams[i][step]);
+    }
+    if (step % 100 == 99) ASSERT_EQ(model.Diff(idx), "") << "at step " << step;
+  }
+  // Lookups agree with the model's holders for block 0 of every prompt.
+  for (uint32_t p = 0; p < kvidx::testing::kPrompts; ++p) {
+    auto keys = kvidx::testing::KeysOf(root, p).keys;
+    LookupResult r = idx.Lookup(keys);
+    std::set<PublisherId> got;
+    for (const auto& m : r.matches) got.insert(m.publisher);
+    std::set<PublisherId> want;
+    for (const auto& h : idx.Holders(keys[0])) want.insert(h.publisher);
+    EXPECT_EQ(got, want) << "prompt " << p;
+  }
+  EXPECT_EQ(idx.Stats().pairs, model.size());
 }
 
 }  // namespace
