@@ -104,6 +104,12 @@ struct alignas(64) SegmentHeader {
   // Bumped (release) by every registration change, so readers can cache slot lookups.
   uint64_t registry_version;
   uint64_t lookups;  // counted by readers that are allowed to write (not the read-only query)
+  // Ingest counters, added to by every worker (relaxed atomic adds).
+  uint64_t decode_errors[8];  // by ingest::DecodeReason
+  uint64_t garbage_frames;    // messages that are not [topic, seq8, payload]
+  uint64_t unknown_events;    // events with a tag no decoder knows (skipped)
+  uint64_t batches_applied;
+  uint64_t events_applied;
 };
 
 enum NamespaceFlags : uint32_t {
@@ -165,6 +171,21 @@ struct alignas(64) PublisherSlot {
   uint32_t has_seq;
   uint32_t clear_pending;  // a ClearPublisher was interrupted; RecoverPublisher finishes it
   uint64_t applied_ops;    // block operations applied, ever (the journal's op_index space)
+  // The batch being applied: if a worker dies mid-batch, its successor replays batch_seq and
+  // skips the first applied_ops - batch_first_op operations.
+  uint64_t batch_seq;
+  uint64_t batch_first_op;
+  uint32_t batch_pending;
+  uint32_t gap_open;       // a gap is being replayed
+  int64_t connected_since_wall_ns;
+  uint64_t connects;
+  uint64_t disconnects;
+  uint64_t connect_retries;
+  uint64_t replay_batches;
+  uint64_t instance_hi;    // KVBM instance id of the current stream (has_instance)
+  uint64_t instance_lo;
+  uint32_t has_instance;
+  uint32_t reserved2;
   int64_t last_event_wall_ns;
   uint64_t pairs;          // live residencies (approximate after a crash until recovery)
   // Counters (monotonic).

@@ -969,9 +969,9 @@ absl::Status PrefixIndex::EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns
 
 absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest& req) {
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
-  const NamespaceId ns = static_cast<NamespaceId>(Ld(ps->ns));
+  const NamespaceId ns = req.ns ? *req.ns : static_cast<NamespaceId>(Ld(ps->ns));
   const NamespaceSlot* nss = namespace_slot(ns);
-  if (nss == nullptr) return absl::FailedPreconditionError("publisher's namespace is gone");
+  if (nss == nullptr) return absl::NotFoundError("store: no such namespace");
   const size_t n = req.engine_hashes.size();
   const uint32_t bs = req.block_size != 0 ? req.block_size : Ld(nss->block_size);
   if (req.tier > kDisk) return absl::InvalidArgumentError("store: unknown tier");
@@ -1039,10 +1039,18 @@ absl::Status PrefixIndex::StoreBlock(PublisherId p, Tier tier, uint64_t engine_h
   return st;
 }
 
-absl::Status PrefixIndex::Remove(PublisherId p, Tier tier, uint64_t engine_hash) {
+absl::Status PrefixIndex::SkipOp(PublisherId p, uint64_t PublisherSlot::*counter) {
+  KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
+  if (counter != nullptr) AddRelaxed(ps->*counter, uint64_t{1});
+  Ack(*ps, Ld(ps->applied_ops) + 1);
+  return absl::OkStatus();
+}
+
+absl::Status PrefixIndex::Remove(PublisherId p, Tier tier, uint64_t engine_hash,
+                                 std::optional<NamespaceId> ns_override) {
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
   if (tier > kDisk) return absl::InvalidArgumentError("remove: unknown tier");
-  NamespaceId ns = static_cast<NamespaceId>(Ld(ps->ns));
+  NamespaceId ns = ns_override ? *ns_override : static_cast<NamespaceId>(Ld(ps->ns));
   std::optional<BlockKey> key = ResolveEngineHash(ns, p, engine_hash);
   if (!key) {
     AddRelaxed(ps->unknown_removes, uint64_t{1});

@@ -67,6 +67,8 @@ struct StoreRequest {
   uint32_t block_size = 0;                     // 0: the namespace's block size
   // Optional per-block extra-key bytes (see docs/block-keys.md); empty or one entry per block.
   std::span<const std::span<const uint8_t>> extra;
+  // The namespace to store in (a LoRA adapter's); default: the publisher's.
+  std::optional<NamespaceId> ns;
 };
 
 struct StoreResult {
@@ -124,6 +126,9 @@ class PrefixIndex {
   explicit PrefixIndex(const Segment* segment);
 
   const Geometry& geometry() const { return header_->geometry; }
+  const SegmentHeader* header() const { return header_; }
+  // The header for counters; nullptr through a read-only attachment.
+  SegmentHeader* mutable_header() { return read_only_ ? nullptr : header_; }
   bool read_only() const { return read_only_; }
 
   // --- Registration (admin lock; rare) ---------------------------------------------------
@@ -152,7 +157,11 @@ class PrefixIndex {
   absl::Status StoreBlock(PublisherId p, Tier tier, uint64_t engine_hash, BlockKey key);
   // Drops one reference of `p` to the block named by `engine_hash` in `tier`. NOT_FOUND (and
   // counted) if the engine hash or the residency is unknown. One applied operation.
-  absl::Status Remove(PublisherId p, Tier tier, uint64_t engine_hash);
+  absl::Status Remove(PublisherId p, Tier tier, uint64_t engine_hash,
+                      std::optional<NamespaceId> ns = std::nullopt);
+  // Counts an operation that could not be applied (e.g. an orphan of the sequence-id form) as
+  // applied, so the publisher's operation count stays aligned with its stream.
+  absl::Status SkipOp(PublisherId p, uint64_t PublisherSlot::*counter);
   // Drops every residency of `p` (AllBlocksCleared, resync). One applied operation.
   absl::Status ClearPublisher(PublisherId p);
   // Drops every block of namespace `ns`; returns how many.

@@ -493,7 +493,9 @@ TEST(PrefixIndexManyHoldersTest, ManyPublishersPerBlockMatchTheModel) {
       ASSERT_TRUE(st.ok() || absl::IsNotFound(st)) << st;
       model.Apply(pubs[i], streams[i][step]);
     }
-    if (step % 100 == 99) ASSERT_EQ(model.Diff(idx), "") << "at step " << step;
+    if (step % 100 == 99) {
+      ASSERT_EQ(model.Diff(idx), "") << "at step " << step;
+    }
   }
   // Lookups agree with the model's holders for block 0 of every prompt.
   for (uint32_t p = 0; p < kvidx::testing::kPrompts; ++p) {

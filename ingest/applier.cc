@@ -1,0 +1,178 @@
+#include "ingest/applier.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "shared/status.h"
+
+namespace kvidx::ingest {
+
+using index::NamespaceId;
+using index::PublisherId;
+using index::PublisherSlot;
+
+Applier::Applier(index::PrefixIndex* index, ApplierConfig config)
+    : index_(index), config_(std::move(config)) {}
+
+void Applier::Forget(PublisherId p) {
+  namespaces_.erase(p);
+  sequences_.erase(p);
+  sequence_blocks_.erase(p);
+}
+
+const std::map<int64_t, SequenceState>* Applier::sequences(PublisherId p) const {
+  auto it = sequences_.find(p);
+  return it == sequences_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e) {
+  const PublisherSlot* ps = index_->publisher_slot(p);
+  if (ps == nullptr) return absl::NotFoundError(absl::StrCat("no publisher ", p));
+  NamespaceId base = static_cast<NamespaceId>(ps->ns);
+  auto& used = namespaces_[p];
+  if (used.empty()) used.push_back(base);
+  std::string lora;
+  if (e.lora_name && !e.lora_name->empty()) {
+    lora = *e.lora_name;
+  } else if (e.lora_id && *e.lora_id > 0) {
+    auto it = config_.lora_names.find(*e.lora_id);
+    lora = it != config_.lora_names.end() ? it->second : absl::StrCat("lora-", *e.lora_id);
+  }
+  const index::NamespaceSlot* base_slot = index_->namespace_slot(base);
+  if (base_slot == nullptr) return absl::FailedPreconditionError("publisher's namespace is gone");
+  std::string model = e.model_name.empty() ? std::string(base_slot->model) : e.model_name;
+  if (lora.empty() && model == base_slot->model) return base;
+  auto found = index_->FindNamespace(model, lora);
+  NamespaceId ns;
+  if (found) {
+    ns = *found;
+  } else {
+    index::NamespaceSpec spec;
+    spec.model = model;
+    spec.lora_name = lora;
+    spec.lora_id = e.lora_id.value_or(-1);
+    spec.block_size = e.block_size != 0 ? e.block_size : base_slot->block_size;
+    spec.key_by_engine_hash = (base_slot->flags & index::kKeyByEngineHash) != 0;
+    KVIDX_ASSIGN_OR_RETURN(ns, index_->RegisterNamespace(spec));
+  }
+  if (std::find(used.begin(), used.end(), ns) == used.end()) used.push_back(ns);
+  return ns;
+}
+
+absl::Status Applier::Apply(PublisherId p, const EventBatch& batch, uint64_t skip_ops) {
+  if (index_->publisher_slot(p) == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no publisher ", p));
+  }
+  uint64_t skip = skip_ops;
+  for (const Event& e : batch.events) {
+    absl::Status st = ApplyEvent(p, e, &skip);
+    if (absl::IsNotFound(st) && index_->publisher_slot(p) == nullptr) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) {
+  const uint64_t ops = OpCount(e);
+  if (*skip >= ops && ops > 0) {  // wholly applied before
+    *skip -= ops;
+    if (e.kind == EventKind::kCleared) Forget(p);
+    return absl::OkStatus();
+  }
+  switch (e.kind) {
+    case EventKind::kStored: {
+      KVIDX_ASSIGN_OR_RETURN(NamespaceId ns, NamespaceFor(p, e));
+      // A partly applied event (only after a crash): the blocks already stored stay; store the
+      // rest with the last stored block as parent.
+      size_t from = static_cast<size_t>(*skip);
+      *skip = 0;
+      index::StoreRequest req;
+      req.ns = ns;
+      req.tier = e.tier;
+      req.block_size = e.block_size;
+      req.parent_engine_hash = from == 0 ? e.parent : std::optional<uint64_t>(e.hashes[from - 1]);
+      req.engine_hashes = std::span(e.hashes).subspan(from);
+      if (!e.tokens.empty()) {
+        req.tokens = std::span(e.tokens).subspan(from * e.block_size);
+      }
+      return index_->Store(p, req).status();
+    }
+    case EventKind::kRemoved: {
+      size_t from = static_cast<size_t>(*skip);
+      *skip = 0;
+      const auto& used = namespaces_[p];
+      for (size_t i = from; i < e.hashes.size(); ++i) {
+        std::optional<NamespaceId> ns;
+        // The namespace whose mapping knows the hash (removals name no namespace).
+        for (NamespaceId cand : used) {
+          if (index_->ResolveEngineHash(cand, p, e.hashes[i])) {
+            ns = cand;
+            break;
+          }
+        }
+        (void)index_->Remove(p, e.tier, e.hashes[i], ns);  // NOT_FOUND is counted there
+      }
+      return absl::OkStatus();
+    }
+    case EventKind::kCleared:
+      *skip = 0;
+      Forget(p);
+      return index_->ClearPublisher(p);
+    case EventKind::kSeqStored:
+    case EventKind::kSeqRemoved:
+    case EventKind::kRequestFinished:
+      return ApplySeq(p, e, skip);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
+  auto& seqs = sequences_[p];
+  if (e.kind == EventKind::kRequestFinished) {
+    SequenceState& s = seqs[e.sequence_id];
+    s.request_id = e.request_id;
+    s.finished = true;
+    s.succeeded = e.finished;
+    return absl::OkStatus();
+  }
+  const PublisherSlot* ps = index_->publisher_slot(p);
+  if (ps == nullptr) return absl::NotFoundError("publisher gone");
+  NamespaceId ns = static_cast<NamespaceId>(ps->ns);
+  const index::NamespaceSlot* nss = index_->namespace_slot(ns);
+  if (nss == nullptr) return absl::FailedPreconditionError("namespace gone");
+  SequenceState& s = seqs[e.sequence_id];
+  size_t& total = sequence_blocks_[p];
+  for (size_t i = 0; i < e.block_numbers.size(); ++i) {
+    uint32_t n = e.block_numbers[i];
+    if (*skip > 0) {  // applied by a predecessor; the table was lost with it
+      --*skip;
+      continue;
+    }
+    if (e.kind == EventKind::kSeqStored) {
+      index::BlockKey parent = n == 0 ? nss->root : (n - 1 < s.blocks.size() ? s.blocks[n - 1] : 0);
+      if (parent == 0 || total >= config_.max_sequence_blocks) {
+        (void)index_->SkipOp(p, &PublisherSlot::orphan_blocks);  // block n-1 never stored
+        continue;
+      }
+      index::BlockKey key = index::ChainBlockKey(
+          parent, std::span(e.tokens).subspan(size_t{i} * e.block_size, e.block_size));
+      if (s.blocks.size() <= n) s.blocks.resize(n + 1, 0);
+      if (s.blocks[n] == 0) ++total;
+      s.blocks[n] = key;
+      // The key is a content hash, so it doubles as the engine hash (shared across sequences:
+      // two sequences holding the same block are two references).
+      (void)index_->StoreBlock(p, index::kGpu, key, key);
+    } else {
+      index::BlockKey key = n < s.blocks.size() ? s.blocks[n] : 0;
+      if (key == 0) {
+        (void)index_->SkipOp(p, &PublisherSlot::unknown_removes);
+        continue;
+      }
+      s.blocks[n] = 0;
+      --total;
+      (void)index_->Remove(p, index::kGpu, key, ns);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvidx::ingest

@@ -1,0 +1,70 @@
+// Applies decoded event batches of one publisher to the index: namespaces (model, LoRA),
+// the sequence-id form's sequence table, KVBM, and exactly-once resumption within a batch.
+//
+// One Applier serves one ingest worker; it is not thread-safe (the worker is single-threaded
+// per publisher by design). The sequence tables it keeps live in this process: a worker that
+// restarts resyncs its sequence-id publishers instead of resuming them.
+#ifndef KVIDX_INGEST_APPLIER_H_
+#define KVIDX_INGEST_APPLIER_H_
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "index/prefix_index.h"
+#include "ingest/events.h"
+
+namespace kvidx::ingest {
+
+struct ApplierConfig {
+  // Block size of namespaces the applier registers on the fly (LoRA adapters, AIBrix models)
+  // when the event carries none.
+  uint32_t default_block_size = 16;
+  // lora_id -> LoRA name, for engines that send only numeric ids; unmapped ids become "lora-<id>".
+  std::map<int64_t, std::string> lora_names;
+  // At most this many (sequence, block) entries per sequence-id publisher.
+  size_t max_sequence_blocks = 1u << 20;
+};
+
+struct SequenceState {
+  std::vector<index::BlockKey> blocks;  // by block number; 0 = not stored
+  std::string request_id;
+  bool finished = false;
+  bool succeeded = false;
+};
+
+class Applier {
+ public:
+  Applier(index::PrefixIndex* index, ApplierConfig config);
+
+  // Applies `batch` for publisher `p`, skipping its first `skip_ops` index operations (the part
+  // a dead predecessor already applied). Errors from single events are counted in the
+  // publisher's slot and do not stop the batch; an error returned means the index itself
+  // refused (e.g. unknown publisher).
+  absl::Status Apply(index::PublisherId p, const EventBatch& batch, uint64_t skip_ops = 0);
+
+  // Forgets what this applier keeps in memory for `p` (after a clear or a resync).
+  void Forget(index::PublisherId p);
+
+  const std::map<int64_t, SequenceState>* sequences(index::PublisherId p) const;
+
+ private:
+  absl::StatusOr<index::NamespaceId> NamespaceFor(index::PublisherId p, const Event& e);
+  absl::Status ApplyEvent(index::PublisherId p, const Event& e, uint64_t* skip);
+  absl::Status ApplySeq(index::PublisherId p, const Event& e, uint64_t* skip);
+
+  index::PrefixIndex* index_;
+  ApplierConfig config_;
+  // Namespaces each publisher has stored into (base first): removals carry no namespace.
+  std::unordered_map<index::PublisherId, std::vector<index::NamespaceId>> namespaces_;
+  std::unordered_map<index::PublisherId, std::map<int64_t, SequenceState>> sequences_;
+  std::unordered_map<index::PublisherId, size_t> sequence_blocks_;
+};
+
+}  // namespace kvidx::ingest
+
+#endif  // KVIDX_INGEST_APPLIER_H_

@@ -1,0 +1,212 @@
+#include "ingest/config.h"
+
+#include <xxhash.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+#include <toml++/toml.h>
+
+namespace kvidx::ingest {
+namespace {
+
+// Default geometry: about 1 GiB, enough for ~2 M blocks held by a handful of pods each.
+index::Geometry DefaultGeometry() {
+  index::Geometry g;
+  g.blocks = 2'000'000;
+  g.pairs = 16'000'000;
+  g.publishers = 1024;
+  g.namespaces = 256;
+  g.stripes = 1024;
+  return g;
+}
+
+template <typename T>
+absl::Status Read(const toml::table& t, const char* key, T* out, const std::string& where) {
+  const toml::node* n = t.get(key);
+  if (n == nullptr) return absl::OkStatus();
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (auto v = n->value<std::string>()) {
+      *out = *v;
+      return absl::OkStatus();
+    }
+  } else if constexpr (std::is_same_v<T, bool>) {
+    if (auto v = n->value<bool>()) {
+      *out = *v;
+      return absl::OkStatus();
+    }
+  } else {
+    if (auto v = n->value<int64_t>(); v && *v >= 0) {
+      *out = static_cast<T>(*v);
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": key '", key, "' has the wrong type or a negative value (line ",
+                   static_cast<uint64_t>(n->source().begin.line), ")"));
+}
+
+#define KVIDX_READ(tbl, key, field, where) \
+  do {                                     \
+    absl::Status s_ = Read(tbl, key, field, where); \
+    if (!s_.ok()) return s_;               \
+  } while (0)
+
+void EnvString(const char* name, std::string* out) {
+  if (const char* v = std::getenv(name)) *out = v;
+}
+template <typename T>
+absl::Status EnvNumber(const char* name, T* out) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return absl::OkStatus();
+  char* end = nullptr;
+  unsigned long long n = std::strtoull(v, &end, 0);
+  if (end == v || *end != '\0') {
+    return absl::InvalidArgumentError(absl::StrCat("environment ", name, "='", v, "' is not a number"));
+  }
+  *out = static_cast<T>(n);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers) {
+  if (workers <= 1) return 0;
+  std::string id = absl::StrCat(pod, "#", dp_rank);
+  return static_cast<uint32_t>(XXH3_64bits(id.data(), id.size()) % workers);
+}
+
+absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& origin) {
+  Config c;
+  c.geometry = DefaultGeometry();
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", static_cast<uint64_t>(e.source().begin.line),
+                                                   ": ", std::string(e.description())));
+  }
+  if (const toml::table* s = root["segment"].as_table()) {
+    std::string where = origin + " [segment]";
+    KVIDX_READ(*s, "name", &c.segment, where);
+    KVIDX_READ(*s, "blocks", &c.geometry.blocks, where);
+    KVIDX_READ(*s, "pairs", &c.geometry.pairs, where);
+    KVIDX_READ(*s, "engine_hashes", &c.geometry.engine_hashes, where);
+    KVIDX_READ(*s, "holder_chunks", &c.geometry.holder_chunks, where);
+    KVIDX_READ(*s, "publishers", &c.geometry.publishers, where);
+    KVIDX_READ(*s, "namespaces", &c.geometry.namespaces, where);
+    KVIDX_READ(*s, "stripes", &c.geometry.stripes, where);
+    std::string mode;
+    KVIDX_READ(*s, "mode", &mode, where);
+    if (!mode.empty()) c.segment_mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
+  }
+  if (const toml::table* s = root["ingest"].as_table()) {
+    std::string where = origin + " [ingest]";
+    KVIDX_READ(*s, "workers", &c.workers, where);
+    KVIDX_READ(*s, "reconnect_initial_ms", &c.reconnect_initial_ms, where);
+    KVIDX_READ(*s, "reconnect_max_ms", &c.reconnect_max_ms, where);
+    KVIDX_READ(*s, "replay_timeout_ms", &c.replay_timeout_ms, where);
+    KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
+    KVIDX_READ(*s, "max_payload_bytes", &c.max_payload_bytes, where);
+    KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);
+    KVIDX_READ(*s, "strict_tags", &c.strict_tags, where);
+  }
+  if (const toml::table* s = root["query"].as_table()) {
+    std::string where = origin + " [query]";
+    KVIDX_READ(*s, "listen", &c.listen, where);
+    KVIDX_READ(*s, "metrics_listen", &c.metrics_listen, where);
+    KVIDX_READ(*s, "max_tokens", &c.max_tokens, where);
+    KVIDX_READ(*s, "max_lookups_per_call", &c.max_lookups_per_call, where);
+    KVIDX_READ(*s, "max_inflight_rpcs", &c.max_inflight_rpcs, where);
+  }
+  if (const toml::array* models = root["model"].as_array()) {
+    for (const toml::node& n : *models) {
+      const toml::table* m = n.as_table();
+      if (m == nullptr) return absl::InvalidArgumentError(origin + ": [[model]] must be tables");
+      ModelConfig mc;
+      std::string where = origin + " [[model]]";
+      KVIDX_READ(*m, "name", &mc.name, where);
+      KVIDX_READ(*m, "block_size", &mc.block_size, where);
+      KVIDX_READ(*m, "key_by_engine_hash", &mc.key_by_engine_hash, where);
+      if (const toml::table* l = (*m)["lora_names"].as_table()) {
+        for (const auto& [k, v] : *l) {
+          auto name = v.value<std::string>();
+          if (!name) return absl::InvalidArgumentError(where + ": lora_names values are strings");
+          mc.lora_names[std::strtoll(std::string(k.str()).c_str(), nullptr, 10)] = *name;
+        }
+      }
+      if (mc.name.empty() || mc.block_size == 0) {
+        return absl::InvalidArgumentError(where + ": needs a name and a block_size > 0");
+      }
+      c.models.push_back(std::move(mc));
+    }
+  }
+  if (const toml::array* pubs = root["publisher"].as_array()) {
+    for (const toml::node& n : *pubs) {
+      const toml::table* p = n.as_table();
+      if (p == nullptr) return absl::InvalidArgumentError(origin + ": [[publisher]] must be tables");
+      PublisherConfig pc;
+      std::string where = origin + " [[publisher]]";
+      KVIDX_READ(*p, "pod", &pc.pod, where);
+      KVIDX_READ(*p, "dp_rank", &pc.dp_rank, where);
+      KVIDX_READ(*p, "model", &pc.model, where);
+      KVIDX_READ(*p, "endpoint", &pc.endpoint, where);
+      KVIDX_READ(*p, "replay_endpoint", &pc.replay_endpoint, where);
+      KVIDX_READ(*p, "topic", &pc.topic, where);
+      KVIDX_READ(*p, "bind", &pc.bind, where);
+      KVIDX_READ(*p, "quota_pairs", &pc.quota_pairs, where);
+      KVIDX_READ(*p, "private_engine_hashes", &pc.private_engine_hashes, where);
+      std::string dialect = "auto";
+      KVIDX_READ(*p, "dialect", &dialect, where);
+      auto d = ParseDialect(dialect);
+      if (!d) return absl::InvalidArgumentError(where + ": unknown dialect '" + dialect + "'");
+      pc.dialect = *d;
+      if (pc.pod.empty() || pc.model.empty() || pc.endpoint.empty()) {
+        return absl::InvalidArgumentError(where + ": needs pod, model and endpoint");
+      }
+      c.publishers.push_back(std::move(pc));
+    }
+  }
+  for (const auto& p : c.publishers) {
+    bool known = false;
+    for (const auto& m : c.models) known |= m.name == p.model;
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": publisher ", p.pod,
+                                                     " names model '", p.model,
+                                                     "' which has no [[model]] entry"));
+    }
+  }
+  // Environment overrides.
+  EnvString("KVIDX_SEGMENT", &c.segment);
+  EnvString("KVIDX_LISTEN", &c.listen);
+  EnvString("KVIDX_METRICS_LISTEN", &c.metrics_listen);
+  for (auto [name, field] : {std::pair{"KVIDX_WORKERS", &c.workers},
+                             std::pair{"KVIDX_REPLAY_TIMEOUT_MS", &c.replay_timeout_ms},
+                             std::pair{"KVIDX_RECONNECT_INITIAL_MS", &c.reconnect_initial_ms},
+                             std::pair{"KVIDX_RECONNECT_MAX_MS", &c.reconnect_max_ms},
+                             std::pair{"KVIDX_MAX_TOKENS", &c.max_tokens}}) {
+    absl::Status s = EnvNumber(name, field);
+    if (!s.ok()) return s;
+  }
+  for (auto [name, field] : {std::pair{"KVIDX_BLOCKS", &c.geometry.blocks},
+                             std::pair{"KVIDX_PAIRS", &c.geometry.pairs}}) {
+    absl::Status s = EnvNumber(name, field);
+    if (!s.ok()) return s;
+  }
+  if (c.workers == 0) return absl::InvalidArgumentError("workers must be >= 1");
+  return c;
+}
+
+absl::StatusOr<Config> LoadConfig(const std::string& path) {
+  if (path.empty()) return ParseConfig("", "<defaults>");
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseConfig(ss.str(), path);
+}
+
+}  // namespace kvidx::ingest

@@ -1,0 +1,70 @@
+// Decoded KV-cache events, the same for every engine dialect (see ../shared/spec/wire.md).
+#ifndef KVIDX_INGEST_EVENTS_H_
+#define KVIDX_INGEST_EVENTS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "index/layout.h"
+
+namespace kvidx::ingest {
+
+enum class Dialect {
+  kAuto,    // detected from each payload
+  kVllm,    // vLLM KVEventBatch, array or map events, int or bin hashes (last 8 bytes)
+  kSglang,  // SGLang KVEventBatch: bin hashes fold to the first 8 bytes, signed; cache_salt map
+  kAibrix,  // {"events": [{"type": "BLOCK_STORED", ...}]}
+  kSeqId,   // sequence_id / block_numbers / block_token_ids
+  kKvbm,    // NVIDIA KVBM KvbmCacheEvents (Create / Remove / Shutdown)
+};
+
+// Parses "auto", "vllm", "sglang", "aibrix", "seqid", "kvbm".
+std::optional<Dialect> ParseDialect(std::string_view name);
+const char* DialectName(Dialect d);
+
+enum class EventKind {
+  kStored,           // blocks stored (engine hashes, optional tokens)
+  kRemoved,          // blocks removed (engine hashes)
+  kCleared,          // all blocks cleared (AllBlocksCleared, cache_cleared, KVBM Shutdown)
+  kSeqStored,        // sequence-id form: blocks by position within a sequence
+  kSeqRemoved,
+  kRequestFinished,
+};
+
+struct Event {
+  EventKind kind = EventKind::kStored;
+  std::vector<uint64_t> hashes;     // engine block hashes, folded to 64 bits
+  std::optional<uint64_t> parent;   // parent engine hash
+  std::vector<uint32_t> tokens;     // token ids of all blocks, block_size each
+  uint32_t block_size = 0;
+  std::optional<int64_t> lora_id;
+  std::optional<std::string> lora_name;
+  std::optional<std::string> cache_salt;  // SGLang's BlockStoredWithMetadata
+  std::string model_name;                 // AIBrix; empty: the publisher's model
+  index::Tier tier = index::kGpu;
+  bool has_extra_keys = false;            // vLLM extra_keys present (decoded, not keyed)
+  std::optional<int64_t> group_idx;
+  // Sequence-id form.
+  int64_t sequence_id = 0;
+  std::vector<uint32_t> block_numbers;
+  std::string request_id;
+  bool finished = false;
+};
+
+struct EventBatch {
+  Dialect dialect = Dialect::kAuto;  // what was decoded
+  double ts = 0;
+  std::optional<int64_t> dp_rank;
+  std::vector<Event> events;
+  uint32_t unknown_events = 0;       // skipped: unknown tag (counted, not applied)
+  std::optional<std::pair<uint64_t, uint64_t>> instance_id;  // KVBM (high, low)
+};
+
+// Number of index operations a batch's events expand to, in order (see Applier).
+uint64_t OpCount(const Event& e);
+
+}  // namespace kvidx::ingest
+
+#endif  // KVIDX_INGEST_EVENTS_H_

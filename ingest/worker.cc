@@ -1,0 +1,178 @@
+#include "ingest/worker.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "shared/clock.h"
+#include "shared/log.h"
+#include "shared/status.h"
+
+namespace kvidx::ingest {
+
+Worker::Worker(Config config, uint32_t worker_index)
+    : config_(std::move(config)), worker_(worker_index), ctx_(1) {}
+
+Worker::~Worker() {
+  links_.clear();
+  ctx_.close();
+}
+
+LinkOptions Worker::MakeLinkOptions() const {
+  LinkOptions o;
+  o.reconnect_initial_ms = config_.reconnect_initial_ms;
+  o.reconnect_max_ms = config_.reconnect_max_ms;
+  o.replay_timeout_ms = config_.replay_timeout_ms;
+  o.rcvhwm = config_.rcvhwm;
+  o.max_buffered_batches = config_.max_buffered_batches;
+  o.limits.max_payload_bytes = config_.max_payload_bytes;
+  o.limits.strict = config_.strict_tags;
+  return o;
+}
+
+absl::Status Worker::Init() {
+  if (worker_ >= config_.workers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker ", worker_, " of ", config_.workers, ": index out of range"));
+  }
+  KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
+                                                                config_.segment_mode));
+  index_ = std::make_unique<index::PrefixIndex>(segment_.get());
+  ApplierConfig ac;
+  if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
+  for (const auto& m : config_.models) ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
+  applier_ = std::make_unique<Applier>(index_.get(), ac);
+  KVIDX_RETURN_IF_ERROR(RegisterFromConfig());
+  uint32_t repaired = index_->RepairAbandonedStripes();
+  if (repaired > 0) KVIDX_LOG_WARN("repaired %u stripes left by a dead writer", repaired);
+  SyncLinks();
+  return absl::OkStatus();
+}
+
+absl::Status Worker::RegisterFromConfig() {
+  for (const auto& m : config_.models) {
+    index::NamespaceSpec spec;
+    spec.model = m.name;
+    spec.block_size = m.block_size;
+    spec.key_by_engine_hash = m.key_by_engine_hash;
+    KVIDX_RETURN_IF_ERROR(index_->RegisterNamespace(spec).status());
+  }
+  for (const auto& p : config_.publishers) {
+    auto ns = index_->FindNamespace(p.model, "");
+    if (!ns) return absl::NotFoundError(absl::StrCat("model ", p.model, " not registered"));
+    index::PublisherSpec spec;
+    spec.pod = p.pod;
+    spec.dp_rank = p.dp_rank;
+    spec.ns = *ns;
+    spec.worker = OwnerWorker(p.pod, p.dp_rank, config_.workers);
+    spec.quota_pairs = p.quota_pairs;
+    spec.private_engine_hashes = p.private_engine_hashes;
+    spec.endpoint = p.endpoint;
+    spec.replay_endpoint = p.replay_endpoint;
+    spec.topic = p.topic;
+    spec.dialect = DialectName(p.dialect);
+    if (p.bind) spec.dialect += "+bind";
+    KVIDX_RETURN_IF_ERROR(index_->RegisterPublisher(spec).status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::Reload(Config config) {
+  uint32_t workers = config_.workers;
+  config_ = std::move(config);
+  config_.workers = workers;  // ownership does not move at run time
+  KVIDX_RETURN_IF_ERROR(RegisterFromConfig());
+  registry_version_ = ~uint64_t{0};
+  SyncLinks();
+  return absl::OkStatus();
+}
+
+// Makes the set of links equal to the active publishers this worker owns, as the segment's
+// registry says (configured ones and those registered through the admin API alike).
+void Worker::SyncLinks() {
+  uint64_t version = index::Ld(index_->header()->registry_version);
+  if (version == registry_version_) return;
+  registry_version_ = version;
+  std::map<index::PublisherId, PublisherConfig> wanted;
+  for (index::PublisherId id : index_->ActivePublishers()) {
+    const index::PublisherSlot* s = index_->publisher_slot(id);
+    if (s == nullptr || s->worker != worker_ || s->endpoint[0] == '\0') continue;
+    PublisherConfig pc;
+    pc.pod = s->pod;
+    pc.dp_rank = s->dp_rank;
+    pc.endpoint = s->endpoint;
+    pc.replay_endpoint = s->replay_endpoint;
+    pc.topic = s->topic;
+    std::string dialect = s->dialect;
+    pc.bind = dialect.size() > 5 && dialect.substr(dialect.size() - 5) == "+bind";
+    if (pc.bind) dialect.resize(dialect.size() - 5);
+    pc.dialect = ParseDialect(dialect).value_or(Dialect::kAuto);
+    wanted.emplace(id, std::move(pc));
+  }
+  for (auto it = links_.begin(); it != links_.end();) {
+    auto w = wanted.find(it->first);
+    bool same = w != wanted.end() && w->second.endpoint == it->second->config().endpoint &&
+                w->second.replay_endpoint == it->second->config().replay_endpoint &&
+                w->second.topic == it->second->config().topic;
+    if (!same) {
+      KVIDX_LOG_INFO("publisher %s/%u: link closed", it->second->config().pod.c_str(),
+                     it->second->config().dp_rank);
+      it = links_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [id, pc] : wanted) {
+    if (links_.count(id)) continue;
+    absl::Status rs = index_->RecoverPublisher(id);
+    if (!rs.ok()) KVIDX_LOG_ERROR("publisher %s: recovery: %s", pc.pod.c_str(), rs.ToString().c_str());
+    auto link = std::make_unique<PublisherLink>(ctx_, index_.get(), applier_.get(), id, pc,
+                                                MakeLinkOptions());
+    absl::Status st = link->Start();
+    if (!st.ok()) {
+      KVIDX_LOG_ERROR("%s", st.ToString().c_str());
+      continue;
+    }
+    KVIDX_LOG_INFO("publisher %s/%u: %s %s%s%s (%s)", pc.pod.c_str(), pc.dp_rank,
+                   pc.bind ? "bound" : "connected to", pc.endpoint.c_str(),
+                   pc.replay_endpoint.empty() ? "" : ", replay ", pc.replay_endpoint.c_str(),
+                   DialectName(pc.dialect));
+    links_.emplace(id, std::move(link));
+  }
+}
+
+void Worker::Run(const std::atomic<bool>& stop, const std::function<void()>& on_tick) {
+  std::vector<zmq::pollitem_t> items;
+  std::vector<PublisherLink*> owners;
+  int64_t last_tick = 0;
+  while (!stop.load(std::memory_order_relaxed)) {
+    items.clear();
+    owners.clear();
+    for (auto& [id, link] : links_) {
+      link->AppendPollItems(&items);
+      owners.push_back(link.get());
+    }
+    if (items.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(config_.poll_timeout_ms));
+    } else {
+      try {
+        zmq::poll(items.data(), items.size(), std::chrono::milliseconds(config_.poll_timeout_ms));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) KVIDX_LOG_ERROR("poll: %s", e.what());
+      }
+      size_t at = 0;
+      for (PublisherLink* link : owners) {
+        link->Handle(&items[at]);
+        at += link->poll_item_count();
+      }
+    }
+    int64_t now = MonotonicNanos();
+    if (now - last_tick > int64_t{config_.poll_timeout_ms} * 1'000'000) {
+      last_tick = now;
+      for (auto& [id, link] : links_) link->Tick(now);
+      SyncLinks();
+      if (on_tick) on_tick();
+    }
+  }
+}
+
+}  // namespace kvidx::ingest

@@ -1,0 +1,54 @@
+// An ingest worker: owns the publishers whose stable hash picks it, runs their links in one
+// poll loop, and follows the publisher registry in the segment (config, admin RPCs).
+#ifndef KVIDX_INGEST_WORKER_H_
+#define KVIDX_INGEST_WORKER_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+
+#include <zmq.hpp>
+
+#include "index/prefix_index.h"
+#include "index/segment.h"
+#include "ingest/applier.h"
+#include "ingest/config.h"
+#include "ingest/publisher_link.h"
+
+namespace kvidx::ingest {
+
+class Worker {
+ public:
+  Worker(Config config, uint32_t worker_index);
+  ~Worker();
+
+  // Attaches (or creates) the segment, registers the configured models and publishers,
+  // recovers publishers a dead predecessor left mid-operation, and opens this worker's links.
+  absl::Status Init();
+  // Re-reads publishers and models from `config` (SIGHUP).
+  absl::Status Reload(Config config);
+  // Runs until `stop` is set. `on_tick` (may be empty) is called about every poll timeout.
+  void Run(const std::atomic<bool>& stop, const std::function<void()>& on_tick = {});
+
+  index::PrefixIndex* index() { return index_.get(); }
+  size_t link_count() const { return links_.size(); }
+
+ private:
+  absl::Status RegisterFromConfig();
+  void SyncLinks();
+  LinkOptions MakeLinkOptions() const;
+
+  Config config_;
+  uint32_t worker_;
+  std::unique_ptr<index::Segment> segment_;
+  std::unique_ptr<index::PrefixIndex> index_;
+  std::unique_ptr<Applier> applier_;
+  zmq::context_t ctx_;
+  std::map<index::PublisherId, std::unique_ptr<PublisherLink>> links_;
+  uint64_t registry_version_ = ~uint64_t{0};
+};
+
+}  // namespace kvidx::ingest
+
+#endif  // KVIDX_INGEST_WORKER_H_

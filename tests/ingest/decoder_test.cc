@@ -1,0 +1,286 @@
+#include "ingest/decoder.h"
+
+#include <random>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_data.h"
+
+namespace kvidx::ingest {
+namespace {
+
+using ::kvidx::testing::ReadHexFile;
+using ::testing::ElementsAre;
+
+constexpr uint64_t kH1 = 0x1122334455667788ULL;
+constexpr uint64_t kH2 = 0xF0E1D2C3B4A59687ULL;
+constexpr uint64_t kP = 0x0123456789ABCDEFULL;
+constexpr uint64_t kR = 0xDEADBEEFCAFEBABEULL;
+const std::vector<uint32_t> kTokens = {1, 2, 3, 128, 255, 256, 1000, 65535,
+                                       65536, 151644, 7, 8, 9, 10, 11, 12};
+
+EventBatch MustDecode(const std::vector<uint8_t>& bytes, Dialect d = Dialect::kAuto) {
+  EventBatch b;
+  DecodeReason r;
+  absl::Status st = DecodeBatch(bytes, d, &b, &r);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(r, DecodeReason::kOk);
+  return b;
+}
+
+DecodeReason MustFail(const std::vector<uint8_t>& bytes, Dialect d = Dialect::kAuto,
+                      DecodeLimits limits = {}) {
+  EventBatch b;
+  DecodeReason r = DecodeReason::kOk;
+  absl::Status st = DecodeBatch(bytes, d, &b, &r, limits);
+  EXPECT_FALSE(st.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(st));
+  EXPECT_TRUE(b.events.empty());
+  return r;
+}
+
+void ExpectExampleStored(const Event& e) {
+  EXPECT_EQ(e.kind, EventKind::kStored);
+  EXPECT_THAT(e.hashes, ElementsAre(kH1, kH2));
+  ASSERT_TRUE(e.parent.has_value());
+  EXPECT_EQ(*e.parent, kP);
+  EXPECT_EQ(e.tokens, kTokens);
+  EXPECT_EQ(e.block_size, 8u);
+  EXPECT_FALSE(e.lora_id.has_value());
+  EXPECT_FALSE(e.lora_name.has_value());
+  EXPECT_EQ(e.tier, index::kGpu);
+}
+
+TEST(DecoderGoldenTest, VllmArrayEra) {
+  auto bytes = ReadHexFile("vllm_array_era.hex");
+  ASSERT_EQ(bytes.size(), 144u);
+  EventBatch b = MustDecode(bytes);
+  EXPECT_EQ(b.dialect, Dialect::kVllm);
+  EXPECT_DOUBLE_EQ(b.ts, 1700000000.5);
+  ASSERT_EQ(b.dp_rank, 0);
+  ASSERT_EQ(b.events.size(), 2u);
+  ExpectExampleStored(b.events[0]);
+  EXPECT_TRUE(b.events[0].has_extra_keys);
+  EXPECT_EQ(b.events[0].group_idx, 0);
+  EXPECT_EQ(b.events[1].kind, EventKind::kRemoved);
+  EXPECT_THAT(b.events[1].hashes, ElementsAre(kR));
+}
+
+TEST(DecoderGoldenTest, VllmMapEra) {
+  auto bytes = ReadHexFile("vllm_map_era.hex");
+  ASSERT_EQ(bytes.size(), 300u);
+  EventBatch b = MustDecode(bytes);
+  ASSERT_EQ(b.events.size(), 2u);
+  ExpectExampleStored(b.events[0]);
+  EXPECT_EQ(b.events[1].kind, EventKind::kRemoved);
+  EXPECT_THAT(b.events[1].hashes, ElementsAre(kR));
+}
+
+TEST(DecoderGoldenTest, VllmFirstReleaseWithNegativeParent) {
+  auto bytes = ReadHexFile("vllm_first_release.hex");
+  ASSERT_EQ(bytes.size(), 113u);
+  EventBatch b = MustDecode(bytes);
+  EXPECT_FALSE(b.dp_rank.has_value());
+  ASSERT_EQ(b.events.size(), 2u);
+  EXPECT_EQ(*b.events[0].parent, 0x8877665544332211ULL);  // two's complement of the int64
+  EXPECT_EQ(b.events[0].tokens, kTokens);
+  EXPECT_THAT(b.events[1].hashes, ElementsAre(kR));
+  EXPECT_EQ(b.events[1].tier, index::kGpu);  // no medium: GPU
+}
+
+TEST(DecoderGoldenTest, VllmBytesHashesFoldToLastEightBytes) {
+  auto bytes = ReadHexFile("vllm_bytes_hashes.hex");
+  ASSERT_EQ(bytes.size(), 124u);
+  EventBatch b = MustDecode(bytes);
+  ASSERT_EQ(b.events.size(), 2u);
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(0x18191a1b1c1d1e1fULL));
+  EXPECT_EQ(b.events[1].kind, EventKind::kCleared);
+}
+
+TEST(DecoderGoldenTest, SglangFoldsFirstEightBytesAndReadsCacheSalt) {
+  auto bytes = ReadHexFile("sglang_salt.hex");
+  EventBatch b = MustDecode(bytes, Dialect::kSglang);
+  EXPECT_EQ(b.dialect, Dialect::kSglang);
+  EXPECT_EQ(b.dp_rank, 1);
+  ASSERT_EQ(b.events.size(), 2u);
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(0xa0a1a2a3a4a5a6a7ULL));
+  EXPECT_EQ(b.events[0].cache_salt, "s1");
+  EXPECT_FALSE(b.events[0].lora_name.has_value());
+  EXPECT_EQ(b.events[0].tier, index::kCpu);
+  EXPECT_THAT(b.events[0].tokens, ElementsAre(11, 12));
+  EXPECT_EQ(b.events[0].block_size, 2u);
+  EXPECT_THAT(b.events[1].hashes, ElementsAre(0xFFFFFFFFFFFFFFFEULL));
+  EXPECT_EQ(b.events[1].tier, index::kDisk);
+  // Decoded as vLLM, the same digest folds to its last 8 bytes instead.
+  EventBatch v = MustDecode(bytes, Dialect::kVllm);
+  EXPECT_THAT(v.events[0].hashes, ElementsAre(0xb8b9babbbcbdbebfULL));
+}
+
+TEST(DecoderGoldenTest, Aibrix) {
+  EventBatch b = MustDecode(ReadHexFile("aibrix.hex"));
+  EXPECT_EQ(b.dialect, Dialect::kAibrix);
+  ASSERT_EQ(b.events.size(), 1u);
+  EXPECT_EQ(b.events[0].kind, EventKind::kStored);
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(0x10u));
+  EXPECT_THAT(b.events[0].tokens, ElementsAre(1, 2));
+  EXPECT_EQ(b.events[0].block_size, 2u);
+  EXPECT_FALSE(b.events[0].parent.has_value());
+  EXPECT_EQ(b.events[0].model_name, "");
+}
+
+TEST(DecoderGoldenTest, SequenceIdForm) {
+  EventBatch b = MustDecode(ReadHexFile("seqid.hex"));
+  EXPECT_EQ(b.dialect, Dialect::kSeqId);
+  ASSERT_EQ(b.events.size(), 3u);
+  EXPECT_EQ(b.events[0].kind, EventKind::kSeqStored);
+  EXPECT_EQ(b.events[0].sequence_id, 12345);
+  EXPECT_THAT(b.events[0].block_numbers, ElementsAre(0, 1, 2));
+  EXPECT_THAT(b.events[0].tokens, ElementsAre(101, 102, 103, 104, 105, 106));
+  EXPECT_EQ(b.events[0].block_size, 2u);
+  EXPECT_EQ(b.events[1].kind, EventKind::kSeqRemoved);
+  EXPECT_THAT(b.events[1].block_numbers, ElementsAre(0, 1));
+  EXPECT_EQ(b.events[2].kind, EventKind::kRequestFinished);
+  EXPECT_EQ(b.events[2].request_id, "r1");
+  EXPECT_TRUE(b.events[2].finished);
+}
+
+TEST(DecoderGoldenTest, KvbmNamedAndIndexedEncodings) {
+  EventBatch b = MustDecode(ReadHexFile("kvbm_named.hex"));
+  EXPECT_EQ(b.dialect, Dialect::kKvbm);
+  ASSERT_TRUE(b.instance_id.has_value());
+  EXPECT_EQ(b.instance_id->first, 0u);
+  EXPECT_EQ(b.instance_id->second, 0x0102u);
+  ASSERT_EQ(b.events.size(), 1u);
+  EXPECT_EQ(b.events[0].kind, EventKind::kStored);
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(0x1111111111111111ULL ^ 0x2222222222222222ULL, 7u));
+
+  EventBatch r = MustDecode(ReadHexFile("kvbm_indexed.hex"));
+  EXPECT_EQ(r.dialect, Dialect::kKvbm);
+  EXPECT_EQ(r.instance_id->second, 9u);
+  ASSERT_EQ(r.events.size(), 1u);
+  EXPECT_EQ(r.events[0].kind, EventKind::kRemoved);
+  EXPECT_THAT(r.events[0].hashes, ElementsAre(5, 6));
+
+  // ["Shutdown", 3] and [[2, []], 3]: the unit variant both ways.
+  EventBatch s = MustDecode({0x92, 0xa8, 'S', 'h', 'u', 't', 'd', 'o', 'w', 'n', 0x03});
+  ASSERT_EQ(s.events.size(), 1u);
+  EXPECT_EQ(s.events[0].kind, EventKind::kCleared);
+  EventBatch s2 = MustDecode({0x92, 0x92, 0x02, 0x90, 0x03});
+  EXPECT_EQ(s2.events.at(0).kind, EventKind::kCleared);
+}
+
+TEST(DecoderGoldenTest, BatchAsMapIsAccepted) {
+  // {"ts": 1.5, "events": [["AllBlocksCleared"]], "data_parallel_rank": 2} (wire.md U1).
+  std::vector<uint8_t> bytes = {0x83, 0xa2, 't', 's', 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0,
+                                0xa6, 'e', 'v', 'e', 'n', 't', 's', 0x91, 0x91, 0xb0,
+                                'A', 'l', 'l', 'B', 'l', 'o', 'c', 'k', 's', 'C', 'l', 'e', 'a',
+                                'r', 'e', 'd', 0xb2, 'd', 'a', 't', 'a', '_', 'p', 'a', 'r', 'a',
+                                'l', 'l', 'e', 'l', '_', 'r', 'a', 'n', 'k', 0x02};
+  EventBatch b = MustDecode(bytes);
+  EXPECT_DOUBLE_EQ(b.ts, 1.5);
+  EXPECT_EQ(b.dp_rank, 2);
+  ASSERT_EQ(b.events.size(), 1u);
+  EXPECT_EQ(b.events[0].kind, EventKind::kCleared);
+}
+
+TEST(DecoderRejectTest, TruncatedAndTrailingAndGarbage) {
+  auto bytes = ReadHexFile("vllm_array_era.hex");
+  for (size_t cut : {1ul, 10ul, 50ul, 143ul}) {
+    EXPECT_EQ(MustFail({bytes.begin(), bytes.begin() + cut}), DecodeReason::kTruncated) << cut;
+  }
+  auto longer = bytes;
+  longer.push_back(0x00);
+  EXPECT_EQ(MustFail(longer), DecodeReason::kTrailingBytes);
+  EXPECT_EQ(MustFail({}), DecodeReason::kTruncated);
+  EXPECT_EQ(MustFail({0xc1}), DecodeReason::kMalformed);  // never-used byte
+  EXPECT_EQ(MustFail({0x2a}), DecodeReason::kBadShape);   // a bare int
+}
+
+TEST(DecoderRejectTest, ArrayClaimingMoreElementsThanBytes) {
+  // array32 claiming 4 billion elements, then nothing.
+  EXPECT_EQ(MustFail({0xdd, 0xff, 0xff, 0xff, 0xff}), DecodeReason::kTooLarge);
+  // array32 claiming 1000 elements (under the limit) with three present.
+  EXPECT_EQ(MustFail({0xdd, 0x00, 0x00, 0x03, 0xe8, 0x01, 0x02, 0x03}), DecodeReason::kTruncated);
+  // bin32 claiming 2 GiB with nothing behind it: rejected before anything is allocated.
+  EXPECT_EQ(MustFail({0x93, 0x00, 0x91, 0x92, 0xab, 'B', 'l', 'o', 'c', 'k', 'R', 'e', 'm', 'o',
+                      'v', 'e', 'd', 0x91, 0xc6, 0x80, 0x00, 0x00, 0x00}),
+            DecodeReason::kTruncated);
+  // A real 2 MiB bin hash: over the 1 MiB element limit.
+  std::vector<uint8_t> big = {0x93, 0x00, 0x91, 0x92, 0xab, 'B', 'l', 'o', 'c', 'k', 'R', 'e',
+                              'm', 'o', 'v', 'e', 'd', 0x91, 0xc6, 0x00, 0x20, 0x00, 0x00};
+  big.resize(big.size() + (2u << 20), 0xab);
+  big.push_back(0x00);
+  EXPECT_EQ(MustFail(big), DecodeReason::kTooLarge);
+  DecodeLimits small;
+  small.max_payload_bytes = 16;
+  EXPECT_EQ(MustFail(ReadHexFile("vllm_array_era.hex"), Dialect::kAuto, small),
+            DecodeReason::kTooLarge);
+}
+
+TEST(DecoderRejectTest, WrongTypesAndShapes) {
+  // [ts, "not events", 0]
+  EXPECT_EQ(MustFail({0x93, 0x00, 0xa1, 'x', 0x00}), DecodeReason::kWrongType);
+  // ts is a string
+  EXPECT_EQ(MustFail({0x92, 0xa1, 'x', 0x90}), DecodeReason::kWrongType);
+  // BlockRemoved with a string hash: ["BlockRemoved", ["h"]]
+  std::vector<uint8_t> removed = {0x92, 0x00, 0x91, 0x92, 0xac, 'B', 'l', 'o', 'c', 'k', 'R',
+                                  'e', 'm', 'o', 'v', 'e', 'd', 0x91, 0xa1, 'h'};
+  EXPECT_EQ(MustFail(removed), DecodeReason::kWrongType);
+  // BlockStored with 3 tokens for 1 block of 2: shape error.
+  std::vector<uint8_t> stored = {0x92, 0x00, 0x91, 0x96, 0xab, 'B', 'l', 'o', 'c', 'k', 'S',
+                                 't', 'o', 'r', 'e', 'd', 0x91, 0x05, 0xc0, 0x93, 1, 2, 3,
+                                 0x02, 0xc0};
+  EXPECT_EQ(MustFail(stored), DecodeReason::kBadShape);
+  // A negative token id.
+  stored[19] = 0x92;
+  stored[20] = 0xff;  // -1
+  stored[21] = 0x02;
+  stored[22] = 0x02;
+  stored.erase(stored.begin() + 23);
+  EXPECT_EQ(MustFail(stored), DecodeReason::kWrongType);
+}
+
+TEST(DecoderRejectTest, UnknownTagsAreSkippedAndCountedOrRejectedWhenStrict) {
+  // [0, [["Mystery", 1], ["AllBlocksCleared"]]]
+  std::vector<uint8_t> bytes = {0x92, 0x00, 0x92, 0x92, 0xa7, 'M', 'y', 's', 't', 'e', 'r', 'y',
+                                0x01, 0x91, 0xb0, 'A', 'l', 'l', 'B', 'l', 'o', 'c', 'k', 's',
+                                'C', 'l', 'e', 'a', 'r', 'e', 'd'};
+  EventBatch b = MustDecode(bytes);
+  EXPECT_EQ(b.unknown_events, 1u);
+  ASSERT_EQ(b.events.size(), 1u);
+  EXPECT_EQ(b.events[0].kind, EventKind::kCleared);
+  DecodeLimits strict;
+  strict.strict = true;
+  EXPECT_EQ(MustFail(bytes, Dialect::kAuto, strict), DecodeReason::kUnknownTag);
+}
+
+TEST(DecoderRejectTest, DeepNestingIsBounded) {
+  std::vector<uint8_t> deep(200, 0x91);
+  deep.push_back(0x00);
+  EXPECT_EQ(MustFail(deep), DecodeReason::kTooLarge);
+}
+
+// Random bytes and random mutations of valid payloads never crash the decoder.
+TEST(DecoderFuzzTest, RandomInputNeverCrashes) {
+  std::mt19937 rng(5);
+  std::vector<std::vector<uint8_t>> seeds;
+  for (const char* f : {"vllm_array_era.hex", "vllm_map_era.hex", "sglang_salt.hex", "aibrix.hex",
+                        "seqid.hex", "kvbm_named.hex"}) {
+    seeds.push_back(ReadHexFile(f));
+  }
+  int ok = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::vector<uint8_t> bytes = seeds[i % seeds.size()];
+    int flips = 1 + rng() % 4;
+    for (int k = 0; k < flips; ++k) bytes[rng() % bytes.size()] = static_cast<uint8_t>(rng());
+    if (i % 7 == 0) bytes.resize(rng() % (bytes.size() + 1));
+    EventBatch b;
+    DecodeReason r;
+    ok += DecodeBatch(bytes, Dialect::kAuto, &b, &r).ok();
+  }
+  EXPECT_GT(ok, 0);
+}
+
+}  // namespace
+}  // namespace kvidx::ingest
