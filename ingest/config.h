@@ -43,6 +43,7 @@ struct Config {
   uint32_t reconnect_initial_ms = 1000;  // AIBrix defaults: 1 s initial, 30 s max
   uint32_t reconnect_max_ms = 30000;
   uint32_t replay_timeout_ms = 2000;
+  uint32_t idle_probe_ms = 1000;
   uint32_t poll_timeout_ms = 100;
   int32_t rcvhwm = 100000;               // the engines' PUB default
   uint64_t max_payload_bytes = 64u << 20;

@@ -155,6 +155,7 @@ void PublisherLink::OnSub() {
 }
 
 void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
+  last_activity_ns_ = MonotonicNanos();
   index::SegmentHeader* h = index_->mutable_header();
   if (parts.size() == 3 && parts[1].size() == 8) {
     HandleSequenced(ReadSeq(parts[1]), Bytes(parts[2]), /*from_replay=*/false);
@@ -340,6 +341,7 @@ void PublisherLink::OnDealer() {
 
 void PublisherLink::FinishReplay(bool got_end) {
   replaying_ = false;
+  last_activity_ns_ = MonotonicNanos();
   if (index::PublisherSlot* s = slot()) St(s->gap_open, 0u);
   if (!got_end) {
     KVIDX_LOG_WARN("publisher %s/%u: replay ended without its end marker", config_.pod.c_str(),
@@ -361,6 +363,13 @@ void PublisherLink::FinishReplay(bool got_end) {
 
 void PublisherLink::Tick(int64_t now_ns) {
   if (replaying_ && now_ns > replay_deadline_ns_) FinishReplay(/*got_end=*/false);
+  if (!replaying_ && dealer_ && options_.idle_probe_ms != 0 &&
+      now_ns - last_activity_ns_ > int64_t{options_.idle_probe_ms} * 1'000'000) {
+    if (auto expected = Expected()) {
+      last_activity_ns_ = now_ns;
+      StartReplay(*expected, /*first_contact=*/false);
+    }
+  }
 }
 
 void PublisherLink::Resync(const char* why) {

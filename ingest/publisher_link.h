@@ -38,6 +38,10 @@ struct LinkOptions {
   uint32_t replay_timeout_ms = 2000;
   int32_t rcvhwm = 100000;
   size_t max_buffered_batches = 100000;
+  // After this long without a live batch, ask the replay endpoint for anything after the last
+  // applied batch: a lost *last* batch shows no gap until the next one arrives, which may be
+  // never (0 disables).
+  uint32_t idle_probe_ms = 1000;
   DecodeLimits limits;
 };
 
@@ -92,6 +96,7 @@ class PublisherLink {
   bool first_contact_ = false;
   uint64_t replay_from_ = 0;
   int64_t replay_deadline_ns_ = 0;
+  int64_t last_activity_ns_ = 0;
   std::deque<std::pair<uint64_t, std::vector<uint8_t>>> buffered_;
 };
 

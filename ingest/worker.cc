@@ -22,6 +22,7 @@ LinkOptions Worker::MakeLinkOptions() const {
   o.reconnect_initial_ms = config_.reconnect_initial_ms;
   o.reconnect_max_ms = config_.reconnect_max_ms;
   o.replay_timeout_ms = config_.replay_timeout_ms;
+  o.idle_probe_ms = config_.idle_probe_ms;
   o.rcvhwm = config_.rcvhwm;
   o.max_buffered_batches = config_.max_buffered_batches;
   o.limits.max_payload_bytes = config_.max_payload_bytes;

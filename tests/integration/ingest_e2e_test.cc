@@ -1,0 +1,207 @@
+// kvidx-sim -> two kvidx-ingest worker processes -> the shared-memory index, over real ZeroMQ
+// TCP sockets on loopback. After the run quiesces, the index must equal the simulator's own
+// record of what each pod holds, with faults injected.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "index/prefix_index.h"
+#include "index/segment.h"
+#include "tests/integration/process.h"
+
+namespace kvidx::testing {
+namespace {
+
+using Holdings = std::map<std::pair<std::string, uint32_t>, std::set<uint64_t>>;
+
+Holdings ReadRecord(const std::string& path) {
+  Holdings h;
+  std::ifstream in(path);
+  std::string pod, key;
+  uint32_t dp;
+  while (in >> pod >> dp >> key) h[{pod, dp}].insert(std::stoull(key, nullptr, 16));
+  return h;
+}
+
+Holdings ReadIndex(const std::string& segment) {
+  Holdings h;
+  auto seg = index::Segment::Attach(segment, index::Segment::Access::kReadOnly);
+  if (!seg.ok()) return h;
+  index::PrefixIndex idx(seg->get());
+  for (const auto& e : idx.Dump()) {
+    const index::PublisherSlot* s = idx.publisher_slot(e.holder.publisher);
+    if (s != nullptr) h[{s->pod, s->dp_rank}].insert(e.key);
+  }
+  return h;
+}
+
+std::string Describe(const Holdings& want, const Holdings& got) {
+  std::ostringstream out;
+  std::set<std::pair<std::string, uint32_t>> pubs;
+  for (auto& [k, v] : want) pubs.insert(k);
+  for (auto& [k, v] : got) pubs.insert(k);
+  for (auto& p : pubs) {
+    auto w = want.count(p) ? want.at(p) : std::set<uint64_t>();
+    auto g = got.count(p) ? got.at(p) : std::set<uint64_t>();
+    size_t missing = 0, extra = 0;
+    for (auto k : w) missing += !g.count(k);
+    for (auto k : g) extra += !w.count(k);
+    out << p.first << "/" << p.second << ": sim " << w.size() << " index " << g.size()
+        << " missing " << missing << " extra " << extra << "\n";
+  }
+  return out.str();
+}
+
+struct TestRun {
+  std::string name;
+  std::string dir;
+  std::string segment;
+  std::string config;
+  std::string record;
+};
+
+TestRun Prepare(const std::string& name) {
+  TestRun r;
+  r.name = name;
+  r.dir = "/tmp/kvidx-e2e-" + name + "-" + std::to_string(getpid());
+  mkdir(r.dir.c_str(), 0755);
+  r.segment = "kvidx-e2e-" + name + "-" + std::to_string(getpid());
+  r.config = r.dir + "/kvidx.toml";
+  r.record = r.dir + "/record.txt";
+  index::Segment::Remove(r.segment);
+  return r;
+}
+
+void WriteConfig(const TestRun& r, const std::string& sim_config) {
+  std::ifstream in(sim_config);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::ofstream out(r.config);
+  out << "[segment]\nname = \"" << r.segment
+      << "\"\nblocks = 200000\npairs = 800000\npublishers = 64\nnamespaces = 8\nstripes = 64\n"
+      << "[ingest]\nworkers = 2\nreplay_timeout_ms = 1500\nreconnect_initial_ms = 100\n"
+      << "reconnect_max_ms = 1000\n\n"
+      << ss.str();
+}
+
+std::unique_ptr<Process> StartWorker(const TestRun& r, int k) {
+  return std::make_unique<Process>(
+      std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", r.config, "--worker",
+                               std::to_string(k)},
+      r.dir + "/worker" + std::to_string(k) + ".log");
+}
+
+std::unique_ptr<Process> StartSim(const TestRun& r, std::vector<std::string> extra) {
+  std::vector<std::string> args = {BuildPath("tools/kvidx-sim"), "--base-port",
+                                   std::to_string(PortBase(0)), "--config-out",
+                                   r.dir + "/sim.toml", "--record", r.record,
+                                   "--start-delay-ms", "300", "--linger-ms", "4000"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return std::make_unique<Process>(args, r.dir + "/sim.log");
+}
+
+void ExpectIndexEqualsRecord(const TestRun& r, Process& sim) {
+  ASSERT_EQ(sim.Wait(std::chrono::milliseconds(90000)), 0) << sim.Log();
+  Holdings want = ReadRecord(r.record);
+  ASSERT_FALSE(want.empty());
+  Holdings got;
+  bool same = WaitFor([&] { return (got = ReadIndex(r.segment)) == want; },
+                      std::chrono::milliseconds(10000));
+  std::string counters;
+  if (!same) {
+    auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
+    if (seg.ok()) {
+      index::PrefixIndex idx(seg->get());
+      for (auto p : idx.ActivePublishers()) {
+        const index::PublisherSlot* s = idx.publisher_slot(p);
+        counters += std::string(s->pod) + ": batches " + std::to_string(s->batches) +
+                    " stored " + std::to_string(s->stored_blocks) + " removed " +
+                    std::to_string(s->removed_blocks) + " orphans " +
+                    std::to_string(s->orphan_blocks) + " unknown_removes " +
+                    std::to_string(s->unknown_removes) + " dups " +
+                    std::to_string(s->duplicate_stores) + " evicted " +
+                    std::to_string(s->evicted_pairs) + " decode_errors " +
+                    std::to_string(s->decode_errors) + " gaps " + std::to_string(s->gaps) +
+                    " resyncs " + std::to_string(s->resyncs) + "\n";
+      }
+    }
+  }
+  EXPECT_TRUE(same) << Describe(want, got) << counters;
+}
+
+const index::SegmentHeader* Header(const std::unique_ptr<index::Segment>& s) {
+  return s->header();
+}
+
+TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
+  TestRun r = Prepare("clean");
+  auto sim = StartSim(r, {"--pods", "6", "--mixed-encodings", "--requests", "600", "--rate",
+                          "400", "--cache-blocks", "400"});
+  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
+                      std::chrono::milliseconds(5000)));
+  WriteConfig(r, r.dir + "/sim.toml");
+  auto w0 = StartWorker(r, 0);
+  auto w1 = StartWorker(r, 1);
+  ExpectIndexEqualsRecord(r, *sim);
+  auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
+  ASSERT_TRUE(seg.ok());
+  index::PrefixIndex idx(seg->get());
+  EXPECT_EQ(idx.ActivePublishers().size(), 6u);
+  EXPECT_GT(Header(*seg)->batches_applied, 500u);
+  uint64_t decode_errors = 0;
+  for (uint64_t v : Header(*seg)->decode_errors) decode_errors += v;
+  EXPECT_EQ(decode_errors, 0u);
+  w0->Signal(SIGTERM);
+  w1->Signal(SIGTERM);
+  EXPECT_EQ(w0->Wait(), 0);
+  EXPECT_EQ(w1->Wait(), 0);
+  index::Segment::Remove(r.segment);
+}
+
+TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
+  TestRun r = Prepare("faults");
+  auto sim = StartSim(r, {"--pods", "4", "--requests", "1200", "--rate", "300", "--cache-blocks",
+                          "300", "--drop-every", "23", "--restart-every", "400",
+                          "--garbage-every", "31", "--replay-without-topic", "--encoding",
+                          "vllm-array"});
+  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
+                      std::chrono::milliseconds(5000)));
+  WriteConfig(r, r.dir + "/sim.toml");
+  auto w0 = StartWorker(r, 0);
+  auto w1 = StartWorker(r, 1);
+  // Kill worker 0 (SIGKILL, mid-stream) twice and start it again.
+  int kills = getenv("KVIDX_E2E_KILLS") ? atoi(getenv("KVIDX_E2E_KILLS")) : 2;
+  for (int i = 0; i < kills; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    w0->Signal(SIGKILL);
+    EXPECT_NE(w0->Wait(), -1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    w0 = StartWorker(r, 0);
+  }
+  ExpectIndexEqualsRecord(r, *sim);
+  auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
+  ASSERT_TRUE(seg.ok());
+  index::PrefixIndex idx(seg->get());
+  uint64_t gaps = 0, resyncs = 0, replays = 0;
+  for (auto p : idx.ActivePublishers()) {
+    gaps += idx.publisher_slot(p)->gaps;
+    resyncs += idx.publisher_slot(p)->resyncs;
+    replays += idx.publisher_slot(p)->replays;
+  }
+  EXPECT_GT(gaps, 0u);
+  EXPECT_GT(replays, gaps / 2);
+  EXPECT_GT(resyncs, 0u);  // the engine restarts
+  EXPECT_GT(Header(*seg)->garbage_frames, 0u);
+  w0->Signal(SIGTERM);
+  w1->Signal(SIGTERM);
+  w0->Wait();
+  w1->Wait();
+  index::Segment::Remove(r.segment);
+}
+
+}  // namespace
+}  // namespace kvidx::testing

@@ -1,0 +1,113 @@
+// kvidx-sim's simulated engine: the publisher side of the engines' protocol, for real.
+//
+// One SimEngine is one engine process (one data-parallel rank): a PUB socket sending
+// [topic, seq8, payload] and a ROUTER serving replays from a bounded ring of the batches it sent
+// (wire.md §2), with the payloads encoded in any dialect kvidx accepts. Its cache is an LRU of
+// blocks: serving a request stores the blocks it misses (BlockStored, chained by parent hash)
+// and evicts the least recently used ones past capacity (BlockRemoved). It keeps its own record
+// of what it holds, which the tests compare with kvidx's index.
+#ifndef KVIDX_TOOLS_SIM_ENGINE_H_
+#define KVIDX_TOOLS_SIM_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <zmq.hpp>
+
+namespace kvidx::sim {
+
+enum class Encoding {
+  kVllmArray,   // vLLM <= 0.23: array events, int hashes
+  kVllmMap,     // vLLM >= 0.24: map events, int hashes
+  kVllmBytes,   // map events, 32-byte digests as bin (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0)
+  kVllmV090,    // the first release: 2-element batch, 6-element BlockStored
+  kSglang,      // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
+  kAibrix,      // {"events": [{"type": "BLOCK_STORED", ...}]}
+};
+bool ParseEncoding(const std::string& s, Encoding* out);
+const char* EncodingName(Encoding e);
+// The dialect name kvidx should be configured with for an encoding.
+const char* DialectFor(Encoding e);
+
+struct Faults {
+  uint32_t drop_every = 0;     // every Nth batch is not sent live (a gap; replay has it)
+  uint32_t restart_every = 0;  // every Nth batch the engine "restarts": cache and seq reset
+  uint32_t garbage_every = 0;  // every Nth batch is preceded by garbage frames
+  uint32_t stall_every = 0;    // every Nth batch, stall for stall_ms
+  uint32_t stall_ms = 0;
+};
+
+struct EngineOptions {
+  std::string pod;
+  uint32_t dp_rank = 0;
+  std::string pub_endpoint;     // bound
+  std::string replay_endpoint;  // bound; "" = no replay
+  std::string topic;
+  Encoding encoding = Encoding::kVllmMap;
+  bool replay_with_topic = true;  // vLLM >= 0.26 layout
+  uint32_t block_size = 16;
+  size_t cache_blocks = 4096;
+  size_t replay_buffer = 10000;   // batches
+  Faults faults;
+  uint64_t seed = 1;
+};
+
+// A block of a prompt: its engine hash (content-chained, as a fixed-seed vLLM computes it) and
+// its tokens.
+struct SimBlock {
+  uint64_t engine_hash;
+  uint64_t parent_hash;  // 0: first block
+  std::vector<uint32_t> tokens;
+};
+
+class SimEngine {
+ public:
+  SimEngine(zmq::context_t& ctx, EngineOptions options);
+
+  // Serves one request: stores its missing blocks, evicts past capacity, publishes one batch.
+  void Serve(const std::vector<SimBlock>& prompt);
+  // Answers pending replay requests (call often).
+  void PollReplay();
+  // Publishes an AllBlocksCleared (and empties the cache).
+  void ClearAll();
+
+  const EngineOptions& options() const { return options_; }
+  // Engine hashes currently cached (the simulator's own record).
+  std::vector<uint64_t> Cached() const;
+  uint64_t batches_sent() const { return seq_; }
+  uint64_t restarts() const { return restarts_; }
+
+ private:
+  struct Pending {
+    std::vector<SimBlock> stored;  // runs of blocks, each with its parent
+    std::vector<uint64_t> removed;
+    bool cleared = false;
+  };
+  std::vector<uint8_t> Encode(const Pending& p) const;
+  void Send(const Pending& p);
+  void SendGarbage();
+
+  EngineOptions options_;
+  zmq::socket_t pub_;
+  std::unique_ptr<zmq::socket_t> router_;
+  uint64_t seq_ = 0;
+  uint64_t batch_counter_ = 0;
+  uint64_t restarts_ = 0;
+  std::deque<std::pair<uint64_t, std::vector<uint8_t>>> ring_;
+  std::list<uint64_t> lru_;  // most recent first
+  std::unordered_map<uint64_t, std::list<uint64_t>::iterator> cached_;
+  std::mt19937_64 rng_;
+};
+
+// Builds prompts: block b of a chain gets tokens derived from its id, and engine hashes chain
+// like a fixed-seed vLLM's (content hashes, equal across pods).
+std::vector<SimBlock> MakePrompt(const std::vector<uint64_t>& block_ids, uint32_t block_size);
+
+}  // namespace kvidx::sim
+
+#endif  // KVIDX_TOOLS_SIM_ENGINE_H_

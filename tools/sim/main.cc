@@ -1,0 +1,303 @@
+// kvidx-sim: a fleet of simulated inference engines publishing KV-cache events over ZeroMQ, as
+// the real engines do (see tools/sim/engine.h), driven by a synthetic workload or a trace.
+//
+//   kvidx-sim --pods 4 [--dp 1] [--base-port 5557] [--host 127.0.0.1] [--encoding vllm-map]
+//             [--workload synthetic|trace] [--trace FILE] [--requests N] [--rate R]
+//             [--cache-blocks N] [--block-size 16] [--model NAME] [--topic T]
+//             [--drop-every N] [--restart-every N] [--garbage-every N] [--stall-every N]
+//             [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]
+//             [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]
+//             [--mixed-encodings]
+#include <signal.h>
+#include <xxhash.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "index/block_key.h"
+#include "tools/sim/engine.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+struct Args {
+  uint32_t pods = 4;
+  uint32_t dp = 1;
+  uint32_t base_port = 5557;
+  std::string host = "127.0.0.1";
+  std::string encoding = "vllm-map";
+  bool mixed_encodings = false;
+  std::string workload = "synthetic";
+  std::string trace;
+  uint64_t requests = 2000;
+  double rate = 0;
+  size_t cache_blocks = 2048;
+  uint32_t block_size = 16;
+  std::string model = "demo-model";
+  std::string topic = "kv-events";
+  kvidx::sim::Faults faults;
+  bool replay = true;
+  bool replay_with_topic = true;
+  uint32_t linger_ms = 2000;
+  uint32_t start_delay_ms = 500;
+  std::string record;
+  std::string config_out;
+  uint64_t seed = 1;
+};
+
+[[noreturn]] void Usage() {
+  std::fprintf(stderr,
+               "usage: kvidx-sim [--pods N] [--dp N] [--base-port P] [--host H] [--encoding E]\n"
+               "  [--workload synthetic|trace] [--trace FILE] [--requests N] [--rate R]\n"
+               "  [--cache-blocks N] [--block-size N] [--model NAME] [--topic T]\n"
+               "  [--drop-every N] [--restart-every N] [--garbage-every N] [--stall-every N]\n"
+               "  [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]\n"
+               "  [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]\n"
+               "  [--mixed-encodings]\n"
+               "encodings: vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix\n");
+  std::exit(2);
+}
+
+Args Parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto v = [&]() -> std::string {
+      if (i + 1 >= argc) Usage();
+      return argv[++i];
+    };
+    auto n = [&]() { return std::strtoull(v().c_str(), nullptr, 10); };
+    if (k == "--pods") a.pods = n();
+    else if (k == "--dp") a.dp = n();
+    else if (k == "--base-port") a.base_port = n();
+    else if (k == "--host") a.host = v();
+    else if (k == "--encoding") a.encoding = v();
+    else if (k == "--mixed-encodings") a.mixed_encodings = true;
+    else if (k == "--workload") a.workload = v();
+    else if (k == "--trace") a.trace = v();
+    else if (k == "--requests") a.requests = n();
+    else if (k == "--rate") a.rate = std::strtod(v().c_str(), nullptr);
+    else if (k == "--cache-blocks") a.cache_blocks = n();
+    else if (k == "--block-size") a.block_size = n();
+    else if (k == "--model") a.model = v();
+    else if (k == "--topic") a.topic = v();
+    else if (k == "--drop-every") a.faults.drop_every = n();
+    else if (k == "--restart-every") a.faults.restart_every = n();
+    else if (k == "--garbage-every") a.faults.garbage_every = n();
+    else if (k == "--stall-every") a.faults.stall_every = n();
+    else if (k == "--stall-ms") a.faults.stall_ms = n();
+    else if (k == "--no-replay") a.replay = false;
+    else if (k == "--replay-without-topic") a.replay_with_topic = false;
+    else if (k == "--linger-ms") a.linger_ms = n();
+    else if (k == "--start-delay-ms") a.start_delay_ms = n();
+    else if (k == "--record") a.record = v();
+    else if (k == "--config-out") a.config_out = v();
+    else if (k == "--seed") a.seed = n();
+    else Usage();
+  }
+  if (a.pods == 0 || a.dp == 0 || a.block_size == 0) Usage();
+  return a;
+}
+
+// Requests as chains of block ids.
+class Workload {
+ public:
+  virtual ~Workload() = default;
+  virtual bool Next(std::vector<uint64_t>* ids) = 0;
+};
+
+// Prefix groups (a shared system prompt / conversation) plus a unique tail per request.
+class Synthetic : public Workload {
+ public:
+  explicit Synthetic(uint64_t seed) : rng_(seed) {
+    for (int g = 0; g < 64; ++g) prefix_len_.push_back(4 + rng_() % 29);
+  }
+  bool Next(std::vector<uint64_t>* ids) override {
+    ids->clear();
+    // Zipf-like popularity: low group numbers are hot.
+    uint32_t g = static_cast<uint32_t>(std::min<double>(63, std::floor(std::pow(rng_() % 4096 / 4096.0, 2.0) * 64)));
+    for (uint32_t j = 0; j < prefix_len_[g]; ++j) ids->push_back(uint64_t{g} * 1000 + j);
+    uint32_t tail = 1 + rng_() % 8;
+    for (uint32_t j = 0; j < tail; ++j) ids->push_back(next_unique_++);
+    return true;
+  }
+
+ private:
+  std::mt19937_64 rng_;
+  std::vector<uint32_t> prefix_len_;
+  uint64_t next_unique_ = 1'000'000;
+};
+
+// The Mooncake conversation trace: each line's hash_ids are the request's blocks.
+class Trace : public Workload {
+ public:
+  explicit Trace(const std::string& path) : in_(path) {
+    if (!in_) {
+      std::fprintf(stderr, "kvidx-sim: cannot read trace %s\n", path.c_str());
+      std::exit(1);
+    }
+  }
+  bool Next(std::vector<uint64_t>* ids) override {
+    std::string line;
+    while (std::getline(in_, line)) {
+      ids->clear();
+      auto at = line.find("\"hash_ids\"");
+      if (at == std::string::npos) continue;
+      at = line.find('[', at);
+      auto end = line.find(']', at);
+      if (at == std::string::npos || end == std::string::npos) continue;
+      const char* p = line.c_str() + at + 1;
+      const char* stop = line.c_str() + end;
+      while (p < stop) {
+        char* next = nullptr;
+        unsigned long long v = std::strtoull(p, &next, 10);
+        if (next == p) {
+          ++p;
+          continue;
+        }
+        ids->push_back(v);
+        p = next;
+      }
+      if (!ids->empty()) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::ifstream in_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = Parse(argc, argv);
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::vector<kvidx::sim::Encoding> encodings;
+  {
+    kvidx::sim::Encoding e;
+    if (!kvidx::sim::ParseEncoding(a.encoding, &e)) Usage();
+    encodings.push_back(e);
+    if (a.mixed_encodings) {
+      for (auto x : {kvidx::sim::Encoding::kVllmArray, kvidx::sim::Encoding::kVllmBytes,
+                     kvidx::sim::Encoding::kSglang, kvidx::sim::Encoding::kVllmV090,
+                     kvidx::sim::Encoding::kAibrix}) {
+        if (x != e) encodings.push_back(x);
+      }
+    }
+  }
+  try {
+    zmq::context_t ctx(1);
+    std::vector<std::unique_ptr<kvidx::sim::SimEngine>> engines;
+    std::string toml = "# Written by kvidx-sim for its simulated fleet.\n[[model]]\nname = \"" +
+                       a.model + "\"\nblock_size = " + std::to_string(a.block_size) + "\n";
+    for (uint32_t p = 0; p < a.pods; ++p) {
+      for (uint32_t r = 0; r < a.dp; ++r) {
+        uint32_t i = p * a.dp + r;
+        kvidx::sim::EngineOptions o;
+        o.pod = "pod-" + std::to_string(p);
+        o.dp_rank = r;
+        o.pub_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i);
+        if (a.replay) o.replay_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i + 1);
+        o.topic = a.topic;
+        o.encoding = encodings[i % encodings.size()];
+        o.replay_with_topic = a.replay_with_topic;
+        o.block_size = a.block_size;
+        o.cache_blocks = a.cache_blocks;
+        o.faults = a.faults;
+        o.seed = a.seed * 1000 + i;
+        engines.push_back(std::make_unique<kvidx::sim::SimEngine>(ctx, o));
+        toml += "\n[[publisher]]\npod = \"" + o.pod + "\"\ndp_rank = " + std::to_string(r) +
+                "\nmodel = \"" + a.model + "\"\nendpoint = \"" + o.pub_endpoint +
+                "\"\nreplay_endpoint = \"" + o.replay_endpoint + "\"\ntopic = \"" + a.topic +
+                "\"\ndialect = \"" + kvidx::sim::DialectFor(o.encoding) + "\"\n";
+      }
+    }
+    if (!a.config_out.empty()) {
+      std::ofstream out(a.config_out);
+      out << toml;
+    }
+    std::fprintf(stderr, "kvidx-sim: %zu engines on %s:%u.., %s, workload %s\n", engines.size(),
+                 a.host.c_str(), a.base_port, a.mixed_encodings ? "mixed encodings" : a.encoding.c_str(),
+                 a.workload.c_str());
+    std::unique_ptr<Workload> wl;
+    if (a.workload == "trace") wl = std::make_unique<Trace>(a.trace);
+    else wl = std::make_unique<Synthetic>(a.seed);
+
+    // Block id -> kvidx block key, for the record (what a router would compute).
+    const uint64_t root = kvidx::index::NamespaceRoot(a.model, "");
+    std::unordered_map<uint64_t, uint64_t> key_of;  // engine hash -> kvidx key
+
+    auto poll_all = [&] {
+      for (auto& e : engines) e->PollReplay();
+    };
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(a.start_delay_ms);
+    while (std::chrono::steady_clock::now() < until && !g_stop) {
+      poll_all();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::mt19937_64 rng(a.seed);
+    std::vector<uint64_t> ids;
+    auto start = std::chrono::steady_clock::now();
+    uint64_t served = 0;
+    while (served < a.requests && !g_stop && wl->Next(&ids)) {
+      auto prompt = kvidx::sim::MakePrompt(ids, a.block_size);
+      uint64_t key = root;
+      for (const auto& b : prompt) {
+        key = kvidx::index::ChainBlockKey(key, b.tokens);
+        key_of[b.engine_hash] = key;
+      }
+      // Prefix affinity: most requests of a prefix go to its home engine.
+      uint64_t home = XXH3_64bits(&ids[0], sizeof(uint64_t)) % engines.size();
+      size_t target = rng() % 10 < 7 ? home : rng() % engines.size();
+      engines[target]->Serve(prompt);
+      ++served;
+      poll_all();
+      if (a.rate > 0) {
+        auto due = start + std::chrono::duration<double>(served / a.rate);
+        while (std::chrono::steady_clock::now() < due && !g_stop) {
+          poll_all();
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+      }
+    }
+    uint64_t batches = 0;
+    for (auto& e : engines) batches += e->batches_sent();
+    std::fprintf(stderr, "kvidx-sim: served %lu requests, %lu batches; lingering %u ms for replays\n",
+                 static_cast<unsigned long>(served), static_cast<unsigned long>(batches), a.linger_ms);
+    if (!a.record.empty()) {
+      std::ofstream out(a.record + ".tmp");
+      for (auto& e : engines) {
+        for (uint64_t h : e->Cached()) {
+          char buf[32];
+          std::snprintf(buf, sizeof(buf), "%016lx", static_cast<unsigned long>(key_of[h]));
+          out << e->options().pod << ' ' << e->options().dp_rank << ' ' << buf << '\n';
+        }
+      }
+      out.close();
+      std::rename((a.record + ".tmp").c_str(), a.record.c_str());
+    }
+    until = std::chrono::steady_clock::now() + std::chrono::milliseconds(a.linger_ms);
+    while (std::chrono::steady_clock::now() < until && !g_stop) {
+      poll_all();
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvidx-sim: %s\n", e.what());
+    return 1;
+  }
+}
