@@ -189,6 +189,11 @@ void PublisherLink::HandleSequenced(uint64_t seq, std::span<const uint8_t> paylo
     }
   }
   std::optional<uint64_t> expected = Expected();
+  if (!expected && seq > 0 && !from_replay && StartReplay(0, /*first_contact=*/true)) {
+    // First contact in mid-stream: fetch what the engine still has from before this batch.
+    buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
+    return;
+  }
   if (!expected || seq == *expected) {
     ApplyBatch(seq, payload);
     return;
@@ -365,10 +370,9 @@ void PublisherLink::Tick(int64_t now_ns) {
   if (replaying_ && now_ns > replay_deadline_ns_) FinishReplay(/*got_end=*/false);
   if (!replaying_ && dealer_ && options_.idle_probe_ms != 0 &&
       now_ns - last_activity_ns_ > int64_t{options_.idle_probe_ms} * 1'000'000) {
-    if (auto expected = Expected()) {
-      last_activity_ns_ = now_ns;
-      StartReplay(*expected, /*first_contact=*/false);
-    }
+    last_activity_ns_ = now_ns;
+    std::optional<uint64_t> expected = Expected();
+    StartReplay(expected.value_or(0), /*first_contact=*/!expected.has_value());
   }
 }
 
