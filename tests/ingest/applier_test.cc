@@ -1,2 +1,152 @@
+#include "ingest/applier.h"
+
+#include <numeric>
+
 #include "gtest/gtest.h"
-TEST(Placeholder, Todo) { GTEST_SKIP(); }
+#include "tests/index/test_util.h"
+
+namespace kvidx::ingest {
+namespace {
+
+using index::NamespaceId;
+using index::PublisherId;
+
+class ApplierTest : public ::testing::Test {
+ protected:
+  ApplierTest() : seg_("applier") {
+    base_ = *idx().RegisterNamespace({.model = "m", .block_size = 2});
+    pub_ = *idx().RegisterPublisher({.pod = "p", .ns = base_});
+    ApplierConfig cfg;
+    cfg.lora_names[7] = "sql";
+    applier_ = std::make_unique<Applier>(&idx(), cfg);
+  }
+  index::PrefixIndex& idx() { return seg_.index(); }
+  Event Stored(std::vector<uint64_t> hashes, std::vector<uint32_t> tokens,
+               std::optional<uint64_t> parent = std::nullopt) {
+    Event e;
+    e.kind = EventKind::kStored;
+    e.hashes = std::move(hashes);
+    e.tokens = std::move(tokens);
+    e.block_size = 2;
+    e.parent = parent;
+    return e;
+  }
+  uint32_t Matched(NamespaceId ns, std::vector<uint32_t> tokens) {
+    auto r = idx().Lookup(*idx().KeysForTokens(ns, tokens));
+    return r.matches.empty() ? 0 : r.matches[0].blocks;
+  }
+
+  kvidx::testing::ScopedSegment seg_;
+  NamespaceId base_;
+  PublisherId pub_;
+  std::unique_ptr<Applier> applier_;
+};
+
+TEST_F(ApplierTest, LoraEventsGoToTheirOwnNamespaceAndRemovalsFindThem) {
+  EventBatch b;
+  Event e = Stored({1, 2}, {1, 2, 3, 4});
+  e.lora_name = "chat";
+  b.events.push_back(e);
+  Event by_id = Stored({3}, {9, 9});
+  by_id.lora_id = 7;  // mapped to "sql" by configuration
+  b.events.push_back(by_id);
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  auto chat = idx().FindNamespace("m", "chat");
+  auto sql = idx().FindNamespace("m", "sql");
+  ASSERT_TRUE(chat && sql);
+  EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 2u);
+  EXPECT_EQ(Matched(base_, {1, 2, 3, 4}), 0u);
+  EXPECT_EQ(Matched(*sql, {9, 9}), 1u);
+  EventBatch rm;
+  Event r;
+  r.kind = EventKind::kRemoved;
+  r.hashes = {2};
+  rm.events.push_back(r);
+  ASSERT_TRUE(applier_->Apply(pub_, rm).ok());
+  EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->unknown_removes, 0u);
+}
+
+TEST_F(ApplierTest, SkipOpsResumesInsideABatch) {
+  EventBatch b;
+  b.events.push_back(Stored({1, 2, 3}, {1, 2, 3, 4, 5, 6}));
+  Event r;
+  r.kind = EventKind::kRemoved;
+  r.hashes = {1};
+  b.events.push_back(r);
+  // A predecessor applied the first two stores before dying.
+  EventBatch first;
+  first.events.push_back(Stored({1, 2}, {1, 2, 3, 4}));
+  ASSERT_TRUE(applier_->Apply(pub_, first).ok());
+  uint64_t before = idx().publisher_slot(pub_)->applied_ops;
+  ASSERT_EQ(before, 2u);
+  ASSERT_TRUE(applier_->Apply(pub_, b, /*skip_ops=*/2).ok());
+  EXPECT_EQ(idx().publisher_slot(pub_)->applied_ops, 4u);  // 1 store + 1 remove applied
+  EXPECT_EQ(idx().publisher_slot(pub_)->duplicate_stores, 0u);
+  auto keys = *idx().KeysForTokens(base_, std::vector<uint32_t>{1, 2, 3, 4, 5, 6});
+  EXPECT_TRUE(idx().Holders(keys[0]).empty());  // removed
+  EXPECT_EQ(idx().Holders(keys[2]).size(), 1u);  // the third block, keyed from its parent
+}
+
+TEST_F(ApplierTest, SequenceIdFormStoresRemovesAndCountsOrphans) {
+  EventBatch b;
+  Event s;
+  s.kind = EventKind::kSeqStored;
+  s.sequence_id = 5;
+  s.block_numbers = {0, 1, 2};
+  s.tokens = {1, 2, 3, 4, 5, 6};
+  s.block_size = 2;
+  b.events.push_back(s);
+  Event orphan = s;
+  orphan.sequence_id = 6;
+  orphan.block_numbers = {3};
+  orphan.tokens = {7, 8};
+  b.events.push_back(orphan);
+  Event other = s;  // a second sequence with the same first block: the same content key
+  other.sequence_id = 9;
+  other.block_numbers = {0};
+  other.tokens = {1, 2};
+  b.events.push_back(other);
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EXPECT_EQ(Matched(base_, {1, 2, 3, 4, 5, 6}), 3u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->orphan_blocks, 1u);
+  EventBatch rm;
+  Event r;
+  r.kind = EventKind::kSeqRemoved;
+  r.sequence_id = 5;
+  r.block_numbers = {0, 1};
+  rm.events.push_back(r);
+  Event fin;
+  fin.kind = EventKind::kRequestFinished;
+  fin.sequence_id = 5;
+  fin.request_id = "req-1";
+  fin.finished = true;
+  rm.events.push_back(fin);
+  ASSERT_TRUE(applier_->Apply(pub_, rm).ok());
+  // Block 0 is still referenced by sequence 9; block 1 is gone, so the run stops at 1.
+  EXPECT_EQ(Matched(base_, {1, 2, 3, 4, 5, 6}), 1u);
+  const auto* seqs = applier_->sequences(pub_);
+  ASSERT_NE(seqs, nullptr);
+  EXPECT_TRUE(seqs->at(5).finished);
+  EXPECT_EQ(seqs->at(5).request_id, "req-1");
+}
+
+TEST_F(ApplierTest, ClearedEventClearsThePublisher) {
+  EventBatch b;
+  b.events.push_back(Stored({1}, {1, 2}));
+  Event c;
+  c.kind = EventKind::kCleared;
+  b.events.push_back(c);
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EXPECT_EQ(Matched(base_, {1, 2}), 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->clears, 1u);
+}
+
+TEST_F(ApplierTest, UnknownPublisherIsNotFound) {
+  EventBatch b;
+  b.events.push_back(Stored({1}, {1, 2}));
+  EXPECT_TRUE(absl::IsNotFound(applier_->Apply(40, b)));
+}
+
+}  // namespace
+}  // namespace kvidx::ingest

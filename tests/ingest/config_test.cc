@@ -1,2 +1,103 @@
+#include "ingest/config.h"
+
+#include <cstdlib>
+
 #include "gtest/gtest.h"
-TEST(Placeholder, Todo) { GTEST_SKIP(); }
+
+namespace kvidx::ingest {
+namespace {
+
+constexpr char kSample[] = R"(
+[segment]
+name = "kvidx-test"
+blocks = 1000
+pairs = 5000
+publishers = 16
+namespaces = 4
+stripes = 8
+mode = "0640"
+
+[ingest]
+workers = 3
+replay_timeout_ms = 500
+
+[query]
+listen = "127.0.0.1:6000"
+max_tokens = 4096
+
+[[model]]
+name = "llama"
+block_size = 32
+lora_names = { 3 = "sql" }
+
+[[publisher]]
+pod = "pod-a"
+dp_rank = 1
+model = "llama"
+endpoint = "tcp://10.0.0.1:5557"
+replay_endpoint = "tcp://10.0.0.1:5558"
+dialect = "sglang"
+bind = true
+)";
+
+TEST(ConfigTest, ParsesEveryKey) {
+  auto c = ParseConfig(kSample, "sample.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->segment, "kvidx-test");
+  EXPECT_EQ(c->geometry.blocks, 1000u);
+  EXPECT_EQ(c->geometry.stripes, 8u);
+  EXPECT_EQ(c->segment_mode, 0640u);
+  EXPECT_EQ(c->workers, 3u);
+  EXPECT_EQ(c->replay_timeout_ms, 500u);
+  EXPECT_EQ(c->listen, "127.0.0.1:6000");
+  EXPECT_EQ(c->max_tokens, 4096u);
+  ASSERT_EQ(c->models.size(), 1u);
+  EXPECT_EQ(c->models[0].block_size, 32u);
+  EXPECT_EQ(c->models[0].lora_names.at(3), "sql");
+  ASSERT_EQ(c->publishers.size(), 1u);
+  EXPECT_EQ(c->publishers[0].dp_rank, 1u);
+  EXPECT_EQ(c->publishers[0].dialect, Dialect::kSglang);
+  EXPECT_TRUE(c->publishers[0].bind);
+}
+
+TEST(ConfigTest, BadInputIsAClearError) {
+  auto bad_syntax = ParseConfig("[segment\nname=", "x.toml");
+  ASSERT_FALSE(bad_syntax.ok());
+  EXPECT_NE(bad_syntax.status().message().find("x.toml"), std::string::npos);
+  auto bad_type = ParseConfig("[segment]\nblocks = \"many\"\n", "y.toml");
+  ASSERT_FALSE(bad_type.ok());
+  EXPECT_NE(bad_type.status().message().find("blocks"), std::string::npos);
+  EXPECT_FALSE(ParseConfig("[[publisher]]\npod=\"a\"\nmodel=\"nope\"\nendpoint=\"tcp://x:1\"\n",
+                           "z.toml")
+                   .ok());
+  EXPECT_FALSE(ParseConfig("[[model]]\nname=\"m\"\n[[publisher]]\npod=\"a\"\nmodel=\"m\"\n"
+                           "endpoint=\"tcp://x:1\"\ndialect=\"klingon\"\n",
+                           "d.toml")
+                   .ok());
+  EXPECT_TRUE(absl::IsNotFound(LoadConfig("/nonexistent/kvidx.toml").status()));
+}
+
+TEST(ConfigTest, EnvironmentOverrides) {
+  setenv("KVIDX_SEGMENT", "from-env", 1);
+  setenv("KVIDX_WORKERS", "5", 1);
+  auto c = ParseConfig(kSample, "sample.toml");
+  unsetenv("KVIDX_SEGMENT");
+  unsetenv("KVIDX_WORKERS");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->segment, "from-env");
+  EXPECT_EQ(c->workers, 5u);
+  setenv("KVIDX_WORKERS", "five", 1);
+  EXPECT_FALSE(ParseConfig(kSample, "sample.toml").ok());
+  unsetenv("KVIDX_WORKERS");
+}
+
+TEST(ConfigTest, OwnerWorkerIsStableAndSpreads) {
+  EXPECT_EQ(OwnerWorker("pod-a", 0, 1), 0u);
+  EXPECT_EQ(OwnerWorker("pod-a", 0, 4), OwnerWorker("pod-a", 0, 4));
+  int counts[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 400; ++i) ++counts[OwnerWorker("pod-" + std::to_string(i), 0, 4)];
+  for (int c : counts) EXPECT_GT(c, 60);
+}
+
+}  // namespace
+}  // namespace kvidx::ingest
