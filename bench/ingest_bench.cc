@@ -1,0 +1,390 @@
+// ingest_bench: the ingest path in figures.
+//  A. decode + apply in one process, one thread, on the fleet workload (DESIGN.md §7), beside
+//     decode alone;
+//  B. end to end over ZeroMQ/TCP on loopback: in-process publishers (PUB + ROUTER replay) ->
+//     1 and 2 kvidx-ingest worker processes -> the shared-memory index;
+//  C. event to visible: batches published at a steady rate, the time until a lookup sees them.
+//
+//   ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate BLOCKS_PER_S]
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/fleet.h"
+#include "index/block_key.h"
+#include "index/prefix_index.h"
+#include "index/segment.h"
+#include "ingest/applier.h"
+#include "ingest/decoder.h"
+#include "shared/clock.h"
+
+#include <msgpack.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+namespace kvidx::bench {
+namespace {
+
+struct Args {
+  uint32_t blocks = 200'000;
+  uint32_t e2e_blocks = 800'000;
+  uint32_t publishers = 8;
+  uint32_t rate = 100'000;
+};
+
+std::vector<uint8_t> EncodeStore(uint64_t parent, const uint64_t* hashes, const uint32_t* tokens,
+                                 uint32_t n, uint32_t bs, bool has_parent) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_array(3);
+  pk.pack(1.0);
+  pk.pack_array(1);
+  pk.pack_map(8);
+  pk.pack(std::string("type")); pk.pack(std::string("BlockStored"));
+  pk.pack(std::string("block_hashes")); pk.pack_array(n);
+  for (uint32_t i = 0; i < n; ++i) pk.pack(hashes[i]);
+  pk.pack(std::string("parent_block_hash"));
+  if (has_parent) pk.pack(parent); else pk.pack_nil();
+  pk.pack(std::string("token_ids")); pk.pack_array(n * bs);
+  for (uint32_t i = 0; i < n * bs; ++i) pk.pack(tokens[i]);
+  pk.pack(std::string("block_size")); pk.pack(bs);
+  pk.pack(std::string("lora_id")); pk.pack_nil();
+  pk.pack(std::string("medium")); pk.pack(std::string("GPU"));
+  pk.pack(std::string("lora_name")); pk.pack_nil();
+  pk.pack(0);
+  return {buf.data(), buf.data() + buf.size()};
+}
+
+uint32_t NextPow2(uint64_t v) {
+  uint32_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// ---- A ----------------------------------------------------------------------------------
+void InProcess(const Args& args) {
+  Fleet f = MakeFleet(args.blocks, 7);
+  std::vector<std::vector<uint8_t>> payloads;
+  std::vector<uint16_t> pods;
+  uint64_t blocks = 0;
+  std::vector<uint64_t> h(8);
+  for (const auto& b : f.batches) {
+    for (uint32_t i = 0; i < b.count; ++i) h[i] = f.EngineHash(b.first + i);
+    payloads.push_back(EncodeStore(b.parent >= 0 ? f.EngineHash(b.parent) : 0, h.data(),
+                                   f.Tokens(b.first), b.count, kTokensPerBlock, b.parent >= 0));
+    pods.push_back(b.pod);
+    blocks += b.count;
+  }
+  std::string name = "kvidx-ingest-bench-" + std::to_string(getpid());
+  index::Segment::Remove(name);
+  index::Geometry g;
+  g.blocks = f.blocks + f.blocks / 20;
+  g.pairs = f.pairs + f.pairs / 20;
+  g.publishers = 512;
+  g.namespaces = 4;
+  g.stripes = NextPow2(std::max<uint64_t>(64, g.blocks / 2048));
+  auto seg = index::Segment::Create(name, g);
+  index::PrefixIndex idx(seg->get());
+  auto ns = *idx.RegisterNamespace({.model = "fleet", .block_size = kTokensPerBlock});
+  std::vector<index::PublisherId> pub(kFleetPods);
+  for (uint32_t p = 0; p < kFleetPods; ++p) {
+    pub[p] = *idx.RegisterPublisher({.pod = "pod-" + std::to_string(p), .ns = ns});
+  }
+  ingest::Applier applier(&idx, {});
+  ingest::EventBatch batch;
+  ingest::DecodeReason reason;
+  int64_t t0 = MonotonicNanos();
+  for (const auto& p : payloads) (void)ingest::DecodeBatch(p, ingest::Dialect::kVllm, &batch, &reason);
+  double decode_s = (MonotonicNanos() - t0) / 1e9;
+  t0 = MonotonicNanos();
+  for (size_t i = 0; i < payloads.size(); ++i) {
+    (void)ingest::DecodeBatch(payloads[i], ingest::Dialect::kVllm, &batch, &reason);
+    (void)applier.Apply(pub[pods[i]], batch);
+  }
+  double both_s = (MonotonicNanos() - t0) / 1e9;
+  std::printf("A. in process, 1 thread, fleet workload (%u blocks, %zu batches of <= 8, %lu block stores):\n",
+              f.blocks, payloads.size(), static_cast<unsigned long>(blocks));
+  std::printf("   %-40s %8.2f M blocks/s\n", "decode only (msgpack -> events)", blocks / decode_s / 1e6);
+  std::printf("   %-40s %8.2f M blocks/s   goal >= 6 M/s\n", "decode + apply (events -> index)",
+              blocks / both_s / 1e6);
+  index::Segment::Remove(name);
+}
+
+// ---- B and C ----------------------------------------------------------------------------
+// In-process engines: one thread publishes on every PUB and serves every ROUTER.
+class Publishers {
+ public:
+  // Binds OS-chosen ports; endpoints() says which.
+  Publishers(zmq::context_t& ctx, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+      auto pub = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::pub);
+      pub->set(zmq::sockopt::sndhwm, 0);
+      pub->set(zmq::sockopt::linger, 0);
+      pub->bind("tcp://127.0.0.1:*");
+      auto router = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::router);
+      router->set(zmq::sockopt::sndhwm, 0);
+      router->set(zmq::sockopt::linger, 0);
+      router->bind("tcp://127.0.0.1:*");
+      endpoints.emplace_back(pub->get(zmq::sockopt::last_endpoint),
+                             router->get(zmq::sockopt::last_endpoint));
+      pubs_.push_back(std::move(pub));
+      routers_.push_back(std::move(router));
+      history_.emplace_back();
+    }
+  }
+  void Send(uint32_t i, std::vector<uint8_t> payload) {
+    uint64_t seq = history_[i].size();
+    uint8_t s8[8];
+    for (int k = 0; k < 8; ++k) s8[k] = static_cast<uint8_t>(seq >> (56 - 8 * k));
+    pubs_[i]->send(zmq::str_buffer(""), zmq::send_flags::sndmore);
+    pubs_[i]->send(zmq::buffer(s8, 8), zmq::send_flags::sndmore);
+    pubs_[i]->send(zmq::buffer(payload));
+    history_[i].push_back(std::move(payload));
+  }
+  void Serve() {
+    for (size_t i = 0; i < routers_.size(); ++i) {
+      std::vector<zmq::message_t> req;
+      while (zmq::recv_multipart(*routers_[i], std::back_inserter(req), zmq::recv_flags::dontwait)) {
+        uint64_t start = 0;
+        for (size_t k = 0; k < req[2].size(); ++k) start = (start << 8) | req[2].data<uint8_t>()[k];
+        auto reply = [&](uint64_t seq, const std::vector<uint8_t>& p) {
+          uint8_t s8[8];
+          for (int k = 0; k < 8; ++k) s8[k] = static_cast<uint8_t>(seq >> (56 - 8 * k));
+          routers_[i]->send(zmq::buffer(req[0].data(), req[0].size()), zmq::send_flags::sndmore);
+          routers_[i]->send(zmq::message_t(), zmq::send_flags::sndmore);
+          routers_[i]->send(zmq::buffer(s8, 8), zmq::send_flags::sndmore);
+          routers_[i]->send(zmq::buffer(p));
+        };
+        for (uint64_t s = start; s < history_[i].size(); ++s) reply(s, history_[i][s]);
+        reply(~uint64_t{0}, {});
+        req.clear();
+      }
+    }
+  }
+  size_t size() const { return pubs_.size(); }
+  std::vector<std::pair<std::string, std::string>> endpoints;
+
+ private:
+  std::vector<std::unique_ptr<zmq::socket_t>> pubs_;
+  std::vector<std::unique_ptr<zmq::socket_t>> routers_;
+  std::vector<std::vector<std::vector<uint8_t>>> history_;
+};
+
+std::string SelfDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  std::string p(buf, n > 0 ? n : 0);
+  return p.substr(0, p.rfind('/'));
+}
+
+struct Cluster {
+  std::string segment;
+  std::string config;
+  std::vector<pid_t> workers;
+};
+
+Cluster StartWorkers(uint32_t workers, const Publishers& pubs, uint64_t blocks) {
+  const uint32_t publishers = static_cast<uint32_t>(pubs.size());
+  Cluster c;
+  c.segment = "kvidx-ingest-e2e-" + std::to_string(getpid()) + "-" + std::to_string(workers);
+  c.config = "/tmp/" + c.segment + ".toml";
+  index::Segment::Remove(c.segment);
+  std::ofstream cfg(c.config);
+  cfg << "[segment]\nname = \"" << c.segment << "\"\nblocks = " << blocks * 11 / 10
+      << "\npairs = " << blocks * 11 / 10 << "\npublishers = 64\nnamespaces = 4\nstripes = "
+      << NextPow2(std::max<uint64_t>(64, blocks / 2048)) << "\n[ingest]\nworkers = " << workers
+      << "\nidle_probe_ms = 0\n[[model]]\nname = \"bench\"\nblock_size = 16\n";
+  for (uint32_t i = 0; i < publishers; ++i) {
+    cfg << "[[publisher]]\npod = \"pod-" << i << "\"\nmodel = \"bench\"\nendpoint = \""
+        << pubs.endpoints[i].first << "\"\nreplay_endpoint = \"" << pubs.endpoints[i].second
+        << "\"\ndialect = \"vllm\"\n";
+  }
+  cfg.close();
+  std::string exe = SelfDir() + "/../ingest/kvidx-ingest";
+  for (uint32_t w = 0; w < workers; ++w) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setenv("KVIDX_LOG_LEVEL", "error", 1);
+      std::string ws = std::to_string(w);
+      execl(exe.c_str(), exe.c_str(), "--config", c.config.c_str(), "--worker", ws.c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    c.workers.push_back(pid);
+  }
+  return c;
+}
+
+void StopWorkers(Cluster& c) {
+  for (pid_t p : c.workers) kill(p, SIGTERM);
+  for (pid_t p : c.workers) waitpid(p, nullptr, 0);
+  index::Segment::Remove(c.segment);
+  unlink(c.config.c_str());
+}
+
+// Batches for publisher p: runs of 64 blocks, 8 per batch, tokens unique to (p, run).
+std::vector<std::vector<uint8_t>> MakeStream(uint32_t p, uint64_t blocks,
+                                             std::vector<uint64_t>* last_keys = nullptr) {
+  std::vector<std::vector<uint8_t>> out;
+  std::vector<uint32_t> tokens(8 * 16);
+  std::vector<uint64_t> hashes(8);
+  uint64_t root = index::NamespaceRoot("bench", "");
+  uint64_t key = root;
+  for (uint64_t b = 0; b < blocks; b += 8) {
+    bool first = b % 64 == 0;
+    if (first) key = root;
+    for (uint32_t i = 0; i < 8; ++i) {
+      uint64_t id = (uint64_t{p} << 40) | (b + i);
+      hashes[i] = id * 0x9E3779B97F4A7C15ULL + 1;
+      for (uint32_t k = 0; k < 16; ++k) tokens[i * 16 + k] = static_cast<uint32_t>((id * 131 + k) % 150000);
+      key = index::ChainBlockKey(key, {&tokens[i * 16], 16});
+    }
+    if (last_keys) last_keys->push_back(key);
+    uint64_t parent = b == 0 ? 0 : ((uint64_t{p} << 40) | (b - 1)) * 0x9E3779B97F4A7C15ULL + 1;
+    out.push_back(EncodeStore(parent, hashes.data(), tokens.data(), 8, 16, !first));
+  }
+  return out;
+}
+
+uint64_t AppliedOps(index::PrefixIndex& idx) {
+  uint64_t n = 0;
+  for (auto p : idx.ActivePublishers()) n += index::Ld(idx.publisher_slot(p)->applied_ops);
+  return n;
+}
+
+double EndToEnd(const Args& args, uint32_t workers) {
+  zmq::context_t ctx(1);
+  Publishers pubs(ctx, args.publishers);
+  uint64_t per_pub = args.e2e_blocks / args.publishers / 64 * 64;
+  std::vector<std::vector<std::vector<uint8_t>>> streams;
+  for (uint32_t p = 0; p < args.publishers; ++p) streams.push_back(MakeStream(p, per_pub));
+  Cluster c = StartWorkers(workers, pubs, per_pub * args.publishers);
+  std::unique_ptr<index::Segment> seg;
+  for (int i = 0; i < 500 && !seg; ++i) {
+    auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
+    if (s.ok()) seg = std::move(*s);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!seg) {
+    StopWorkers(c);
+    return 0;
+  }
+  index::PrefixIndex idx(seg.get());
+  // Let every link connect and finish its first-contact replay.
+  int64_t until = MonotonicNanos() + 1'500'000'000;
+  while (MonotonicNanos() < until) {
+    pubs.Serve();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const uint64_t total = per_pub * args.publishers;
+  int64_t t0 = MonotonicNanos();
+  for (size_t b = 0; b < streams[0].size(); ++b) {
+    for (uint32_t p = 0; p < args.publishers; ++p) pubs.Send(p, std::move(streams[p][b]));
+    if (b % 64 == 0) pubs.Serve();
+  }
+  int64_t deadline = MonotonicNanos() + 60'000'000'000;
+  while (AppliedOps(idx) < total && MonotonicNanos() < deadline) {
+    pubs.Serve();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  double s = (MonotonicNanos() - t0) / 1e9;
+  uint64_t applied = AppliedOps(idx);
+  uint64_t gaps = 0;
+  for (auto p : idx.ActivePublishers()) gaps += idx.publisher_slot(p)->gaps;
+  std::printf("   %u worker%s: %lu of %lu blocks in %.2f s = %.2f M blocks/s (gaps replayed: %lu)\n",
+              workers, workers > 1 ? "s" : " ", static_cast<unsigned long>(applied),
+              static_cast<unsigned long>(total), s, applied / s / 1e6,
+              static_cast<unsigned long>(gaps));
+  StopWorkers(c);
+  return applied / s;
+}
+
+void Latency(const Args& args) {
+  zmq::context_t ctx(1);
+  const uint32_t n_pub = 4;
+  Publishers pubs(ctx, n_pub);
+  uint64_t per_pub = 64 * 400;
+  std::vector<std::vector<uint64_t>> keys(n_pub);
+  std::vector<std::vector<std::vector<uint8_t>>> streams;
+  for (uint32_t p = 0; p < n_pub; ++p) streams.push_back(MakeStream(p, per_pub, &keys[p]));
+  Cluster c = StartWorkers(2, pubs, per_pub * n_pub);
+  std::unique_ptr<index::Segment> seg;
+  for (int i = 0; i < 500 && !seg; ++i) {
+    auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
+    if (s.ok()) seg = std::move(*s);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  index::PrefixIndex idx(seg.get());
+  int64_t until = MonotonicNanos() + 1'500'000'000;
+  while (MonotonicNanos() < until) {
+    pubs.Serve();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  // Publish 8-block batches at `rate` blocks/s round-robin; after each, spin until a lookup of
+  // its last block key succeeds (the publisher thread is the reader: one timeline).
+  std::vector<int64_t> lat;
+  const double batch_interval_ns = 8e9 / args.rate;
+  int64_t start = MonotonicNanos();
+  size_t sent = 0;
+  for (size_t b = 0; b < streams[0].size(); ++b) {
+    for (uint32_t p = 0; p < n_pub; ++p, ++sent) {
+      int64_t due = start + static_cast<int64_t>(sent * batch_interval_ns);
+      while (MonotonicNanos() < due) {
+      }
+      int64_t t0 = MonotonicNanos();
+      pubs.Send(p, std::move(streams[p][b]));
+      if (sent % 8 == 0) {  // sample one batch in eight
+        uint64_t key = keys[p][b];
+        int64_t give_up = t0 + 100'000'000;
+        while (idx.Holders(key).empty() && MonotonicNanos() < give_up) {
+        }
+        lat.push_back(MonotonicNanos() - t0);
+      }
+    }
+  }
+  std::sort(lat.begin(), lat.end());
+  double achieved = sent * 8 / ((MonotonicNanos() - start) / 1e9);
+  std::printf("C. event to visible at %.0f k blocks/s (%zu samples, 2 workers, TCP loopback):\n"
+              "   p50 %.1f us, p99 %.1f us, max %.1f us   goal p99 <= 100 us\n",
+              achieved / 1e3, lat.size(), lat[lat.size() / 2] / 1e3, lat[lat.size() * 99 / 100] / 1e3,
+              lat.back() / 1e3);
+  StopWorkers(c);
+}
+
+}  // namespace
+}  // namespace kvidx::bench
+
+int main(int argc, char** argv) {
+  kvidx::bench::Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    uint64_t v = std::strtoull(argv[i + 1], nullptr, 10);
+    if (k == "--blocks") a.blocks = v;
+    else if (k == "--e2e-blocks") a.e2e_blocks = v;
+    else if (k == "--publishers") a.publishers = v;
+    else if (k == "--rate") a.rate = v;
+    else {
+      std::fprintf(stderr, "usage: ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate R]\n");
+      return 2;
+    }
+  }
+  std::printf("# ingest_bench (2-core machine; the workers and this process share the cores)\n");
+  kvidx::bench::InProcess(a);
+  std::printf("B. end to end over ZeroMQ/TCP loopback, %u publishers, %u blocks, 8 per batch:\n",
+              a.publishers, a.e2e_blocks);
+  double one = kvidx::bench::EndToEnd(a, 1);
+  double two = kvidx::bench::EndToEnd(a, 2);
+  std::printf("   2 workers / 1 worker: %.2fx   goal: 2 workers >= 2 M blocks/s\n", two / std::max(one, 1.0));
+  kvidx::bench::Latency(a);
+  return 0;
+}
