@@ -94,7 +94,12 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
       if (!e.tokens.empty()) {
         req.tokens = std::span(e.tokens).subspan(from * e.block_size);
       }
-      return index_->Store(p, req).status();
+      absl::Status st = index_->Store(p, req).status();
+      if (config_.on_applied && !req.engine_hashes.empty()) {
+        config_.on_applied({EventKind::kStored, p, ns, static_cast<uint32_t>(req.engine_hashes.size()),
+                            index_->ResolveEngineHash(ns, p, req.engine_hashes[0]).value_or(0)});
+      }
+      return st;
     }
     case EventKind::kRemoved: {
       size_t from = static_cast<size_t>(*skip);
@@ -111,11 +116,21 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
         }
         (void)index_->Remove(p, e.tier, e.hashes[i], ns);  // NOT_FOUND is counted there
       }
+      if (config_.on_applied && from < e.hashes.size()) {
+        NamespaceId base = static_cast<NamespaceId>(index_->publisher_slot(p)->ns);
+        config_.on_applied({EventKind::kRemoved, p, base,
+                            static_cast<uint32_t>(e.hashes.size() - from),
+                            index_->ResolveEngineHash(base, p, e.hashes[from]).value_or(0)});
+      }
       return absl::OkStatus();
     }
     case EventKind::kCleared:
       *skip = 0;
       Forget(p);
+      if (config_.on_applied) {
+        config_.on_applied({EventKind::kCleared, p,
+                            static_cast<NamespaceId>(index_->publisher_slot(p)->ns), 0, 0});
+      }
       return index_->ClearPublisher(p);
     case EventKind::kSeqStored:
     case EventKind::kSeqRemoved:

@@ -8,6 +8,7 @@
 #define KVIDX_INGEST_APPLIER_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -20,7 +21,17 @@
 
 namespace kvidx::ingest {
 
+struct AppliedInfo {
+  EventKind kind;
+  index::PublisherId publisher;
+  index::NamespaceId ns;
+  uint32_t blocks;
+  index::BlockKey first_key;  // 0 when unknown (removals of unknown hashes, clears)
+};
+
 struct ApplierConfig {
+  // Called after each applied event (for the WatchEvents rings). May be empty.
+  std::function<void(const AppliedInfo&)> on_applied;
   // Block size of namespaces the applier registers on the fly (LoRA adapters, AIBrix models)
   // when the event carries none.
   uint32_t default_block_size = 16;

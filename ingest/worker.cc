@@ -1,5 +1,9 @@
 #include "ingest/worker.h"
 
+#include <unistd.h>
+
+#include <cstring>
+
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -38,7 +42,20 @@ absl::Status Worker::Init() {
   KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
                                                                 config_.segment_mode));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
+  KVIDX_ASSIGN_OR_RETURN(control_,
+                         index::ControlArea::Open(config_.segment + ".control", config_.segment_mode));
+  control_->header()->rings[worker_ % index::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
   ApplierConfig ac;
+  ac.on_applied = [this](const AppliedInfo& a) {
+    index::RingEntry e{};
+    e.wall_ns = WallNanos();
+    e.kind = a.kind == EventKind::kStored ? 1 : a.kind == EventKind::kRemoved ? 2 : 3;
+    e.publisher = a.publisher;
+    e.ns = a.ns;
+    e.blocks = a.blocks;
+    e.first_key = a.first_key;
+    control_->Append(worker_, e);
+  };
   if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
   for (const auto& m : config_.models) ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
   applier_ = std::make_unique<Applier>(index_.get(), ac);
@@ -141,6 +158,88 @@ void Worker::SyncLinks() {
   }
 }
 
+void Worker::ServeCommands() {
+  control_->Serve(worker_, [this](index::Command& c) { Execute(c); });
+}
+
+void Worker::Execute(index::Command& c) {
+  auto done = [&](const absl::Status& st) {
+    c.code = static_cast<int32_t>(st.code());
+    std::snprintf(c.message, sizeof(c.message), "%s", std::string(st.message()).c_str());
+  };
+  const std::string pod(c.pod, strnlen(c.pod, sizeof(c.pod)));
+  switch (static_cast<index::CommandOp>(c.op)) {
+    case index::CommandOp::kRegister: {
+      auto ns = index_->FindNamespace(std::string(c.model, strnlen(c.model, sizeof(c.model))), "");
+      if (!ns) {
+        done(absl::FailedPreconditionError(absl::StrCat("model '", c.model, "' is not configured")));
+        return;
+      }
+      index::PublisherSpec spec;
+      spec.pod = pod;
+      spec.dp_rank = static_cast<uint32_t>(std::max(0, c.dp_rank));
+      spec.ns = *ns;
+      spec.worker = OwnerWorker(pod, spec.dp_rank, config_.workers);
+      spec.quota_pairs = c.quota_pairs;
+      spec.endpoint = c.endpoint;
+      spec.replay_endpoint = c.replay_endpoint;
+      spec.topic = c.topic;
+      spec.dialect = c.dialect;
+      auto id = index_->RegisterPublisher(spec);
+      if (id.ok()) c.publishers = 1;
+      done(id.status());
+      return;
+    }
+    case index::CommandOp::kUnregister:
+    case index::CommandOp::kClearPod: {
+      bool unregister = static_cast<index::CommandOp>(c.op) == index::CommandOp::kUnregister;
+      uint32_t n = 0;
+      uint64_t pairs = 0;
+      for (index::PublisherId id : index_->ActivePublishers()) {
+        const index::PublisherSlot* s = index_->publisher_slot(id);
+        if (s == nullptr || pod != s->pod || (c.dp_rank >= 0 && s->dp_rank != uint32_t(c.dp_rank))) {
+          continue;
+        }
+        pairs += s->pairs;
+        applier_->Forget(id);
+        absl::Status st = unregister ? index_->UnregisterPublisher(id) : index_->ClearPublisher(id);
+        if (!st.ok()) {
+          done(st);
+          return;
+        }
+        ++n;
+      }
+      c.publishers = n;
+      c.pairs = pairs;
+      done(n == 0 ? absl::NotFoundError(absl::StrCat("no publisher ", pod)) : absl::OkStatus());
+      return;
+    }
+    case index::CommandOp::kClearNamespace:
+    case index::CommandOp::kClearAll: {
+      std::vector<index::NamespaceId> targets;
+      if (static_cast<index::CommandOp>(c.op) == index::CommandOp::kClearAll) {
+        targets = index_->ActiveNamespaces();
+      } else {
+        auto ns = index_->FindNamespace(c.model, c.lora_name);
+        if (!ns) {
+          done(absl::NotFoundError(absl::StrCat("no namespace ", c.model, "/", c.lora_name)));
+          return;
+        }
+        targets.push_back(*ns);
+      }
+      uint64_t blocks = 0;
+      for (auto ns : targets) {
+        auto dropped = index_->ClearNamespace(ns);
+        if (dropped.ok()) blocks += *dropped;
+      }
+      c.blocks = blocks;
+      done(absl::OkStatus());
+      return;
+    }
+  }
+  done(absl::InvalidArgumentError("unknown command"));
+}
+
 void Worker::Run(const std::atomic<bool>& stop, const std::function<void()>& on_tick) {
   std::vector<zmq::pollitem_t> items;
   std::vector<PublisherLink*> owners;
@@ -170,6 +269,7 @@ void Worker::Run(const std::atomic<bool>& stop, const std::function<void()>& on_
     if (now - last_tick > int64_t{config_.poll_timeout_ms} * 1'000'000) {
       last_tick = now;
       for (auto& [id, link] : links_) link->Tick(now);
+      ServeCommands();
       SyncLinks();
       if (on_tick) on_tick();
     }

@@ -10,6 +10,7 @@
 
 #include <zmq.hpp>
 
+#include "index/control.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "ingest/applier.h"
@@ -36,6 +37,8 @@ class Worker {
 
  private:
   absl::Status RegisterFromConfig();
+  void ServeCommands();
+  void Execute(index::Command& c);
   void SyncLinks();
   LinkOptions MakeLinkOptions() const;
 
@@ -44,6 +47,7 @@ class Worker {
   std::unique_ptr<index::Segment> segment_;
   std::unique_ptr<index::PrefixIndex> index_;
   std::unique_ptr<Applier> applier_;
+  std::unique_ptr<index::ControlArea> control_;
   zmq::context_t ctx_;
   std::map<index::PublisherId, std::unique_ptr<PublisherLink>> links_;
   uint64_t registry_version_ = ~uint64_t{0};

@@ -1,8 +1,101 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, builds, and runs kvidx on an embedded default.
+# The demo: installs what is missing, builds, then runs kvidx on loopback with an embedded
+# default configuration: kvidx-sim (6 simulated vLLM/SGLang engines, every wire encoding, with
+# lost batches to replay), two kvidx-ingest workers, kvidx-query; shows real lookups and stats
+# with kvidxctl, and shuts everything down (no processes or segments left behind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh >/dev/null
-echo "== kvidx index on the fleet workload (200k blocks), beside a mutex+unordered_map baseline =="
-./build/bench/index_bench --blocks 200000 --lookups 50000
+B=build
+DIR=$(mktemp -d /tmp/kvidx-demo.XXXXXX)
+SEG="kvidx-demo-$$"
+GRPC="${KVIDX_DEMO_GRPC:-127.0.0.1:50051}"
+METRICS="${KVIDX_DEMO_METRICS:-127.0.0.1:9464}"
+SIM_PORT="${KVIDX_DEMO_SIM_PORT:-5557}"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -f "/dev/shm/$SEG" "/dev/shm/$SEG.control"
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+ctl() { "$B/tools/kvidxctl" --server "$GRPC" "$@"; }
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "starting kvidx-sim: 6 engines (mixed encodings), synthetic workload, 1 batch in 40 lost"
+"$B/tools/kvidx-sim" --pods 6 --mixed-encodings --base-port "$SIM_PORT" --requests 4000 \
+  --rate 250 --cache-blocks 600 --drop-every 40 --garbage-every 97 --model demo-model \
+  --config-out "$DIR/sim.toml" --prompts-out "$DIR/prompts.txt" --start-delay-ms 1500 \
+  --linger-ms 60000 >"$DIR/sim.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$DIR/sim.toml" ] && break; sleep 0.05; done
+cat >"$DIR/kvidx.toml" <<TOML
+[segment]
+name = "$SEG"
+blocks = 200000
+pairs = 1000000
+publishers = 64
+namespaces = 16
+stripes = 128
+
+[ingest]
+workers = 2
+
+[query]
+listen = "$GRPC"
+metrics_listen = "$METRICS"
+
+TOML
+cat "$DIR/sim.toml" >>"$DIR/kvidx.toml"
+echo "configuration: $DIR/kvidx.toml"
+
+say "starting two kvidx-ingest workers and kvidx-query"
+for w in 0 1; do
+  "$B/ingest/kvidx-ingest" --config "$DIR/kvidx.toml" --worker $w >"$DIR/ingest$w.log" 2>&1 &
+  PIDS+=($!)
+done
+"$B/query/kvidx-query" --config "$DIR/kvidx.toml" >"$DIR/query.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do ctl --timeout-ms 200 ping >/dev/null 2>&1 && break; sleep 0.1; done
+ctl ping
+
+say "letting the engines serve requests for 6 s"
+sleep 6
+
+say "kvidxctl status"
+ctl status
+say "kvidxctl pods"
+ctl pods
+
+n=0
+while IFS= read -r line; do
+  n=$((n + 1))
+  say "lookup of sample prompt $n ($(echo "$line" | tr ',' '\n' | wc -l) tokens)"
+  ctl lookup --model demo-model --tokens "$line"
+done <"$DIR/prompts.txt"
+
+say "lookup of a prompt nobody has seen"
+ctl lookup --model demo-model --tokens 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+
+say "lookup restricted to candidate pods pod-0,pod-1, as JSON"
+head -n1 "$DIR/prompts.txt" | { read -r line; ctl --json lookup --model demo-model --tokens "$line" --candidates pod-0,pod-1; }
+
+say "kvidxctl watch (the next 8 applied events)"
+ctl watch --count 8
+
+say "a bad request: more tokens than the configured maximum"
+python3 -c "print(','.join(['7'] * 140000))" >"$DIR/huge.txt"
+ctl lookup --model demo-model --tokens-file "$DIR/huge.txt" || true
+
+say "Prometheus metrics (excerpt)"
+if command -v curl >/dev/null; then
+  curl -s "http://$METRICS/metrics" | grep -E '^kvidx_(blocks|pairs|lookups_total|gaps_total|replays_total|bytes_per_pair) ' || true
+else
+  echo "(curl not installed; metrics are at http://$METRICS/metrics)"
+fi
+
+say "kvidxctl status (again)"
+ctl status
+say "shutting down"

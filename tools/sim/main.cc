@@ -7,7 +7,7 @@
 //             [--drop-every N] [--restart-every N] [--garbage-every N] [--stall-every N]
 //             [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]
 //             [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]
-//             [--mixed-encodings]
+//             [--mixed-encodings] [--prompts-out FILE]
 #include <signal.h>
 #include <xxhash.h>
 
@@ -53,6 +53,7 @@ struct Args {
   uint32_t start_delay_ms = 500;
   std::string record;
   std::string config_out;
+  std::string prompts_out;
   uint64_t seed = 1;
 };
 
@@ -103,6 +104,7 @@ Args Parse(int argc, char** argv) {
     else if (k == "--start-delay-ms") a.start_delay_ms = n();
     else if (k == "--record") a.record = v();
     else if (k == "--config-out") a.config_out = v();
+    else if (k == "--prompts-out") a.prompts_out = v();
     else if (k == "--seed") a.seed = n();
     else Usage();
   }
@@ -253,12 +255,23 @@ int main(int argc, char** argv) {
     std::vector<uint64_t> ids;
     auto start = std::chrono::steady_clock::now();
     uint64_t served = 0;
+    std::map<uint64_t, std::vector<uint32_t>> sample_prompts;  // first block id -> tokens
     while (served < a.requests && !g_stop && wl->Next(&ids)) {
       auto prompt = kvidx::sim::MakePrompt(ids, a.block_size);
       uint64_t key = root;
       for (const auto& b : prompt) {
         key = kvidx::index::ChainBlockKey(key, b.tokens);
         key_of[b.engine_hash] = key;
+      }
+      if (!a.prompts_out.empty() && sample_prompts.size() < 4 && !sample_prompts.count(ids[0])) {
+        std::vector<uint32_t> all;
+        for (const auto& b : prompt) all.insert(all.end(), b.tokens.begin(), b.tokens.end());
+        sample_prompts[ids[0]] = all;
+        std::ofstream out(a.prompts_out);
+        for (auto& [first, tokens] : sample_prompts) {
+          for (size_t i = 0; i < tokens.size(); ++i) out << (i ? "," : "") << tokens[i];
+          out << "\n";
+        }
       }
       // Prefix affinity: most requests of a prefix go to its home engine.
       uint64_t home = XXH3_64bits(&ids[0], sizeof(uint64_t)) % engines.size();

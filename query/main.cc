@@ -1,0 +1,117 @@
+// kvidx-query: the gRPC query server (kvidx.v1.KvIndex, health, reflection) and Prometheus
+// metrics, over a read-only mapping of the index.
+//
+//   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "index/control.h"
+#include "index/segment.h"
+#include "ingest/config.h"
+#include "query/metrics.h"
+#include "query/service.h"
+#include "shared/log.h"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = std::getenv("KVIDX_CONFIG") ? std::getenv("KVIDX_CONFIG") : "";
+  std::string listen, metrics;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]\n");
+      return 2;
+    }
+    if (a == "--config") config_path = argv[++i];
+    else if (a == "--listen") listen = argv[++i];
+    else if (a == "--metrics") metrics = argv[++i];
+    else {
+      std::fprintf(stderr, "kvidx-query: unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  kvidx::SetLogTag("query");
+  try {
+    auto config = kvidx::ingest::LoadConfig(config_path);
+    if (!config.ok()) {
+      KVIDX_LOG_ERROR("%s", config.status().ToString().c_str());
+      return 1;
+    }
+    if (!listen.empty()) config->listen = listen;
+    if (!metrics.empty()) config->metrics_listen = metrics;
+    // Wait for the ingest workers to create the segment (they own its geometry).
+    std::unique_ptr<kvidx::index::Segment> segment;
+    for (int i = 0; i < 600 && !segment && !g_stop; ++i) {
+      auto s = kvidx::index::Segment::Attach(config->segment, kvidx::index::Segment::Access::kReadOnly,
+                                             config->geometry);
+      if (s.ok()) {
+        segment = std::move(*s);
+      } else if (!absl::IsNotFound(s.status())) {
+        KVIDX_LOG_ERROR("segment: %s", s.status().ToString().c_str());
+        return 1;
+      } else {
+        if (i == 0) KVIDX_LOG_INFO("waiting for segment %s", config->segment.c_str());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    if (!segment) {
+      KVIDX_LOG_ERROR("segment %s never appeared", config->segment.c_str());
+      return 1;
+    }
+    auto control = kvidx::index::ControlArea::Open(config->segment + ".control", config->segment_mode);
+    if (!control.ok()) {
+      KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
+      return 1;
+    }
+    kvidx::query::KvIndexService service(*config, std::move(segment), std::move(*control));
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    builder.SetMaxReceiveMessageSize(64 << 20);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (!server || port == 0) {
+      KVIDX_LOG_ERROR("cannot listen on %s", config->listen.c_str());
+      return 1;
+    }
+    std::unique_ptr<kvidx::query::Metrics> m;
+    if (config->metrics_listen != "off") {
+      auto started = kvidx::query::Metrics::Start(config->metrics_listen, &service);
+      if (!started.ok()) KVIDX_LOG_WARN("%s", started.status().ToString().c_str());
+      else m = std::move(*started);
+    }
+    KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d), metrics on %s", config->listen.c_str(),
+                   port, config->metrics_listen.c_str());
+    struct sigaction sa {};
+    sa.sa_handler = OnSignal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    sd_notify(0, "READY=1");
+    while (!g_stop) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      sd_notify(0, "WATCHDOG=1");
+    }
+    sd_notify(0, "STOPPING=1");
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    KVIDX_LOG_INFO("stopped");
+    return 0;
+  } catch (const std::exception& e) {
+    KVIDX_LOG_ERROR("fatal: %s", e.what());
+    return 1;
+  }
+}

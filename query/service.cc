@@ -1,0 +1,504 @@
+#include "query/service.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "ingest/decoder.h"
+#include "shared/clock.h"
+
+namespace kvidx::query {
+
+using index::Ld;
+
+grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::string& message) {
+  v1::ErrorDetail d;
+  d.set_reason(reason);
+  return grpc::Status(code, reason + ": " + message, d.SerializeAsString());
+}
+
+namespace {
+
+// Bounds concurrent RPCs: past the limit a call is refused with RESOURCE_EXHAUSTED.
+class InflightGuard {
+ public:
+  InflightGuard(std::atomic<int>& n, int limit) : n_(n), ok_(n.fetch_add(1) < limit) {}
+  ~InflightGuard() { n_.fetch_sub(1); }
+  bool ok() const { return ok_; }
+
+ private:
+  std::atomic<int>& n_;
+  bool ok_;
+};
+
+std::string Str(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
+
+}  // namespace
+
+KvIndexService::KvIndexService(const ingest::Config& config,
+                               std::unique_ptr<index::Segment> segment,
+                               std::unique_ptr<index::ControlArea> control)
+    : config_(config),
+      segment_(std::move(segment)),
+      index_(std::make_unique<index::PrefixIndex>(segment_.get())),
+      control_(std::move(control)) {}
+
+void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness* f) const {
+  int64_t last = Ld(s.last_event_wall_ns);
+  f->set_last_event_age_ms(last == 0 ? -1 : (WallNanos() - last) / 1'000'000);
+  f->set_gap_open(Ld(s.gap_open) != 0);
+  f->set_epoch(Ld(s.epoch));
+  f->set_connected(Ld(s.connected) != 0);
+}
+
+grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
+  const auto& nsq = q.namespace_();
+  if (nsq.model().empty()) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_MODEL", "namespace.model is empty");
+  }
+  std::string lora = nsq.lora_name();
+  if (lora.empty() && nsq.lora_id() > 0) {
+    for (const auto& m : config_.models) {
+      if (m.name != nsq.model()) continue;
+      auto it = m.lora_names.find(nsq.lora_id());
+      lora = it != m.lora_names.end() ? it->second : absl::StrCat("lora-", nsq.lora_id());
+    }
+    if (lora.empty()) lora = absl::StrCat("lora-", nsq.lora_id());
+  }
+  std::optional<index::NamespaceId> ns = index_->FindNamespace(nsq.model(), lora);
+  out->set_namespace_known(ns.has_value());
+  if (!ns) return grpc::Status::OK;  // an unknown namespace is an answer: nobody holds it
+  const index::NamespaceSlot* nss = index_->namespace_slot(*ns);
+  const uint32_t bs = nss->block_size;
+  out->set_block_size(bs);
+  std::vector<index::BlockKey> keys;
+  switch (q.input_case()) {
+    case v1::LookupQuery::kTokens: {
+      const auto& ids = q.tokens().ids();
+      if (static_cast<uint32_t>(ids.size()) > config_.max_tokens) {
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
+                     absl::StrCat(ids.size(), " token ids; the limit is ", config_.max_tokens));
+      }
+      keys = index::ChainBlockKeys(Ld(nss->root), {ids.data(), static_cast<size_t>(ids.size())}, bs);
+      break;
+    }
+    case v1::LookupQuery::kBlockKeys: {
+      const auto& k = q.block_keys().keys();
+      if (static_cast<uint32_t>(k.size()) * std::max(1u, bs) > config_.max_tokens) {
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
+                     absl::StrCat(k.size(), " block keys is more than max_tokens allows"));
+      }
+      keys.assign(k.begin(), k.end());
+      break;
+    }
+    case v1::LookupQuery::kEngineHashes: {
+      const auto& h = q.engine_hashes().hashes();
+      if (static_cast<uint32_t>(h.size()) * std::max(1u, bs) > config_.max_tokens) {
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
+                     absl::StrCat(h.size(), " engine hashes is more than max_tokens allows"));
+      }
+      keys.reserve(h.size());
+      for (uint64_t e : h) {
+        auto k = index_->ResolveEngineHash(*ns, index::PrefixIndex::kAnyPublisher, e);
+        if (!k) break;  // the chain is only known up to here
+        keys.push_back(*k);
+      }
+      out->set_prompt_blocks(static_cast<uint32_t>(h.size()));
+      break;
+    }
+    default:
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_INPUT",
+                   "a query needs tokens, block_keys or engine_hashes");
+  }
+  if (q.input_case() != v1::LookupQuery::kEngineHashes) {
+    out->set_prompt_blocks(static_cast<uint32_t>(keys.size()));
+  }
+  std::vector<index::PublisherId> candidates;
+  for (const auto& c : q.candidates()) {
+    for (index::PublisherId id : index_->ActivePublishers()) {
+      const index::PublisherSlot* s = index_->publisher_slot(id);
+      if (s != nullptr && c.pod() == s->pod && (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->dp_rank)) {
+        candidates.push_back(id);
+      }
+    }
+  }
+  if (q.candidates_size() > 0 && candidates.empty()) return grpc::Status::OK;  // none known
+  index::LookupOptions opts;
+  opts.candidates = candidates;
+  opts.max_blocks = q.max_blocks();
+  index::LookupResult r = index_->Lookup(keys, opts);
+  out->set_degraded(r.degraded);
+  if (r.degraded) counters_.degraded.fetch_add(1, std::memory_order_relaxed);
+  const v1::PodMatch* best = nullptr;
+  for (const auto& m : r.matches) {
+    const index::PublisherSlot* s = index_->publisher_slot(m.publisher);
+    if (s == nullptr) continue;
+    v1::PodMatch* pm = out->add_matches();
+    pm->set_pod(Str(s->pod, sizeof(s->pod)));
+    pm->set_dp_rank(s->dp_rank);
+    pm->set_matched_blocks(m.blocks);
+    pm->set_matched_tokens(uint64_t{m.blocks} * bs);
+    pm->set_gpu_blocks(m.tier_blocks[index::kGpu]);
+    pm->set_cpu_blocks(m.tier_blocks[index::kCpu]);
+    pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
+    FillFreshness(*s, pm->mutable_freshness());
+    auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
+      if (a.matched_blocks() != b.matched_blocks()) return a.matched_blocks() > b.matched_blocks();
+      if (a.gpu_blocks() != b.gpu_blocks()) return a.gpu_blocks() > b.gpu_blocks();
+      int64_t fa = a.freshness().last_event_age_ms(), fb = b.freshness().last_event_age_ms();
+      return fa >= 0 && (fb < 0 || fa < fb);
+    };
+    if (best == nullptr || better(*pm, *best)) best = pm;
+  }
+  if (best != nullptr) *out->mutable_best() = *best;
+  counters_.lookups.fetch_add(1, std::memory_order_relaxed);
+  if (!r.matches.empty()) counters_.lookup_hits.fetch_add(1, std::memory_order_relaxed);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+                                    v1::LookupResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) {
+    counters_.overloaded.fetch_add(1);
+    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", "too many calls in flight");
+  }
+  counters_.lookup_rpcs.fetch_add(1, std::memory_order_relaxed);
+  if (static_cast<uint32_t>(req->queries_size()) > config_.max_lookups_per_call) {
+    counters_.invalid_arguments.fetch_add(1);
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_QUERIES",
+                 absl::StrCat(req->queries_size(), " queries in one call; the limit is ",
+                              config_.max_lookups_per_call));
+  }
+  uint64_t total_tokens = 0;
+  for (const auto& q : req->queries()) total_tokens += q.tokens().ids_size();
+  if (total_tokens > uint64_t{config_.max_tokens} * 64) {
+    counters_.invalid_arguments.fetch_add(1);
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
+                 absl::StrCat(total_tokens, " token ids in one call"));
+  }
+  for (const auto& q : req->queries()) {
+    grpc::Status st = LookupOne(q, resp->add_results());
+    if (!st.ok()) {
+      counters_.invalid_arguments.fetch_add(1);
+      resp->Clear();
+      return st;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+void KvIndexService::FillStats(v1::StatsResponse* resp) const {
+  index::IndexStats s = index_->Stats();
+  const index::SegmentHeader* h = index_->header();
+  resp->set_enabled(true);
+  resp->set_publishers(s.publishers);
+  resp->set_namespaces(s.namespaces);
+  resp->set_blocks(s.blocks);
+  resp->set_pairs(s.pairs);
+  uint64_t tokens = 0;
+  resp->set_block_capacity(s.block_capacity);
+  resp->set_pair_capacity(s.pair_capacity);
+  resp->set_occupancy(s.pair_capacity ? static_cast<double>(s.pairs) / s.pair_capacity : 0);
+  resp->set_segment_bytes(s.segment_bytes);
+  resp->set_bytes_per_pair(s.bytes_per_live_pair);
+  resp->set_batches_applied(Ld(h->batches_applied));
+  resp->set_events_applied(Ld(h->events_applied));
+  auto& rejected = *resp->mutable_events_rejected();
+  for (int r = 1; r < static_cast<int>(ingest::DecodeReason::kNumReasons) && r < 8; ++r) {
+    rejected[ingest::DecodeReasonName(static_cast<ingest::DecodeReason>(r))] = Ld(h->decode_errors[r]);
+  }
+  rejected["unknown_event"] = Ld(h->unknown_events);
+  resp->set_garbage_frames(Ld(h->garbage_frames));
+  uint64_t lookups = counters_.lookups.load();
+  resp->set_lookups(lookups);
+  resp->set_hit_rate(lookups ? static_cast<double>(counters_.lookup_hits.load()) / lookups : 0);
+  resp->set_evictions(s.evicted_blocks);
+  resp->set_stripe_repairs(s.stripe_repairs);
+  uint64_t replays = 0, gaps = 0, resyncs = 0;
+  std::map<uint32_t, v1::WorkerLag> lag;
+  bool healthy = true;
+  for (auto id : index_->ActivePublishers()) {
+    const index::PublisherSlot* p = index_->publisher_slot(id);
+    if (p == nullptr) continue;
+    replays += Ld(p->replays);
+    gaps += Ld(p->gaps);
+    resyncs += Ld(p->resyncs);
+    const index::NamespaceSlot* nss = index_->namespace_slot(static_cast<index::NamespaceId>(p->ns));
+    if (nss != nullptr) tokens += Ld(p->pairs) * nss->block_size;
+    v1::WorkerLag& w = lag[p->worker];
+    w.set_worker(p->worker);
+    w.set_publishers(w.publishers() + 1);
+    int64_t last = Ld(p->last_event_wall_ns);
+    if (Ld(p->connected) && last != 0) {
+      w.set_max_last_event_age_ms(std::max(w.max_last_event_age_ms(), (WallNanos() - last) / 1'000'000));
+    }
+    if (Ld(p->gap_open)) w.set_open_gaps(w.open_gaps() + 1);
+  }
+  // Healthy: every worker that owns publishers has a live process.
+  for (auto& [w, l] : lag) {
+    uint32_t pid = w < index::kMaxWorkers ? control_->header()->rings[w].pid : 0;
+    if (pid == 0 || (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM)) healthy = false;
+    *resp->add_workers() = l;
+  }
+  resp->set_healthy(healthy);
+  resp->set_tokens(tokens);
+  resp->set_replays(replays);
+  resp->set_gaps(gaps);
+  resp->set_resyncs(resyncs);
+}
+
+grpc::Status KvIndexService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                                   v1::StatsResponse* resp) {
+  FillStats(resp);
+  return grpc::Status::OK;
+}
+
+void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
+  const index::PublisherSlot* s = index_->publisher_slot(id);
+  if (s == nullptr) return;
+  pod->set_pod(Str(s->pod, sizeof(s->pod)));
+  pod->set_dp_rank(s->dp_rank);
+  if (const index::NamespaceSlot* nss = index_->namespace_slot(static_cast<index::NamespaceId>(s->ns))) {
+    pod->set_model(Str(nss->model, sizeof(nss->model)));
+  }
+  pod->set_endpoint(Str(s->endpoint, sizeof(s->endpoint)));
+  pod->set_replay_endpoint(Str(s->replay_endpoint, sizeof(s->replay_endpoint)));
+  pod->set_topic(Str(s->topic, sizeof(s->topic)));
+  pod->set_dialect(Str(s->dialect, sizeof(s->dialect)));
+  pod->set_worker(s->worker);
+  FillFreshness(*s, pod->mutable_freshness());
+  pod->set_last_seq(Ld(s->last_seq));
+  pod->set_has_seq(Ld(s->has_seq) != 0);
+  pod->set_pairs(Ld(s->pairs));
+  pod->set_quota_pairs(Ld(s->quota_pairs));
+  auto& c = *pod->mutable_counters();
+  c["batches"] = Ld(s->batches);
+  c["events"] = Ld(s->events);
+  c["stored_blocks"] = Ld(s->stored_blocks);
+  c["removed_blocks"] = Ld(s->removed_blocks);
+  c["duplicate_stores"] = Ld(s->duplicate_stores);
+  c["unknown_removes"] = Ld(s->unknown_removes);
+  c["orphan_blocks"] = Ld(s->orphan_blocks);
+  c["unresolved_blocks"] = Ld(s->unresolved_blocks);
+  c["clears"] = Ld(s->clears);
+  c["evicted_pairs"] = Ld(s->evicted_pairs);
+  c["rejected_stores"] = Ld(s->rejected_stores);
+  c["decode_errors"] = Ld(s->decode_errors);
+  c["gaps"] = Ld(s->gaps);
+  c["replays"] = Ld(s->replays);
+  c["replay_batches"] = Ld(s->replay_batches);
+  c["resyncs"] = Ld(s->resyncs);
+  c["connects"] = Ld(s->connects);
+  c["disconnects"] = Ld(s->disconnects);
+  c["connect_retries"] = Ld(s->connect_retries);
+}
+
+grpc::Status KvIndexService::ListPods(grpc::ServerContext*, const v1::ListPodsRequest*,
+                                      v1::ListPodsResponse* resp) {
+  for (auto id : index_->ActivePublishers()) FillPod(id, resp->add_pods());
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::GetPod(grpc::ServerContext*, const v1::GetPodRequest* req,
+                                    v1::Pod* resp) {
+  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
+  if (!id) {
+    return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD",
+                 absl::StrCat("no publisher ", req->pod(), "/", req->dp_rank()));
+  }
+  FillPod(*id, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::RunCommand(const index::Command& c, index::Command* result) {
+  auto id = control_->Post(c);
+  if (!id.ok()) return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "CONTROL_BUSY", std::string(id.status().message()));
+  auto r = control_->Await(*id, 5000);
+  if (!r.ok()) return Error(grpc::StatusCode::UNAVAILABLE, "NO_WORKER", std::string(r.status().message()));
+  *result = *r;
+  if (r->code != 0) {
+    return Error(static_cast<grpc::StatusCode>(r->code), "REFUSED", std::string(r->message));
+  }
+  return grpc::Status::OK;
+}
+
+namespace {
+bool Copy(char* dst, size_t cap, const std::string& s) {
+  if (s.size() >= cap) return false;
+  std::memcpy(dst, s.data(), s.size());
+  dst[s.size()] = '\0';
+  return true;
+}
+}  // namespace
+
+grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
+                                               const v1::RegisterPublisherRequest* req,
+                                               v1::Pod* resp) {
+  if (req->pod().empty() || req->model().empty() || req->endpoint().empty()) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "MISSING_FIELD", "pod, model and endpoint are required");
+  }
+  std::string dialect = req->dialect().empty() ? "auto" : req->dialect();
+  if (!ingest::ParseDialect(dialect)) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "UNKNOWN_DIALECT", dialect);
+  }
+  if (req->bind()) dialect += "+bind";
+  index::Command c{};
+  c.op = static_cast<uint32_t>(index::CommandOp::kRegister);
+  c.worker = index::kAnyWorker;
+  c.dp_rank = static_cast<int32_t>(req->dp_rank());
+  c.quota_pairs = req->quota_pairs();
+  if (!Copy(c.pod, sizeof(c.pod), req->pod()) || !Copy(c.model, sizeof(c.model), req->model()) ||
+      !Copy(c.endpoint, sizeof(c.endpoint), req->endpoint()) ||
+      !Copy(c.replay_endpoint, sizeof(c.replay_endpoint), req->replay_endpoint()) ||
+      !Copy(c.topic, sizeof(c.topic), req->topic()) ||
+      !Copy(c.dialect, sizeof(c.dialect), dialect)) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "a field is too long");
+  }
+  index::Command r;
+  grpc::Status st = RunCommand(c, &r);
+  if (!st.ok()) return st;
+  if (auto id = index_->FindPublisher(req->pod(), req->dp_rank())) FillPod(*id, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::UnregisterPublisher(grpc::ServerContext*,
+                                                 const v1::UnregisterPublisherRequest* req,
+                                                 v1::UnregisterPublisherResponse* resp) {
+  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
+  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
+  index::Command c{};
+  c.op = static_cast<uint32_t>(index::CommandOp::kUnregister);
+  c.worker = index_->publisher_slot(*id)->worker;
+  c.dp_rank = static_cast<int32_t>(req->dp_rank());
+  Copy(c.pod, sizeof(c.pod), req->pod());
+  index::Command r;
+  grpc::Status st = RunCommand(c, &r);
+  if (!st.ok()) return st;
+  resp->set_pairs_dropped(r.pairs);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest* req,
+                                   v1::ClearResponse* resp) {
+  index::Command c{};
+  switch (req->scope_case()) {
+    case v1::ClearRequest::kPod: {
+      c.op = static_cast<uint32_t>(index::CommandOp::kClearPod);
+      c.dp_rank = req->pod().dp_rank();
+      if (!Copy(c.pod, sizeof(c.pod), req->pod().pod())) {
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "pod");
+      }
+      // Each owning worker clears its own publishers of that pod.
+      std::set<uint32_t> owners;
+      for (auto id : index_->ActivePublishers()) {
+        const index::PublisherSlot* s = index_->publisher_slot(id);
+        if (s != nullptr && req->pod().pod() == s->pod &&
+            (c.dp_rank < 0 || uint32_t(c.dp_rank) == s->dp_rank)) {
+          owners.insert(s->worker);
+          resp->set_pairs_cleared(resp->pairs_cleared() + Ld(s->pairs));
+        }
+      }
+      if (owners.empty()) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod().pod());
+      resp->set_pairs_cleared(0);
+      for (uint32_t w : owners) {
+        c.worker = w;
+        index::Command r;
+        grpc::Status st = RunCommand(c, &r);
+        if (!st.ok()) return st;
+        resp->set_publishers_cleared(resp->publishers_cleared() + r.publishers);
+        resp->set_pairs_cleared(resp->pairs_cleared() + r.pairs);
+      }
+      return grpc::Status::OK;
+    }
+    case v1::ClearRequest::kNamespace:
+      c.op = static_cast<uint32_t>(index::CommandOp::kClearNamespace);
+      if (!Copy(c.model, sizeof(c.model), req->namespace_().model()) ||
+          !Copy(c.lora_name, sizeof(c.lora_name), req->namespace_().lora_name())) {
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "namespace");
+      }
+      break;
+    case v1::ClearRequest::kAll:
+      if (!req->all()) return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "all must be true");
+      c.op = static_cast<uint32_t>(index::CommandOp::kClearAll);
+      break;
+    default:
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "clear needs pod, namespace or all");
+  }
+  c.worker = index::kAnyWorker;
+  index::Command r;
+  grpc::Status st = RunCommand(c, &r);
+  if (!st.ok()) return st;
+  resp->set_blocks_cleared(r.blocks);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
+                                         const v1::WatchEventsRequest* req,
+                                         grpc::ServerWriter<v1::WatchEvent>* writer) {
+  // Start at the rings' current heads: a watcher sees what is applied after it started.
+  uint64_t cursor[index::kMaxWorkers];
+  for (int w = 0; w < index::kMaxWorkers; ++w) {
+    cursor[w] = __atomic_load_n(&control_->header()->rings[w].head, __ATOMIC_ACQUIRE);
+  }
+  int64_t next_stats = MonotonicNanos();
+  while (!ctx->IsCancelled()) {
+    bool sent = false;
+    for (int w = 0; w < index::kMaxWorkers; ++w) {
+      index::EventRing& ring = control_->header()->rings[w];
+      uint64_t head = __atomic_load_n(&ring.head, __ATOMIC_ACQUIRE);
+      uint64_t missed = 0;
+      if (head - cursor[w] > index::kRingEntries) {
+        missed = head - cursor[w] - index::kRingEntries;
+        cursor[w] = head - index::kRingEntries;
+      }
+      for (; cursor[w] < head; ++cursor[w]) {
+        const index::RingEntry& e = ring.entries[cursor[w] & (index::kRingEntries - 1)];
+        uint64_t seq = __atomic_load_n(&e.seq, __ATOMIC_ACQUIRE);
+        v1::WatchEvent ev;
+        auto* a = ev.mutable_applied();
+        a->set_kind(static_cast<v1::AppliedEvent::Kind>(__atomic_load_n(&e.kind, __ATOMIC_RELAXED)));
+        a->set_blocks(__atomic_load_n(&e.blocks, __ATOMIC_RELAXED));
+        a->set_first_block_key(__atomic_load_n(&e.first_key, __ATOMIC_RELAXED));
+        a->set_wall_time_ns(__atomic_load_n(&e.wall_ns, __ATOMIC_RELAXED));
+        index::PublisherId pub = __atomic_load_n(&e.publisher, __ATOMIC_RELAXED);
+        index::NamespaceId ns = __atomic_load_n(&e.ns, __ATOMIC_RELAXED);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (seq != cursor[w] + 1 || __atomic_load_n(&e.seq, __ATOMIC_RELAXED) != seq) {
+          ++missed;  // overwritten while we read it
+          continue;
+        }
+        if (const index::PublisherSlot* s = index_->publisher_slot(pub)) {
+          a->set_pod(Str(s->pod, sizeof(s->pod)));
+          a->set_dp_rank(s->dp_rank);
+        }
+        if (const index::NamespaceSlot* nss = index_->namespace_slot(ns)) {
+          a->set_model(Str(nss->model, sizeof(nss->model)));
+        }
+        ev.set_missed(missed);
+        missed = 0;
+        if (!writer->Write(ev)) return grpc::Status::OK;
+        sent = true;
+      }
+    }
+    if (req->stats_interval_ms() > 0 && MonotonicNanos() >= next_stats) {
+      next_stats = MonotonicNanos() + int64_t{req->stats_interval_ms()} * 1'000'000;
+      v1::WatchEvent ev;
+      FillStats(ev.mutable_stats());
+      if (!writer->Write(ev)) return grpc::Status::OK;
+    }
+    if (!sent) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::Ping(grpc::ServerContext*, const v1::PingRequest*, v1::PingResponse*) {
+  return grpc::Status::OK;
+}
+
+}  // namespace kvidx::query

@@ -1,0 +1,81 @@
+// The kvidx.v1.KvIndex gRPC service: answers from the read-only mapping of the index, copying
+// nothing but the answer; hands admin calls to the ingest workers through the control area.
+//
+// Thread-safe: gRPC calls handlers concurrently; everything shared is read-only or atomic.
+// Errors: INVALID_ARGUMENT with a reason for bad input (too many tokens, too many queries, no
+// input), RESOURCE_EXHAUSTED past max_inflight_rpcs, NOT_FOUND for unknown pods in GetPod and
+// admin calls, UNAVAILABLE when no ingest worker takes an admin command.
+#ifndef KVIDX_QUERY_SERVICE_H_
+#define KVIDX_QUERY_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "index/control.h"
+#include "index/prefix_index.h"
+#include "index/segment.h"
+#include "ingest/config.h"
+#include "kvidx.grpc.pb.h"
+
+namespace kvidx::query {
+
+struct ServiceCounters {
+  std::atomic<uint64_t> lookups{0};
+  std::atomic<uint64_t> lookup_hits{0};
+  std::atomic<uint64_t> lookup_rpcs{0};
+  std::atomic<uint64_t> invalid_arguments{0};
+  std::atomic<uint64_t> overloaded{0};
+  std::atomic<uint64_t> degraded{0};
+};
+
+class KvIndexService final : public kvidx::v1::KvIndex::Service {
+ public:
+  KvIndexService(const ingest::Config& config, std::unique_ptr<index::Segment> segment,
+                 std::unique_ptr<index::ControlArea> control);
+
+  grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
+                      v1::LookupResponse* resp) override;
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
+                     v1::StatsResponse* resp) override;
+  grpc::Status ListPods(grpc::ServerContext* ctx, const v1::ListPodsRequest* req,
+                        v1::ListPodsResponse* resp) override;
+  grpc::Status GetPod(grpc::ServerContext* ctx, const v1::GetPodRequest* req,
+                      v1::Pod* resp) override;
+  grpc::Status RegisterPublisher(grpc::ServerContext* ctx,
+                                 const v1::RegisterPublisherRequest* req, v1::Pod* resp) override;
+  grpc::Status UnregisterPublisher(grpc::ServerContext* ctx,
+                                   const v1::UnregisterPublisherRequest* req,
+                                   v1::UnregisterPublisherResponse* resp) override;
+  grpc::Status Clear(grpc::ServerContext* ctx, const v1::ClearRequest* req,
+                     v1::ClearResponse* resp) override;
+  grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
+                           grpc::ServerWriter<v1::WatchEvent>* writer) override;
+  grpc::Status Ping(grpc::ServerContext* ctx, const v1::PingRequest* req,
+                    v1::PingResponse* resp) override;
+
+  const index::PrefixIndex& index() const { return *index_; }
+  const ServiceCounters& counters() const { return counters_; }
+  void FillStats(v1::StatsResponse* resp) const;
+
+ private:
+  grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
+  void FillPod(index::PublisherId id, v1::Pod* pod) const;
+  void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f) const;
+  grpc::Status RunCommand(const index::Command& c, index::Command* result);
+
+  ingest::Config config_;
+  std::unique_ptr<index::Segment> segment_;
+  std::unique_ptr<index::PrefixIndex> index_;
+  std::unique_ptr<index::ControlArea> control_;
+  ServiceCounters counters_;
+  std::atomic<int> inflight_{0};
+};
+
+// gRPC status with a reason (also attached as a kvidx.v1.ErrorDetail).
+grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::string& message);
+
+}  // namespace kvidx::query
+
+#endif  // KVIDX_QUERY_SERVICE_H_

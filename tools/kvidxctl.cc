@@ -1,0 +1,374 @@
+// kvidxctl: inspect and administer kvidx through its gRPC API.
+//
+//   kvidxctl [--server HOST:PORT] [--json] [--timeout-ms N] COMMAND [ARGS]
+//     status                         totals, occupancy, ingest counters, per-worker lag
+//     pods                           every publisher with its state
+//     pod NAME [--dp N]              one publisher and its counters
+//     lookup --model M [--lora L] (--tokens 1,2,.. | --tokens-file F | --keys HEX,..)
+//            [--candidates pod,pod] [--max-blocks N]
+//     watch [--stats-ms N] [--count N]
+//     register --pod P --model M --endpoint E [--replay E] [--topic T] [--dialect D] [--dp N]
+//              [--bind] [--quota N]
+//     unregister --pod P [--dp N]
+//     clear (--pod P [--dp N] | --model M [--lora L] | --all)
+//     ping
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include "kvidx.grpc.pb.h"
+
+namespace {
+
+using kvidx::v1::KvIndex;
+
+[[noreturn]] void Usage() {
+  std::fprintf(stderr,
+               "usage: kvidxctl [--server HOST:PORT] [--json] [--timeout-ms N] COMMAND [ARGS]\n"
+               "commands: status | pods | pod NAME [--dp N] | lookup --model M [--lora L]\n"
+               "  (--tokens 1,2,.. | --tokens-file F | --keys HEX,..) [--candidates p,q]\n"
+               "  [--max-blocks N] | watch [--stats-ms N] [--count N] | register --pod P\n"
+               "  --model M --endpoint E [--replay E] [--topic T] [--dialect D] [--dp N]\n"
+               "  [--bind] [--quota N] | unregister --pod P [--dp N] |\n"
+               "  clear (--pod P [--dp N] | --model M [--lora L] | --all) | ping\n");
+  std::exit(2);
+}
+
+struct Opts {
+  std::string server = std::getenv("KVIDX_SERVER") ? std::getenv("KVIDX_SERVER") : "127.0.0.1:50051";
+  bool json = false;
+  int timeout_ms = 5000;
+  std::string command;
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;
+};
+
+Opts Parse(int argc, char** argv) {
+  Opts o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json") o.json = true;
+    else if (a == "--bind" || a == "--all") o.flags[a] = "1";
+    else if (a.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) Usage();
+      std::string v = argv[++i];
+      if (a == "--server") o.server = v;
+      else if (a == "--timeout-ms") o.timeout_ms = std::atoi(v.c_str());
+      else o.flags[a] = v;
+    } else if (o.command.empty()) {
+      o.command = a;
+    } else {
+      o.positional.push_back(a);
+    }
+  }
+  if (o.command.empty()) Usage();
+  return o;
+}
+
+std::string Flag(const Opts& o, const std::string& k, const std::string& def = "") {
+  auto it = o.flags.find(k);
+  return it == o.flags.end() ? def : it->second;
+}
+
+int Fail(const Opts& o, const grpc::Status& st) {
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    std::fprintf(stderr, "kvidxctl: cannot reach kvidx-query at %s (%s). Is it running?\n",
+                 o.server.c_str(), st.error_message().c_str());
+    return 3;
+  }
+  std::fprintf(stderr, "kvidxctl: %s\n", st.error_message().c_str());
+  return 1;
+}
+
+void PrintJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  std::cout << out;
+}
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::string Age(int64_t ms) {
+  if (ms < 0) return "never";
+  if (ms < 1000) return std::to_string(ms) + "ms";
+  if (ms < 60000) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms / 60000) + "m";
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(const Opts& o) {
+  auto c = std::make_unique<grpc::ClientContext>();
+  if (o.timeout_ms > 0) {
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.timeout_ms));
+  }
+  return c;
+}
+
+int Status(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::StatsResponse r;
+  grpc::Status st = stub.Stats(Ctx(o).get(), {}, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(r);
+    return 0;
+  }
+  std::printf("kvidx at %s: %s\n", o.server.c_str(), r.healthy() ? "healthy" : "UNHEALTHY");
+  std::printf("  publishers %u, namespaces %u\n", r.publishers(), r.namespaces());
+  std::printf("  blocks %lu, (pod, block) pairs %lu of %lu (%.1f%%), tokens %lu\n",
+              (unsigned long)r.blocks(), (unsigned long)r.pairs(), (unsigned long)r.pair_capacity(),
+              100 * r.occupancy(), (unsigned long)r.tokens());
+  std::printf("  segment %.1f MiB, %.1f bytes per live pair\n", r.segment_bytes() / 1048576.0,
+              r.bytes_per_pair());
+  std::printf("  applied: %lu batches, %lu events; evictions %lu; gaps %lu, replays %lu, resyncs %lu\n",
+              (unsigned long)r.batches_applied(), (unsigned long)r.events_applied(),
+              (unsigned long)r.evictions(), (unsigned long)r.gaps(), (unsigned long)r.replays(),
+              (unsigned long)r.resyncs());
+  std::printf("  rejected:");
+  for (const auto& [k, v] : r.events_rejected()) {
+    if (v) std::printf(" %s=%lu", k.c_str(), (unsigned long)v);
+  }
+  std::printf(" garbage_frames=%lu\n", (unsigned long)r.garbage_frames());
+  std::printf("  lookups %lu, hit rate %.1f%%\n", (unsigned long)r.lookups(), 100 * r.hit_rate());
+  for (const auto& w : r.workers()) {
+    std::printf("  worker %u: %u publishers, lag %s, open gaps %u\n", w.worker(), w.publishers(),
+                Age(w.max_last_event_age_ms()).c_str(), w.open_gaps());
+  }
+  return 0;
+}
+
+int Pods(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::ListPodsResponse r;
+  grpc::Status st = stub.ListPods(Ctx(o).get(), {}, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(r);
+    return 0;
+  }
+  std::printf("%-16s %3s %-14s %-6s %-9s %10s %10s %6s %6s %8s %s\n", "POD", "DP", "MODEL",
+              "WORKER", "STATE", "PAIRS", "LAST_SEQ", "GAPS", "EPOCH", "LAST", "ENDPOINT");
+  for (const auto& p : r.pods()) {
+    std::printf("%-16s %3u %-14s %-6u %-9s %10lu %10s %6lu %6lu %8s %s\n", p.pod().c_str(),
+                p.dp_rank(), p.model().c_str(), p.worker(),
+                p.freshness().gap_open() ? "replaying" : p.freshness().connected() ? "connected" : "down",
+                (unsigned long)p.pairs(), p.has_seq() ? std::to_string(p.last_seq()).c_str() : "-",
+                (unsigned long)p.counters().at("gaps"), (unsigned long)p.freshness().epoch(),
+                Age(p.freshness().last_event_age_ms()).c_str(), p.endpoint().c_str());
+  }
+  return 0;
+}
+
+int Pod(const Opts& o, KvIndex::Stub& stub) {
+  if (o.positional.empty()) Usage();
+  kvidx::v1::GetPodRequest req;
+  req.set_pod(o.positional[0]);
+  req.set_dp_rank(std::atoi(Flag(o, "--dp", "0").c_str()));
+  kvidx::v1::Pod p;
+  grpc::Status st = stub.GetPod(Ctx(o).get(), req, &p);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(p);
+    return 0;
+  }
+  std::printf("%s/%u  model %s  worker %u  dialect %s\n", p.pod().c_str(), p.dp_rank(),
+              p.model().c_str(), p.worker(), p.dialect().c_str());
+  std::printf("  endpoint %s  replay %s  topic '%s'\n", p.endpoint().c_str(),
+              p.replay_endpoint().empty() ? "-" : p.replay_endpoint().c_str(), p.topic().c_str());
+  std::printf("  %s, last event %s ago, epoch %lu, last seq %s, pairs %lu\n",
+              p.freshness().connected() ? "connected" : "not connected",
+              Age(p.freshness().last_event_age_ms()).c_str(), (unsigned long)p.freshness().epoch(),
+              p.has_seq() ? std::to_string(p.last_seq()).c_str() : "-", (unsigned long)p.pairs());
+  for (const auto& [k, v] : std::map<std::string, uint64_t>(p.counters().begin(), p.counters().end())) {
+    std::printf("  %-18s %lu\n", k.c_str(), (unsigned long)v);
+  }
+  return 0;
+}
+
+int Lookup(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::LookupRequest req;
+  auto* q = req.add_queries();
+  q->mutable_namespace_()->set_model(Flag(o, "--model"));
+  q->mutable_namespace_()->set_lora_name(Flag(o, "--lora"));
+  std::string tokens = Flag(o, "--tokens");
+  if (!Flag(o, "--tokens-file").empty()) {
+    std::ifstream in(Flag(o, "--tokens-file"));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    tokens = ss.str();
+    for (char& c : tokens) {
+      if (c == ' ' || c == '\n' || c == '[' || c == ']') c = ',';
+    }
+  }
+  if (!tokens.empty()) {
+    for (const auto& t : Split(tokens, ',')) q->mutable_tokens()->add_ids(std::strtoul(t.c_str(), nullptr, 10));
+  } else if (!Flag(o, "--keys").empty()) {
+    for (const auto& k : Split(Flag(o, "--keys"), ',')) {
+      q->mutable_block_keys()->add_keys(std::strtoull(k.c_str(), nullptr, 16));
+    }
+  } else {
+    Usage();
+  }
+  for (const auto& c : Split(Flag(o, "--candidates"), ',')) {
+    auto* ref = q->add_candidates();
+    ref->set_pod(c);
+    ref->set_dp_rank(-1);
+  }
+  q->set_max_blocks(std::atoi(Flag(o, "--max-blocks", "0").c_str()));
+  kvidx::v1::LookupResponse r;
+  grpc::Status st = stub.Lookup(Ctx(o).get(), req, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(r);
+    return 0;
+  }
+  const auto& res = r.results(0);
+  if (!res.namespace_known()) {
+    std::printf("namespace %s is unknown to kvidx: no pod holds anything of it\n", Flag(o, "--model").c_str());
+    return 0;
+  }
+  std::printf("prompt: %u blocks of %u tokens; %d pod(s) hold a prefix%s\n", res.prompt_blocks(),
+              res.block_size(), res.matches_size(), res.degraded() ? " (degraded read)" : "");
+  if (res.matches_size() == 0) return 0;
+  std::printf("  %-16s %3s %8s %8s %5s %5s %5s %6s %8s\n", "POD", "DP", "BLOCKS", "TOKENS", "GPU",
+              "CPU", "DISK", "EPOCH", "LAST");
+  for (const auto& m : res.matches()) {
+    std::printf("  %-16s %3u %8u %8lu %5u %5u %5u %6lu %8s%s\n", m.pod().c_str(), m.dp_rank(),
+                m.matched_blocks(), (unsigned long)m.matched_tokens(), m.gpu_blocks(), m.cpu_blocks(),
+                m.disk_blocks(), (unsigned long)m.freshness().epoch(),
+                Age(m.freshness().last_event_age_ms()).c_str(),
+                m.pod() == res.best().pod() && m.dp_rank() == res.best().dp_rank() ? "  <- best" : "");
+  }
+  return 0;
+}
+
+int Watch(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::WatchEventsRequest req;
+  req.set_stats_interval_ms(std::atoi(Flag(o, "--stats-ms", "0").c_str()));
+  long count = std::atol(Flag(o, "--count", "0").c_str());
+  grpc::ClientContext ctx;
+  auto reader = stub.WatchEvents(&ctx, req);
+  kvidx::v1::WatchEvent ev;
+  long n = 0;
+  while (reader->Read(&ev)) {
+    if (o.json) {
+      std::string out;
+      (void)google::protobuf::util::MessageToJsonString(ev, &out);
+      std::cout << out << "\n" << std::flush;
+    } else if (ev.has_applied()) {
+      const auto& a = ev.applied();
+      static const char* const kKinds[] = {"?", "stored", "removed", "cleared"};
+      std::printf("%-8s %-16s dp %u  %u blocks  first %016lx  %s%s\n", kKinds[a.kind() & 3],
+                  a.pod().c_str(), a.dp_rank(), a.blocks(), (unsigned long)a.first_block_key(),
+                  a.model().c_str(),
+                  ev.missed() ? (" (missed " + std::to_string(ev.missed()) + ")").c_str() : "");
+      std::fflush(stdout);
+    } else if (ev.has_stats()) {
+      std::printf("stats: %lu blocks, %lu pairs, %lu batches applied\n",
+                  (unsigned long)ev.stats().blocks(), (unsigned long)ev.stats().pairs(),
+                  (unsigned long)ev.stats().batches_applied());
+      std::fflush(stdout);
+    }
+    if (count > 0 && ++n >= count) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) return Fail(o, st);
+  return 0;
+}
+
+int Register(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::RegisterPublisherRequest req;
+  req.set_pod(Flag(o, "--pod"));
+  req.set_model(Flag(o, "--model"));
+  req.set_endpoint(Flag(o, "--endpoint"));
+  req.set_replay_endpoint(Flag(o, "--replay"));
+  req.set_topic(Flag(o, "--topic"));
+  req.set_dialect(Flag(o, "--dialect", "auto"));
+  req.set_dp_rank(std::atoi(Flag(o, "--dp", "0").c_str()));
+  req.set_bind(!Flag(o, "--bind").empty());
+  req.set_quota_pairs(std::strtoull(Flag(o, "--quota", "0").c_str(), nullptr, 10));
+  kvidx::v1::Pod p;
+  grpc::Status st = stub.RegisterPublisher(Ctx(o).get(), req, &p);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) PrintJson(p);
+  else std::printf("registered %s/%u (worker %u)\n", p.pod().c_str(), p.dp_rank(), p.worker());
+  return 0;
+}
+
+int Unregister(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::UnregisterPublisherRequest req;
+  req.set_pod(Flag(o, "--pod"));
+  req.set_dp_rank(std::atoi(Flag(o, "--dp", "0").c_str()));
+  kvidx::v1::UnregisterPublisherResponse r;
+  grpc::Status st = stub.UnregisterPublisher(Ctx(o).get(), req, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) PrintJson(r);
+  else std::printf("unregistered %s, dropped %lu pairs\n", req.pod().c_str(), (unsigned long)r.pairs_dropped());
+  return 0;
+}
+
+int Clear(const Opts& o, KvIndex::Stub& stub) {
+  kvidx::v1::ClearRequest req;
+  if (!Flag(o, "--pod").empty()) {
+    req.mutable_pod()->set_pod(Flag(o, "--pod"));
+    req.mutable_pod()->set_dp_rank(std::atoi(Flag(o, "--dp", "-1").c_str()));
+  } else if (!Flag(o, "--model").empty()) {
+    req.mutable_namespace_()->set_model(Flag(o, "--model"));
+    req.mutable_namespace_()->set_lora_name(Flag(o, "--lora"));
+  } else if (!Flag(o, "--all").empty()) {
+    req.set_all(true);
+  } else {
+    Usage();
+  }
+  kvidx::v1::ClearResponse r;
+  grpc::Status st = stub.Clear(Ctx(o).get(), req, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) PrintJson(r);
+  else std::printf("cleared: %u publishers, %lu pairs, %lu blocks\n", r.publishers_cleared(),
+                   (unsigned long)r.pairs_cleared(), (unsigned long)r.blocks_cleared());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Opts o = Parse(argc, argv);
+  auto channel = grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials());
+  auto stub = KvIndex::NewStub(channel);
+  if (o.command == "status") return Status(o, *stub);
+  if (o.command == "pods") return Pods(o, *stub);
+  if (o.command == "pod") return Pod(o, *stub);
+  if (o.command == "lookup") return Lookup(o, *stub);
+  if (o.command == "watch") return Watch(o, *stub);
+  if (o.command == "register") return Register(o, *stub);
+  if (o.command == "unregister") return Unregister(o, *stub);
+  if (o.command == "clear") return Clear(o, *stub);
+  if (o.command == "ping") {
+    kvidx::v1::PingResponse r;
+    grpc::Status st = stub->Ping(Ctx(o).get(), {}, &r);
+    if (!st.ok()) return Fail(o, st);
+    std::printf("pong from %s\n", o.server.c_str());
+    return 0;
+  }
+  Usage();
+}
