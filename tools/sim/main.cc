@@ -7,7 +7,7 @@
 //             [--drop-every N] [--restart-every N] [--garbage-every N] [--stall-every N]
 //             [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]
 //             [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]
-//             [--mixed-encodings] [--prompts-out FILE]
+//             [--mixed-encodings] [--prompts-out FILE] [--pod-prefix P]
 #include <signal.h>
 #include <xxhash.h>
 
@@ -54,6 +54,7 @@ struct Args {
   std::string record;
   std::string config_out;
   std::string prompts_out;
+  std::string pod_prefix = "pod-";
   uint64_t seed = 1;
 };
 
@@ -105,6 +106,7 @@ Args Parse(int argc, char** argv) {
     else if (k == "--record") a.record = v();
     else if (k == "--config-out") a.config_out = v();
     else if (k == "--prompts-out") a.prompts_out = v();
+    else if (k == "--pod-prefix") a.pod_prefix = v();
     else if (k == "--seed") a.seed = n();
     else Usage();
   }
@@ -210,7 +212,7 @@ int main(int argc, char** argv) {
       for (uint32_t r = 0; r < a.dp; ++r) {
         uint32_t i = p * a.dp + r;
         kvidx::sim::EngineOptions o;
-        o.pod = "pod-" + std::to_string(p);
+        o.pod = a.pod_prefix + std::to_string(p);
         o.dp_rank = r;
         o.pub_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i);
         if (a.replay) o.replay_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i + 1);

@@ -1,0 +1,391 @@
+// kvidx-query as a real process, over a real index fed by kvidx-sim and two kvidx-ingest
+// workers, called through gRPC on loopback: every RPC, its error codes, the WatchEvents
+// stream, and the read-only mapping of the index.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "index/block_key.h"
+#include "index/segment.h"
+#include "kvidx.grpc.pb.h"
+#include "tests/integration/process.h"
+
+#include <grpcpp/grpcpp.h>
+
+namespace kvidx::testing {
+namespace {
+
+using v1::KvIndex;
+
+struct Env {
+  std::string dir, segment, config, grpc_addr;
+  std::unique_ptr<Process> sim, w0, w1, query;
+  std::unique_ptr<KvIndex::Stub> stub;
+  std::vector<std::vector<uint32_t>> prompts;
+};
+Env* env = nullptr;
+
+class QueryTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    env = new Env;
+    env->dir = "/tmp/kvidx-query-" + std::to_string(getpid());
+    mkdir(env->dir.c_str(), 0755);
+    env->segment = "kvidx-query-" + std::to_string(getpid());
+    index::Segment::Remove(env->segment);
+    index::Segment::Remove(env->segment + ".control");
+    int base = PortBase(0);
+    env->grpc_addr = "127.0.0.1:" + std::to_string(base + 15);
+    env->sim = std::make_unique<Process>(
+        std::vector<std::string>{BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port",
+                                 std::to_string(base), "--requests", "100000", "--rate", "150",
+                                 "--cache-blocks", "500", "--config-out", env->dir + "/sim.toml",
+                                 "--prompts-out", env->dir + "/prompts.txt", "--model", "qm",
+                                 "--start-delay-ms", "300"},
+        env->dir + "/sim.log");
+    WaitFor([] { return access((env->dir + "/sim.toml").c_str(), R_OK) == 0; },
+            std::chrono::milliseconds(5000));
+    std::ifstream in(env->dir + "/sim.toml");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    env->config = env->dir + "/kvidx.toml";
+    std::ofstream out(env->config);
+    out << "[segment]\nname = \"" << env->segment
+        << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
+        << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
+        << "[query]\nlisten = \"" << env->grpc_addr << "\"\nmetrics_listen = \"off\"\n"
+        << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n" << ss.str();
+    out.close();
+    env->w0 = std::make_unique<Process>(
+        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config, "--worker", "0"},
+        env->dir + "/w0.log");
+    env->w1 = std::make_unique<Process>(
+        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config, "--worker", "1"},
+        env->dir + "/w1.log");
+    env->query = std::make_unique<Process>(
+        std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", env->config},
+        env->dir + "/query.log");
+    env->stub = KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
+    // Wait until the server answers and the index has content and sample prompts exist.
+    WaitFor(
+        [] {
+          grpc::ClientContext ctx;
+          v1::StatsResponse s;
+          return env->stub->Stats(&ctx, {}, &s).ok() && s.blocks() > 200 && s.publishers() == 4;
+        },
+        std::chrono::milliseconds(20000));
+    std::ifstream pin(env->dir + "/prompts.txt");
+    std::string line;
+    while (std::getline(pin, line)) {
+      std::vector<uint32_t> t;
+      std::stringstream ls(line);
+      std::string tok;
+      while (std::getline(ls, tok, ',')) t.push_back(std::stoul(tok));
+      env->prompts.push_back(t);
+    }
+  }
+  static void TearDownTestSuite() {
+    for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Signal(SIGTERM);
+    for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Wait();
+    index::Segment::Remove(env->segment);
+    index::Segment::Remove(env->segment + ".control");
+    delete env;
+  }
+
+  static std::string Reason(const grpc::Status& st) {
+    v1::ErrorDetail d;
+    d.ParseFromString(st.error_details());
+    return d.reason();
+  }
+  KvIndex::Stub& stub() { return *env->stub; }
+};
+
+v1::LookupQuery TokensQuery(const std::vector<uint32_t>& t, const std::string& model = "qm") {
+  v1::LookupQuery q;
+  q.mutable_namespace_()->set_model(model);
+  for (uint32_t x : t) q.mutable_tokens()->add_ids(x);
+  return q;
+}
+
+TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {
+  ASSERT_FALSE(env->prompts.empty()) << env->sim->Log();
+  int hits = 0;
+  for (const auto& p : env->prompts) {
+    v1::LookupRequest req;
+    *req.add_queries() = TokensQuery(p);
+    v1::LookupQuery* by_keys = req.add_queries();
+    by_keys->mutable_namespace_()->set_model("qm");
+    for (auto k : index::ChainBlockKeys(index::NamespaceRoot("qm", ""), p, 16)) {
+      by_keys->mutable_block_keys()->add_keys(k);
+    }
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().Lookup(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.results_size(), 2);
+    const auto& a = resp.results(0);
+    EXPECT_TRUE(a.namespace_known());
+    EXPECT_EQ(a.prompt_blocks(), p.size() / 16);
+    EXPECT_EQ(a.block_size(), 16u);
+    hits += a.matches_size() > 0;
+    for (const auto& m : a.matches()) {
+      EXPECT_LE(m.matched_blocks(), a.prompt_blocks());
+      EXPECT_EQ(m.matched_tokens(), m.matched_blocks() * 16ull);
+      EXPECT_EQ(m.pod().rfind("pod-", 0), 0u);
+      EXPECT_TRUE(m.freshness().connected());
+    }
+    if (a.matches_size() > 0) EXPECT_EQ(a.best().matched_blocks(), a.matches(0).matched_blocks());
+    // The key-based query may see a slightly newer index; both must see the same pods at least
+    // for the first block most of the time, so compare only structure here.
+    EXPECT_EQ(resp.results(1).prompt_blocks(), a.prompt_blocks());
+  }
+  EXPECT_GT(hits, 0);
+}
+
+TEST_F(QueryTest, BatchedLookupsAndCandidates) {
+  ASSERT_FALSE(env->prompts.empty());
+  v1::LookupRequest req;
+  for (int i = 0; i < 200; ++i) *req.add_queries() = TokensQuery(env->prompts[i % env->prompts.size()]);
+  auto* only = req.mutable_queries(0)->add_candidates();
+  only->set_pod("pod-1");
+  only->set_dp_rank(-1);
+  auto* ghost = req.mutable_queries(1)->add_candidates();
+  ghost->set_pod("no-such-pod");
+  v1::LookupResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub().Lookup(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.results_size(), 200);
+  for (const auto& m : resp.results(0).matches()) EXPECT_EQ(m.pod(), "pod-1");
+  EXPECT_EQ(resp.results(1).matches_size(), 0);  // unknown pod: an answer, not an error
+}
+
+TEST_F(QueryTest, UnknownNamespaceAndMissAreAnswers) {
+  v1::LookupRequest req;
+  *req.add_queries() = TokensQuery({1, 2, 3}, "no-such-model");
+  std::vector<uint32_t> miss(64);
+  for (uint32_t i = 0; i < 64; ++i) miss[i] = 7 + i;
+  *req.add_queries() = TokensQuery(miss);
+  v1::LookupResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub().Lookup(&ctx, req, &resp).ok());
+  EXPECT_FALSE(resp.results(0).namespace_known());
+  EXPECT_EQ(resp.results(0).matches_size(), 0);
+  EXPECT_TRUE(resp.results(1).namespace_known());
+  EXPECT_EQ(resp.results(1).matches_size(), 0);
+  EXPECT_FALSE(resp.results(1).has_best());
+}
+
+TEST_F(QueryTest, BadInputIsInvalidArgumentWithAReason) {
+  {
+    std::vector<uint32_t> huge(1'000'000, 5);  // a million tokens
+    v1::LookupRequest req;
+    *req.add_queries() = TokensQuery(huge);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().Lookup(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(Reason(st), "TOO_MANY_TOKENS");
+  }
+  {
+    v1::LookupRequest req;
+    req.add_queries()->mutable_namespace_()->set_model("qm");  // no input
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().Lookup(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(Reason(st), "NO_INPUT");
+  }
+  {
+    v1::LookupRequest req;
+    for (int i = 0; i < 300; ++i) *req.add_queries() = TokensQuery({1});
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().Lookup(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(Reason(st), "TOO_MANY_QUERIES");
+  }
+  {
+    v1::LookupRequest req;
+    *req.add_queries() = TokensQuery({1}, "");
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().Lookup(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  // The server is still up.
+  grpc::ClientContext ctx;
+  v1::PingResponse pong;
+  EXPECT_TRUE(stub().Ping(&ctx, {}, &pong).ok());
+}
+
+TEST_F(QueryTest, StatsPodsAndGetPod) {
+  v1::StatsResponse s;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().Stats(&ctx, {}, &s).ok());
+  }
+  EXPECT_TRUE(s.enabled());
+  EXPECT_TRUE(s.healthy());
+  EXPECT_EQ(s.publishers(), 4u);
+  EXPECT_GT(s.blocks(), 0u);
+  EXPECT_GE(s.pairs(), s.blocks());
+  EXPECT_EQ(s.tokens(), s.pairs() * 16);
+  EXPECT_GT(s.batches_applied(), 0u);
+  EXPECT_EQ(s.workers_size(), 2);
+  EXPECT_TRUE(s.events_rejected().contains("malformed"));
+  v1::ListPodsResponse pods;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().ListPods(&ctx, {}, &pods).ok());
+  }
+  ASSERT_EQ(pods.pods_size(), 4);
+  for (const auto& p : pods.pods()) {
+    EXPECT_EQ(p.model(), "qm");
+    EXPECT_GT(p.counters().at("batches"), 0u);
+  }
+  v1::GetPodRequest req;
+  req.set_pod("pod-2");
+  v1::Pod pod;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().GetPod(&ctx, req, &pod).ok());
+  }
+  EXPECT_EQ(pod.pod(), "pod-2");
+  EXPECT_TRUE(pod.has_seq());
+  req.set_pod("nobody");
+  grpc::ClientContext ctx;
+  grpc::Status st = stub().GetPod(&ctx, req, &pod);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Reason(st), "UNKNOWN_POD");
+}
+
+TEST_F(QueryTest, WatchEventsSeesEventsAppliedAfterItStarted) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::WatchEventsRequest req;
+  req.set_stats_interval_ms(200);
+  auto reader = stub().WatchEvents(&ctx, req);
+  int64_t started = std::chrono::system_clock::now().time_since_epoch().count();
+  v1::WatchEvent ev;
+  int applied = 0, stats = 0;
+  while ((applied < 5 || stats < 1) && reader->Read(&ev)) {
+    if (ev.has_applied()) {
+      ++applied;
+      EXPECT_GE(ev.applied().wall_time_ns(), started - 50'000'000);  // not history
+      EXPECT_EQ(ev.applied().pod().rfind("pod-", 0), 0u);
+      EXPECT_EQ(ev.applied().model(), "qm");
+      EXPECT_NE(ev.applied().kind(), v1::AppliedEvent::KIND_UNSPECIFIED);
+    }
+    if (ev.has_stats()) ++stats;
+  }
+  ctx.TryCancel();
+  EXPECT_GE(applied, 5);
+  EXPECT_GE(stats, 1);
+}
+
+TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
+  // A second simulated engine that kvidx does not know yet.
+  int port = PortBase(1);
+  Process extra({BuildPath("tools/kvidx-sim"), "--pods", "1", "--pod-prefix", "extra-",
+                 "--base-port", std::to_string(port), "--requests", "100000", "--rate", "100",
+                 "--model", "qm", "--start-delay-ms", "100"},
+                env->dir + "/extra.log");
+  v1::RegisterPublisherRequest reg;
+  reg.set_pod("extra-0");
+  reg.set_model("qm");
+  reg.set_endpoint("tcp://127.0.0.1:" + std::to_string(port));
+  reg.set_replay_endpoint("tcp://127.0.0.1:" + std::to_string(port + 1));
+  reg.set_topic("kv-events");
+  reg.set_dialect("vllm");
+  v1::Pod pod;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(pod.pod(), "extra-0");
+  // Its blocks arrive through the owning worker.
+  v1::GetPodRequest get;
+  get.set_pod("extra-0");
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        return stub().GetPod(&ctx, get, &pod).ok() && pod.pairs() > 0;
+      },
+      std::chrono::milliseconds(10000)));
+  // Registering for an unconfigured model is refused by the worker.
+  reg.set_pod("extra-9");
+  reg.set_model("unconfigured");
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().RegisterPublisher(&ctx, reg, &pod).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // Clear one pod.
+  v1::ClearRequest clear;
+  clear.mutable_pod()->set_pod("pod-0");
+  clear.mutable_pod()->set_dp_rank(-1);
+  v1::ClearResponse cr;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().Clear(&ctx, clear, &cr).ok());
+  }
+  EXPECT_EQ(cr.publishers_cleared(), 1u);
+  clear.mutable_pod()->set_pod("nobody");
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().Clear(&ctx, clear, &cr).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // Unregister the extra engine.
+  v1::UnregisterPublisherRequest un;
+  un.set_pod("extra-0");
+  v1::UnregisterPublisherResponse ur;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().UnregisterPublisher(&ctx, un, &ur);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_GT(ur.pairs_dropped(), 0u);
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().GetPod(&ctx, get, &pod).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // Clear everything: the index empties (the simulator then refills it).
+  clear.Clear();
+  clear.set_all(true);
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().Clear(&ctx, clear, &cr).ok());
+  }
+  EXPECT_GT(cr.blocks_cleared(), 0u);
+  v1::ClearRequest none;
+  grpc::ClientContext ctx;
+  EXPECT_EQ(stub().Clear(&ctx, none, &cr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// The API from another language: Python stubs generated from proto/ at test time.
+TEST_F(QueryTest, PythonClientRunsALookupAndReadsStats) {
+  Process py({"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_client.py",
+              env->grpc_addr, env->dir + "/prompts.txt"},
+             env->dir + "/pyclient.log");
+  EXPECT_EQ(py.Wait(std::chrono::milliseconds(60000)), 0) << py.Log();
+}
+
+TEST_F(QueryTest, QueryProcessMapsTheIndexReadOnly) {
+  std::ifstream maps("/proc/" + std::to_string(env->query->pid()) + "/maps");
+  std::string line;
+  bool found = false;
+  while (std::getline(maps, line)) {
+    if (line.find("/dev/shm/" + env->segment) == std::string::npos) continue;
+    if (line.find(".control") != std::string::npos) continue;
+    found = true;
+    std::istringstream ls(line);
+    std::string range, perms;
+    ls >> range >> perms;
+    EXPECT_EQ(perms, "r--s") << line;
+  }
+  EXPECT_TRUE(found);
+}
+
+}  // namespace
+}  // namespace kvidx::testing
