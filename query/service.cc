@@ -48,9 +48,11 @@ KvIndexService::KvIndexService(const ingest::Config& config,
       index_(std::make_unique<index::PrefixIndex>(segment_.get())),
       control_(std::move(control)) {}
 
-void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness* f) const {
+void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness* f,
+                                   int64_t now_ns) const {
   int64_t last = Ld(s.last_event_wall_ns);
-  f->set_last_event_age_ms(last == 0 ? -1 : (WallNanos() - last) / 1'000'000);
+  if (now_ns == 0) now_ns = WallNanos();
+  f->set_last_event_age_ms(last == 0 ? -1 : (now_ns - last) / 1'000'000);
   f->set_gap_open(Ld(s.gap_open) != 0);
   f->set_epoch(Ld(s.epoch));
   f->set_connected(Ld(s.connected) != 0);
@@ -135,6 +137,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   out->set_degraded(r.degraded);
   if (r.degraded) counters_.degraded.fetch_add(1, std::memory_order_relaxed);
   const v1::PodMatch* best = nullptr;
+  const int64_t now = WallNanos();
   for (const auto& m : r.matches) {
     const index::PublisherSlot* s = index_->publisher_slot(m.publisher);
     if (s == nullptr) continue;
@@ -146,7 +149,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     pm->set_gpu_blocks(m.tier_blocks[index::kGpu]);
     pm->set_cpu_blocks(m.tier_blocks[index::kCpu]);
     pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
-    FillFreshness(*s, pm->mutable_freshness());
+    FillFreshness(*s, pm->mutable_freshness(), now);
     auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
       if (a.matched_blocks() != b.matched_blocks()) return a.matched_blocks() > b.matched_blocks();
       if (a.gpu_blocks() != b.gpu_blocks()) return a.gpu_blocks() > b.gpu_blocks();

@@ -62,7 +62,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
  private:
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
-  void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f) const;
+  void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
   grpc::Status RunCommand(const index::Command& c, index::Command* result);
 
   ingest::Config config_;

@@ -1,0 +1,210 @@
+// query_bench: lookups over gRPC on loopback against a real kvidx-query process, each figure
+// beside an empty RPC (Ping) on the same server in the same run.
+//  - unary latency: Ping vs Lookup of one prompt (p50/p99), one client thread;
+//  - batched throughput: Lookup calls carrying N queries, from 2 client threads.
+// The index is filled in process (no ingest needed) before the server starts.
+//
+//   query_bench [--calls N] [--batch N] [--blocks N]
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "index/block_key.h"
+#include "index/control.h"
+#include "index/prefix_index.h"
+#include "index/segment.h"
+#include "kvidx.grpc.pb.h"
+#include "shared/clock.h"
+
+namespace {
+
+struct Args {
+  uint32_t calls = 20000;
+  uint32_t batch = 64;
+  uint32_t prompts = 2000;
+};
+
+std::string SelfDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  std::string p(buf, n > 0 ? n : 0);
+  return p.substr(0, p.rfind('/'));
+}
+
+std::pair<double, double> P50P99(std::vector<int64_t>& v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2] / 1e3, v[v.size() * 99 / 100] / 1e3};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    uint32_t v = std::strtoul(argv[i + 1], nullptr, 10);
+    if (k == "--calls") a.calls = v;
+    else if (k == "--batch") a.batch = v;
+    else if (k == "--prompts") a.prompts = v;
+    else {
+      std::fprintf(stderr, "usage: query_bench [--calls N] [--batch N] [--prompts N]\n");
+      return 2;
+    }
+  }
+  // An index of `prompts` prompts of 64 blocks (16 tokens), each held by 4 of 32 pods, with
+  // shared 16-block system prompts.
+  std::string seg_name = "kvidx-query-bench-" + std::to_string(getpid());
+  kvidx::index::Segment::Remove(seg_name);
+  kvidx::index::Segment::Remove(seg_name + ".control");
+  kvidx::index::Geometry g;
+  g.blocks = a.prompts * 64 + 4096;
+  g.pairs = g.blocks * 5;
+  g.publishers = 64;
+  g.namespaces = 4;
+  g.stripes = 256;
+  auto seg = kvidx::index::Segment::Create(seg_name, g);
+  if (!seg.ok()) {
+    std::fprintf(stderr, "%s\n", seg.status().ToString().c_str());
+    return 1;
+  }
+  kvidx::index::PrefixIndex idx(seg->get());
+  auto ns = *idx.RegisterNamespace({.model = "bench", .block_size = 16});
+  std::vector<kvidx::index::PublisherId> pubs;
+  for (int p = 0; p < 32; ++p) pubs.push_back(*idx.RegisterPublisher({.pod = "pod-" + std::to_string(p), .ns = ns}));
+  std::mt19937 rng(3);
+  std::vector<std::vector<uint32_t>> prompts;
+  for (uint32_t i = 0; i < a.prompts; ++i) {
+    std::vector<uint32_t> t(64 * 16);
+    for (uint32_t k = 0; k < t.size(); ++k) {
+      t[k] = k < 256 ? (i % 8) * 1000 + k : static_cast<uint32_t>(rng() % 150000);
+    }
+    std::vector<uint64_t> hashes(64);
+    for (auto& h : hashes) h = (uint64_t(rng()) << 32) | rng();
+    for (int r = 0; r < 4; ++r) {
+      kvidx::index::StoreRequest req;
+      req.engine_hashes = hashes;
+      req.tokens = t;
+      (void)idx.Store(pubs[(i + r * 7) % 32], req);
+    }
+    prompts.push_back(std::move(t));
+  }
+  // The server, as a real process.
+  std::string cfg_path = "/tmp/" + seg_name + ".toml";
+  int port = 41000 + getpid() % 20000;
+  {
+    std::ofstream cfg(cfg_path);
+    cfg << "[segment]\nname = \"" << seg_name << "\"\nblocks = " << g.blocks << "\npairs = " << g.pairs
+        << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:" << port
+        << "\"\nmetrics_listen = \"off\"\nmax_lookups_per_call = 4096\nmax_inflight_rpcs = 1024\n"
+        << "[[model]]\nname = \"bench\"\nblock_size = 16\n";
+  }
+  pid_t server = fork();
+  if (server == 0) {
+    setenv("KVIDX_LOG_LEVEL", "error", 1);
+    std::string exe = SelfDir() + "/../query/kvidx-query";
+    execl(exe.c_str(), exe.c_str(), "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::string addr = "127.0.0.1:" + std::to_string(port);
+  auto channel = grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
+  auto stub = kvidx::v1::KvIndex::NewStub(channel);
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext ctx;
+    kvidx::v1::PingResponse r;
+    if (stub->Ping(&ctx, {}, &r).ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto query_for = [&](size_t i) {
+    kvidx::v1::LookupQuery q;
+    q.mutable_namespace_()->set_model("bench");
+    for (uint32_t t : prompts[i % prompts.size()]) q.mutable_tokens()->add_ids(t);
+    return q;
+  };
+  const uint64_t root = kvidx::index::NamespaceRoot("bench", "");
+  auto keys_query_for = [&](size_t i) {
+    kvidx::v1::LookupQuery q;
+    q.mutable_namespace_()->set_model("bench");
+    for (uint64_t k : kvidx::index::ChainBlockKeys(root, prompts[i % prompts.size()], 16)) {
+      q.mutable_block_keys()->add_keys(k);
+    }
+    return q;
+  };
+  // Unary latency, interleaved so that both see the same machine state.
+  std::vector<int64_t> ping_ns, lookup_ns;
+  uint64_t matched = 0;
+  for (uint32_t i = 0; i < a.calls; ++i) {
+    {
+      grpc::ClientContext ctx;
+      kvidx::v1::PingResponse r;
+      int64_t t0 = kvidx::MonotonicNanos();
+      (void)stub->Ping(&ctx, {}, &r);
+      ping_ns.push_back(kvidx::MonotonicNanos() - t0);
+    }
+    {
+      kvidx::v1::LookupRequest req;
+      *req.add_queries() = query_for(i);
+      grpc::ClientContext ctx;
+      kvidx::v1::LookupResponse r;
+      int64_t t0 = kvidx::MonotonicNanos();
+      (void)stub->Lookup(&ctx, req, &r);
+      lookup_ns.push_back(kvidx::MonotonicNanos() - t0);
+      matched += r.results_size() ? r.results(0).matches_size() : 0;
+    }
+  }
+  auto [pp50, pp99] = P50P99(ping_ns);
+  auto [lp50, lp99] = P50P99(lookup_ns);
+  // Batched throughput from two client threads, with token ids and with block keys.
+  auto batched = [&](bool keys) {
+    std::vector<kvidx::v1::LookupRequest> batches(16);
+    for (size_t b = 0; b < batches.size(); ++b) {
+      for (uint32_t q = 0; q < a.batch; ++q) {
+        *batches[b].add_queries() = keys ? keys_query_for(b * a.batch + q) : query_for(b * a.batch + q);
+      }
+    }
+    std::atomic<uint64_t> done{0};
+    int64_t t0 = kvidx::MonotonicNanos();
+    std::vector<std::thread> threads;
+    const uint32_t calls_per_thread = std::max<uint32_t>(1, a.calls / a.batch * 4);
+    for (int th = 0; th < 2; ++th) {
+      threads.emplace_back([&, th] {
+        for (uint32_t c = 0; c < calls_per_thread; ++c) {
+          grpc::ClientContext ctx;
+          kvidx::v1::LookupResponse r;
+          if (stub->Lookup(&ctx, batches[(c + th) % batches.size()], &r).ok()) done += r.results_size();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    return done.load() / ((kvidx::MonotonicNanos() - t0) / 1e9);
+  };
+  double tokens_rate = batched(false);
+  double keys_rate = batched(true);
+  std::printf("# query_bench: %u prompts of 64 blocks x 16 tokens, each held by 4 of 32 pods;\n"
+              "# kvidx-query on loopback, %u unary calls of each kind, interleaved\n", a.prompts, a.calls);
+  std::printf("%-46s %10s %10s\n", "", "p50 (us)", "p99 (us)");
+  std::printf("%-46s %10.1f %10.1f\n", "empty RPC (Ping)", pp50, pp99);
+  std::printf("%-46s %10.1f %10.1f\n", "Lookup, 1 prompt of 1024 tokens", lp50, lp99);
+  std::printf("%-46s %10.2fx %9.2fx   goal p50 <= 1.1x\n", "Lookup / Ping", lp50 / pp50, lp99 / pp99);
+  std::printf("batched Lookup, %u queries a call, 2 client threads:\n"
+              "  by token ids (1024 a query)                  %8.0f k queries/s\n"
+              "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
+              a.batch, tokens_rate / 1e3, keys_rate / 1e3);
+  std::printf("(mean pods matched per lookup: %.2f)\n", static_cast<double>(matched) / a.calls);
+  kill(server, SIGTERM);
+  waitpid(server, nullptr, 0);
+  kvidx::index::Segment::Remove(seg_name);
+  kvidx::index::Segment::Remove(seg_name + ".control");
+  unlink(cfg_path.c_str());
+  return 0;
+}
