@@ -41,9 +41,12 @@ Args Parse(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     uint64_t v = std::strtoull(argv[i + 1], nullptr, 10);
-    if (k == "--blocks") a.blocks = static_cast<uint32_t>(v);
-    else if (k == "--lookups") a.lookups = static_cast<uint32_t>(v);
-    else if (k == "--seed") a.seed = v;
+    if (k == "--blocks")
+      a.blocks = static_cast<uint32_t>(v);
+    else if (k == "--lookups")
+      a.lookups = static_cast<uint32_t>(v);
+    else if (k == "--seed")
+      a.seed = v;
     else {
       std::fprintf(stderr, "usage: index_bench [--blocks N] [--lookups N] [--seed N]\n");
       std::exit(2);
@@ -133,7 +136,10 @@ class Baseline {
       }
       for (size_t c = 0; c < cands.size(); ++c) {
         if (counts[c] != i) continue;  // already stopped
-        if (stamp[cands[c]] == s) ++counts[c]; else --alive;
+        if (stamp[cands[c]] == s)
+          ++counts[c];
+        else
+          --alive;
       }
       if (alive == 0) break;
     }
@@ -220,19 +226,19 @@ Percentiles TimeLookups(const std::vector<std::vector<BlockKey>>& set, uint32_t 
 }
 
 int Run(const Args& args) {
-  std::printf("# index_bench: fleet workload, %u target blocks, %u lookups per set\n",
-              args.blocks, args.lookups);
+  std::printf("# index_bench: fleet workload, %u target blocks, %u lookups per set\n", args.blocks,
+              args.lookups);
   int64_t t0 = MonotonicNanos();
   Fleet f = MakeFleet(args.blocks, args.seed);
   uint64_t store_blocks = 0;
   for (const auto& b : f.batches) store_blocks += b.count;
-  std::printf("workload: %u blocks (%.0f%% 1 holder, %.0f%% 8 holders, %.0f%% 64 holders), "
-              "%lu (pod, block) pairs, %zu store batches of <= 8, %lu block stores "
-              "(generated in %.1f s)\n",
-              f.blocks, 100.0 * f.blocks_by_class[0] / f.blocks,
-              100.0 * f.blocks_by_class[1] / f.blocks, 100.0 * f.blocks_by_class[2] / f.blocks,
-              static_cast<unsigned long>(f.pairs), f.batches.size(),
-              static_cast<unsigned long>(store_blocks), (MonotonicNanos() - t0) / 1e9);
+  std::printf(
+      "workload: %u blocks (%.0f%% 1 holder, %.0f%% 8 holders, %.0f%% 64 holders), "
+      "%lu (pod, block) pairs, %zu store batches of <= 8, %lu block stores "
+      "(generated in %.1f s)\n",
+      f.blocks, 100.0 * f.blocks_by_class[0] / f.blocks, 100.0 * f.blocks_by_class[1] / f.blocks,
+      100.0 * f.blocks_by_class[2] / f.blocks, static_cast<unsigned long>(f.pairs),
+      f.batches.size(), static_cast<unsigned long>(store_blocks), (MonotonicNanos() - t0) / 1e9);
 
   // ---- kvidx ----
   std::string name = "kvidx-bench-" + std::to_string(getpid());
@@ -279,8 +285,9 @@ int Run(const Args& args) {
   for (const auto& b : f.batches) {
     for (uint32_t i = 0; i < b.count; ++i) hashes[i] = f.EngineHash(b.first + i);
     base.Store(b.pod,
-               b.parent >= 0 ? std::optional<uint64_t>(f.EngineHash(static_cast<uint32_t>(b.parent)))
-                             : std::nullopt,
+               b.parent >= 0
+                   ? std::optional<uint64_t>(f.EngineHash(static_cast<uint32_t>(b.parent)))
+                   : std::nullopt,
                hashes.data(), f.Tokens(b.first), b.count);
   }
   double base_apply_s = (MonotonicNanos() - t0) / 1e9;
@@ -292,9 +299,12 @@ int Run(const Args& args) {
   std::vector<std::vector<BlockKey>> mixed;
   for (size_t i = 0; i < 5000; ++i) {
     uint64_t r = rng() % 100;
-    if (r < 20) mixed.push_back(sets.miss[rng() % sets.miss.size()]);
-    else if (r < 60) mixed.push_back(sets.single[rng() % sets.single.size()]);
-    else mixed.push_back(sets.worst[rng() % sets.worst.size()]);
+    if (r < 20)
+      mixed.push_back(sets.miss[rng() % sets.miss.size()]);
+    else if (r < 60)
+      mixed.push_back(sets.single[rng() % sets.single.size()]);
+    else
+      mixed.push_back(sets.worst[rng() % sets.worst.size()]);
   }
   struct Row {
     Percentiles single, worst, mix;
@@ -315,17 +325,18 @@ int Run(const Args& args) {
     return r;
   };
   uint64_t sink = 0;
-  Row kv = measure(
-      [&](const std::vector<BlockKey>& k) { sink += idx.Lookup(k).matches.size(); },
-      [&](uint16_t pod, uint64_t h) { (void)idx.Remove(pub[pod], index::kGpu, h); }, kv_store);
+  Row kv = measure([&](const std::vector<BlockKey>& k) { sink += idx.Lookup(k).matches.size(); },
+                   [&](uint16_t pod, uint64_t h) { (void)idx.Remove(pub[pod], index::kGpu, h); },
+                   kv_store);
   std::vector<uint32_t> counts;
   Row bl = measure(
       [&](const std::vector<BlockKey>& k) { sink += base.Lookup(k, counts); },
       [&](uint16_t pod, uint64_t h) { base.Remove(pod, h); },
       [&](uint16_t pod, int64_t parent, const uint64_t* h, const uint32_t* tokens, uint32_t n) {
         base.Store(pod,
-                   parent >= 0 ? std::optional<uint64_t>(f.EngineHash(static_cast<uint32_t>(parent)))
-                               : std::nullopt,
+                   parent >= 0
+                       ? std::optional<uint64_t>(f.EngineHash(static_cast<uint32_t>(parent)))
+                       : std::nullopt,
                    h, tokens, n);
       });
 
@@ -349,8 +360,9 @@ int Run(const Args& args) {
               bl.single.p99, bl.single.p99 / kv.single.p99);
   std::printf("%-44s %14.0f %14.0f %8.2fx\n", "lookup 64 holders p50 (ns)", kv.worst.p50,
               bl.worst.p50, bl.worst.p50 / kv.worst.p50);
-  std::printf("%-44s %14.0f %14.0f %8.2fx   <= 5000 ns\n", "lookup 64 holders (worst case) p99 (ns)",
-              kv.worst.p99, bl.worst.p99, bl.worst.p99 / kv.worst.p99);
+  std::printf("%-44s %14.0f %14.0f %8.2fx   <= 5000 ns\n",
+              "lookup 64 holders (worst case) p99 (ns)", kv.worst.p99, bl.worst.p99,
+              bl.worst.p99 / kv.worst.p99);
   std::printf("%-44s %14.0f %14.0f %8.2fx\n", "lookup mixed (20% miss) p50 (ns)", kv.mix.p50,
               bl.mix.p50, bl.mix.p50 / kv.mix.p50);
   std::printf("%-44s %14.2f %14.2f %8.2fx\n", "lookup mixed, 1 thread (M lookups/s)",
@@ -360,15 +372,17 @@ int Run(const Args& args) {
               static_cast<double>(kv.churn_ops) / std::max<uint64_t>(1, bl.churn_ops));
   std::printf("%-44s %14.1f %14.1f %8.2fx   <= 20 B\n", "memory per (pod, block) pair (bytes)",
               kv_bpp, bl_bpp, bl_bpp / kv_bpp);
-  std::printf("\nkvidx segment: %.1f MiB for %lu pairs, %lu blocks (capacity %lu / %lu), "
-              "%lu engine-hash entries, preallocated: yes (baseline heap %.1f MiB)\n",
-              st.segment_bytes / 1048576.0, static_cast<unsigned long>(st.pairs),
-              static_cast<unsigned long>(st.blocks), static_cast<unsigned long>(st.pair_capacity),
-              static_cast<unsigned long>(st.block_capacity),
-              static_cast<unsigned long>(st.engine_entries), base_bytes / 1048576.0);
-  std::printf("(ratios: > 1 means kvidx is better; lookups measured with a writer thread "
-              "churning the same index; sink %lu)\n",
-              static_cast<unsigned long>(sink % 10));
+  std::printf(
+      "\nkvidx segment: %.1f MiB for %lu pairs, %lu blocks (capacity %lu / %lu), "
+      "%lu engine-hash entries, preallocated: yes (baseline heap %.1f MiB)\n",
+      st.segment_bytes / 1048576.0, static_cast<unsigned long>(st.pairs),
+      static_cast<unsigned long>(st.blocks), static_cast<unsigned long>(st.pair_capacity),
+      static_cast<unsigned long>(st.block_capacity), static_cast<unsigned long>(st.engine_entries),
+      base_bytes / 1048576.0);
+  std::printf(
+      "(ratios: > 1 means kvidx is better; lookups measured with a writer thread "
+      "churning the same index; sink %lu)\n",
+      static_cast<unsigned long>(sink % 10));
   index::Segment::Remove(name);
   return 0;
 }

@@ -20,6 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include <msgpack.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
 #include "bench/fleet.h"
 #include "index/block_key.h"
 #include "index/prefix_index.h"
@@ -27,10 +31,6 @@
 #include "ingest/applier.h"
 #include "ingest/decoder.h"
 #include "shared/clock.h"
-
-#include <msgpack.hpp>
-#include <zmq.hpp>
-#include <zmq_addon.hpp>
 
 namespace kvidx::bench {
 namespace {
@@ -50,17 +50,27 @@ std::vector<uint8_t> EncodeStore(uint64_t parent, const uint64_t* hashes, const 
   pk.pack(1.0);
   pk.pack_array(1);
   pk.pack_map(8);
-  pk.pack(std::string("type")); pk.pack(std::string("BlockStored"));
-  pk.pack(std::string("block_hashes")); pk.pack_array(n);
+  pk.pack(std::string("type"));
+  pk.pack(std::string("BlockStored"));
+  pk.pack(std::string("block_hashes"));
+  pk.pack_array(n);
   for (uint32_t i = 0; i < n; ++i) pk.pack(hashes[i]);
   pk.pack(std::string("parent_block_hash"));
-  if (has_parent) pk.pack(parent); else pk.pack_nil();
-  pk.pack(std::string("token_ids")); pk.pack_array(n * bs);
+  if (has_parent)
+    pk.pack(parent);
+  else
+    pk.pack_nil();
+  pk.pack(std::string("token_ids"));
+  pk.pack_array(n * bs);
   for (uint32_t i = 0; i < n * bs; ++i) pk.pack(tokens[i]);
-  pk.pack(std::string("block_size")); pk.pack(bs);
-  pk.pack(std::string("lora_id")); pk.pack_nil();
-  pk.pack(std::string("medium")); pk.pack(std::string("GPU"));
-  pk.pack(std::string("lora_name")); pk.pack_nil();
+  pk.pack(std::string("block_size"));
+  pk.pack(bs);
+  pk.pack(std::string("lora_id"));
+  pk.pack_nil();
+  pk.pack(std::string("medium"));
+  pk.pack(std::string("GPU"));
+  pk.pack(std::string("lora_name"));
+  pk.pack_nil();
   pk.pack(0);
   return {buf.data(), buf.data() + buf.size()};
 }
@@ -104,7 +114,8 @@ void InProcess(const Args& args) {
   ingest::EventBatch batch;
   ingest::DecodeReason reason;
   int64_t t0 = MonotonicNanos();
-  for (const auto& p : payloads) (void)ingest::DecodeBatch(p, ingest::Dialect::kVllm, &batch, &reason);
+  for (const auto& p : payloads)
+    (void)ingest::DecodeBatch(p, ingest::Dialect::kVllm, &batch, &reason);
   double decode_s = (MonotonicNanos() - t0) / 1e9;
   t0 = MonotonicNanos();
   for (size_t i = 0; i < payloads.size(); ++i) {
@@ -112,9 +123,12 @@ void InProcess(const Args& args) {
     (void)applier.Apply(pub[pods[i]], batch);
   }
   double both_s = (MonotonicNanos() - t0) / 1e9;
-  std::printf("A. in process, 1 thread, fleet workload (%u blocks, %zu batches of <= 8, %lu block stores):\n",
-              f.blocks, payloads.size(), static_cast<unsigned long>(blocks));
-  std::printf("   %-40s %8.2f M blocks/s\n", "decode only (msgpack -> events)", blocks / decode_s / 1e6);
+  std::printf(
+      "A. in process, 1 thread, fleet workload (%u blocks, %zu batches of <= 8, %lu block "
+      "stores):\n",
+      f.blocks, payloads.size(), static_cast<unsigned long>(blocks));
+  std::printf("   %-40s %8.2f M blocks/s\n", "decode only (msgpack -> events)",
+              blocks / decode_s / 1e6);
   std::printf("   %-40s %8.2f M blocks/s   goal >= 6 M/s\n", "decode + apply (events -> index)",
               blocks / both_s / 1e6);
   index::Segment::Remove(name);
@@ -154,7 +168,8 @@ class Publishers {
   void Serve() {
     for (size_t i = 0; i < routers_.size(); ++i) {
       std::vector<zmq::message_t> req;
-      while (zmq::recv_multipart(*routers_[i], std::back_inserter(req), zmq::recv_flags::dontwait)) {
+      while (
+          zmq::recv_multipart(*routers_[i], std::back_inserter(req), zmq::recv_flags::dontwait)) {
         uint64_t start = 0;
         for (size_t k = 0; k < req[2].size(); ++k) start = (start << 8) | req[2].data<uint8_t>()[k];
         auto reply = [&](uint64_t seq, const std::vector<uint8_t>& p) {
@@ -246,7 +261,8 @@ std::vector<std::vector<uint8_t>> MakeStream(uint32_t p, uint64_t blocks,
     for (uint32_t i = 0; i < 8; ++i) {
       uint64_t id = (uint64_t{p} << 40) | (b + i);
       hashes[i] = id * 0x9E3779B97F4A7C15ULL + 1;
-      for (uint32_t k = 0; k < 16; ++k) tokens[i * 16 + k] = static_cast<uint32_t>((id * 131 + k) % 150000);
+      for (uint32_t k = 0; k < 16; ++k)
+        tokens[i * 16 + k] = static_cast<uint32_t>((id * 131 + k) % 150000);
       key = index::ChainBlockKey(key, {&tokens[i * 16], 16});
     }
     if (last_keys) last_keys->push_back(key);
@@ -272,8 +288,10 @@ double EndToEnd(const Args& args, uint32_t workers) {
   std::unique_ptr<index::Segment> seg;
   for (int i = 0; i < 500 && !seg; ++i) {
     auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
-    if (s.ok()) seg = std::move(*s);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (s.ok())
+      seg = std::move(*s);
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (!seg) {
     StopWorkers(c);
@@ -301,10 +319,10 @@ double EndToEnd(const Args& args, uint32_t workers) {
   uint64_t applied = AppliedOps(idx);
   uint64_t gaps = 0;
   for (auto p : idx.ActivePublishers()) gaps += idx.publisher_slot(p)->gaps;
-  std::printf("   %u worker%s: %lu of %lu blocks in %.2f s = %.2f M blocks/s (gaps replayed: %lu)\n",
-              workers, workers > 1 ? "s" : " ", static_cast<unsigned long>(applied),
-              static_cast<unsigned long>(total), s, applied / s / 1e6,
-              static_cast<unsigned long>(gaps));
+  std::printf(
+      "   %u worker%s: %lu of %lu blocks in %.2f s = %.2f M blocks/s (gaps replayed: %lu)\n",
+      workers, workers > 1 ? "s" : " ", static_cast<unsigned long>(applied),
+      static_cast<unsigned long>(total), s, applied / s / 1e6, static_cast<unsigned long>(gaps));
   StopWorkers(c);
   return applied / s;
 }
@@ -321,8 +339,10 @@ void Latency(const Args& args) {
   std::unique_ptr<index::Segment> seg;
   for (int i = 0; i < 500 && !seg; ++i) {
     auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
-    if (s.ok()) seg = std::move(*s);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (s.ok())
+      seg = std::move(*s);
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   index::PrefixIndex idx(seg.get());
   int64_t until = MonotonicNanos() + 1'500'000'000;
@@ -354,10 +374,11 @@ void Latency(const Args& args) {
   }
   std::sort(lat.begin(), lat.end());
   double achieved = sent * 8 / ((MonotonicNanos() - start) / 1e9);
-  std::printf("C. event to visible at %.0f k blocks/s (%zu samples, 2 workers, TCP loopback):\n"
-              "   p50 %.1f us, p99 %.1f us, max %.1f us   goal p99 <= 100 us\n",
-              achieved / 1e3, lat.size(), lat[lat.size() / 2] / 1e3, lat[lat.size() * 99 / 100] / 1e3,
-              lat.back() / 1e3);
+  std::printf(
+      "C. event to visible at %.0f k blocks/s (%zu samples, 2 workers, TCP loopback):\n"
+      "   p50 %.1f us, p99 %.1f us, max %.1f us   goal p99 <= 100 us\n",
+      achieved / 1e3, lat.size(), lat[lat.size() / 2] / 1e3, lat[lat.size() * 99 / 100] / 1e3,
+      lat.back() / 1e3);
   StopWorkers(c);
 }
 
@@ -369,12 +390,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     uint64_t v = std::strtoull(argv[i + 1], nullptr, 10);
-    if (k == "--blocks") a.blocks = v;
-    else if (k == "--e2e-blocks") a.e2e_blocks = v;
-    else if (k == "--publishers") a.publishers = v;
-    else if (k == "--rate") a.rate = v;
+    if (k == "--blocks")
+      a.blocks = v;
+    else if (k == "--e2e-blocks")
+      a.e2e_blocks = v;
+    else if (k == "--publishers")
+      a.publishers = v;
+    else if (k == "--rate")
+      a.rate = v;
     else {
-      std::fprintf(stderr, "usage: ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate R]\n");
+      std::fprintf(
+          stderr,
+          "usage: ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate R]\n");
       return 2;
     }
   }
@@ -384,7 +411,8 @@ int main(int argc, char** argv) {
               a.publishers, a.e2e_blocks);
   double one = kvidx::bench::EndToEnd(a, 1);
   double two = kvidx::bench::EndToEnd(a, 2);
-  std::printf("   2 workers / 1 worker: %.2fx   goal: 2 workers >= 2 M blocks/s\n", two / std::max(one, 1.0));
+  std::printf("   2 workers / 1 worker: %.2fx   goal: 2 workers >= 2 M blocks/s\n",
+              two / std::max(one, 1.0));
   kvidx::bench::Latency(a);
   return 0;
 }

@@ -54,9 +54,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     uint32_t v = std::strtoul(argv[i + 1], nullptr, 10);
-    if (k == "--calls") a.calls = v;
-    else if (k == "--batch") a.batch = v;
-    else if (k == "--prompts") a.prompts = v;
+    if (k == "--calls")
+      a.calls = v;
+    else if (k == "--batch")
+      a.batch = v;
+    else if (k == "--prompts")
+      a.prompts = v;
     else {
       std::fprintf(stderr, "usage: query_bench [--calls N] [--batch N] [--prompts N]\n");
       return 2;
@@ -81,7 +84,8 @@ int main(int argc, char** argv) {
   kvidx::index::PrefixIndex idx(seg->get());
   auto ns = *idx.RegisterNamespace({.model = "bench", .block_size = 16});
   std::vector<kvidx::index::PublisherId> pubs;
-  for (int p = 0; p < 32; ++p) pubs.push_back(*idx.RegisterPublisher({.pod = "pod-" + std::to_string(p), .ns = ns}));
+  for (int p = 0; p < 32; ++p)
+    pubs.push_back(*idx.RegisterPublisher({.pod = "pod-" + std::to_string(p), .ns = ns}));
   std::mt19937 rng(3);
   std::vector<std::vector<uint32_t>> prompts;
   for (uint32_t i = 0; i < a.prompts; ++i) {
@@ -104,8 +108,10 @@ int main(int argc, char** argv) {
   int port = 41000 + getpid() % 20000;
   {
     std::ofstream cfg(cfg_path);
-    cfg << "[segment]\nname = \"" << seg_name << "\"\nblocks = " << g.blocks << "\npairs = " << g.pairs
-        << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:" << port
+    cfg << "[segment]\nname = \"" << seg_name << "\"\nblocks = " << g.blocks
+        << "\npairs = " << g.pairs
+        << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:"
+        << port
         << "\"\nmetrics_listen = \"off\"\nmax_lookups_per_call = 4096\nmax_inflight_rpcs = 1024\n"
         << "[[model]]\nname = \"bench\"\nblock_size = 16\n";
   }
@@ -169,7 +175,8 @@ int main(int argc, char** argv) {
     std::vector<kvidx::v1::LookupRequest> batches(16);
     for (size_t b = 0; b < batches.size(); ++b) {
       for (uint32_t q = 0; q < a.batch; ++q) {
-        *batches[b].add_queries() = keys ? keys_query_for(b * a.batch + q) : query_for(b * a.batch + q);
+        *batches[b].add_queries() =
+            keys ? keys_query_for(b * a.batch + q) : query_for(b * a.batch + q);
       }
     }
     std::atomic<uint64_t> done{0};
@@ -181,7 +188,8 @@ int main(int argc, char** argv) {
         for (uint32_t c = 0; c < calls_per_thread; ++c) {
           grpc::ClientContext ctx;
           kvidx::v1::LookupResponse r;
-          if (stub->Lookup(&ctx, batches[(c + th) % batches.size()], &r).ok()) done += r.results_size();
+          if (stub->Lookup(&ctx, batches[(c + th) % batches.size()], &r).ok())
+            done += r.results_size();
         }
       });
     }
@@ -190,16 +198,20 @@ int main(int argc, char** argv) {
   };
   double tokens_rate = batched(false);
   double keys_rate = batched(true);
-  std::printf("# query_bench: %u prompts of 64 blocks x 16 tokens, each held by 4 of 32 pods;\n"
-              "# kvidx-query on loopback, %u unary calls of each kind, interleaved\n", a.prompts, a.calls);
+  std::printf(
+      "# query_bench: %u prompts of 64 blocks x 16 tokens, each held by 4 of 32 pods;\n"
+      "# kvidx-query on loopback, %u unary calls of each kind, interleaved\n",
+      a.prompts, a.calls);
   std::printf("%-46s %10s %10s\n", "", "p50 (us)", "p99 (us)");
   std::printf("%-46s %10.1f %10.1f\n", "empty RPC (Ping)", pp50, pp99);
   std::printf("%-46s %10.1f %10.1f\n", "Lookup, 1 prompt of 1024 tokens", lp50, lp99);
-  std::printf("%-46s %10.2fx %9.2fx   goal p50 <= 1.1x\n", "Lookup / Ping", lp50 / pp50, lp99 / pp99);
-  std::printf("batched Lookup, %u queries a call, 2 client threads:\n"
-              "  by token ids (1024 a query)                  %8.0f k queries/s\n"
-              "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
-              a.batch, tokens_rate / 1e3, keys_rate / 1e3);
+  std::printf("%-46s %10.2fx %9.2fx   goal p50 <= 1.1x\n", "Lookup / Ping", lp50 / pp50,
+              lp99 / pp99);
+  std::printf(
+      "batched Lookup, %u queries a call, 2 client threads:\n"
+      "  by token ids (1024 a query)                  %8.0f k queries/s\n"
+      "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
+      a.batch, tokens_rate / 1e3, keys_rate / 1e3);
   std::printf("(mean pods matched per lookup: %.2f)\n", static_cast<double>(matched) / a.calls);
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);

@@ -110,7 +110,8 @@ absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms) {
     for (int i = 0; i < kCommandSlots; ++i) {
       Command& slot = h_->commands[i];
       if (__atomic_load_n(&slot.id, __ATOMIC_RELAXED) != id) continue;
-      if (__atomic_load_n(&slot.state, __ATOMIC_ACQUIRE) == static_cast<uint32_t>(CommandState::kDone)) {
+      if (__atomic_load_n(&slot.state, __ATOMIC_ACQUIRE) ==
+          static_cast<uint32_t>(CommandState::kDone)) {
         Command out;
         std::memcpy(static_cast<void*>(&out), &slot, sizeof(Command));
         __atomic_store_n(&slot.state, static_cast<uint32_t>(CommandState::kFree), __ATOMIC_RELEASE);
@@ -123,9 +124,10 @@ absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms) {
       if (g.owner_died()) g.Repaired();
       for (int i = 0; i < kCommandSlots; ++i) {
         Command& slot = h_->commands[i];
-        if (slot.id == id &&
-            __atomic_load_n(&slot.state, __ATOMIC_ACQUIRE) == static_cast<uint32_t>(CommandState::kPending)) {
-          __atomic_store_n(&slot.state, static_cast<uint32_t>(CommandState::kFree), __ATOMIC_RELEASE);
+        if (slot.id == id && __atomic_load_n(&slot.state, __ATOMIC_ACQUIRE) ==
+                                 static_cast<uint32_t>(CommandState::kPending)) {
+          __atomic_store_n(&slot.state, static_cast<uint32_t>(CommandState::kFree),
+                           __ATOMIC_RELEASE);
         }
       }
       return absl::DeadlineExceededError("no ingest worker took the command in time");

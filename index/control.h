@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "index/robust_mutex.h"
 
 namespace kvidx::index {
@@ -29,7 +30,7 @@ inline constexpr uint32_t kRingEntries = 8192;  // per worker, power of two
 enum class CommandOp : uint32_t {
   kRegister = 1,
   kUnregister = 2,
-  kClearPod = 3,        // every rank if dp_rank < 0
+  kClearPod = 3,  // every rank if dp_rank < 0
   kClearNamespace = 4,
   kClearAll = 5,
 };
@@ -85,7 +86,7 @@ struct ControlHeader {
   uint32_t ready;
   RobustMutex mu;
   uint64_t next_id;
-  uint64_t lookups;       // counted by the query process
+  uint64_t lookups;  // counted by the query process
   uint64_t lookup_hits;
   Command commands[kCommandSlots];
   EventRing rings[kMaxWorkers];
@@ -124,7 +125,8 @@ template <typename F>
 void ControlArea::Serve(uint32_t worker, F&& fn) {
   for (int i = 0; i < kCommandSlots; ++i) {
     Command& c = h_->commands[i];
-    if (__atomic_load_n(&c.state, __ATOMIC_ACQUIRE) != static_cast<uint32_t>(CommandState::kPending)) {
+    if (__atomic_load_n(&c.state, __ATOMIC_ACQUIRE) !=
+        static_cast<uint32_t>(CommandState::kPending)) {
       continue;
     }
     uint32_t target = c.worker == kAnyWorker ? 0 : c.worker;

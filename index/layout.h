@@ -66,7 +66,7 @@ struct Geometry {
   uint64_t engine_hashes = 0;  // engine hash -> block key mappings (0: 1.25 x blocks)
   uint32_t publishers = 0;
   uint32_t namespaces = 0;
-  uint32_t stripes = 0;        // power of two
+  uint32_t stripes = 0;  // power of two
   uint32_t reserved = 0;
 
   bool operator==(const Geometry&) const = default;
@@ -75,7 +75,7 @@ struct Geometry {
 // Per-stripe sizes derived from a Geometry (deterministically, so attachers agree).
 struct StripeGeometry {
   uint32_t blocks_per_stripe;
-  uint32_t pairs_per_stripe;   // nominal; what fits depends on how holders spread over blocks
+  uint32_t pairs_per_stripe;  // nominal; what fits depends on how holders spread over blocks
   uint32_t chunks_per_stripe;
   uint32_t buckets_per_stripe;  // power of two
   uint32_t engine_stripes;      // power of two
@@ -165,7 +165,7 @@ struct alignas(64) PublisherSlot {
   char topic[64];
   char dialect[16];
   uint64_t epoch;
-  uint64_t quota_pairs;    // 0: no per-publisher quota
+  uint64_t quota_pairs;  // 0: no per-publisher quota
   // Sequence bookkeeping for ingest: last fully applied batch sequence (valid if has_seq).
   uint64_t last_seq;
   uint32_t has_seq;
@@ -176,29 +176,29 @@ struct alignas(64) PublisherSlot {
   uint64_t batch_seq;
   uint64_t batch_first_op;
   uint32_t batch_pending;
-  uint32_t gap_open;       // a gap is being replayed
+  uint32_t gap_open;  // a gap is being replayed
   int64_t connected_since_wall_ns;
   uint64_t connects;
   uint64_t disconnects;
   uint64_t connect_retries;
   uint64_t replay_batches;
-  uint64_t instance_hi;    // KVBM instance id of the current stream (has_instance)
+  uint64_t instance_hi;  // KVBM instance id of the current stream (has_instance)
   uint64_t instance_lo;
   uint32_t has_instance;
   uint32_t reserved2;
   int64_t last_event_wall_ns;
-  uint64_t pairs;          // live residencies (approximate after a crash until recovery)
+  uint64_t pairs;  // live residencies (approximate after a crash until recovery)
   // Counters (monotonic).
   uint64_t stored_blocks;
   uint64_t removed_blocks;
   uint64_t duplicate_stores;
   uint64_t unknown_removes;
-  uint64_t orphan_blocks;   // parent unknown: cannot be keyed
+  uint64_t orphan_blocks;      // parent unknown: cannot be keyed
   uint64_t unresolved_blocks;  // token-less store with an unknown engine hash
   uint64_t clears;
-  uint64_t evicted_pairs;   // residencies of this publisher dropped by eviction
+  uint64_t evicted_pairs;  // residencies of this publisher dropped by eviction
   uint64_t quota_evictions;
-  uint64_t rejected_stores; // could not be stored (capacity or quota)
+  uint64_t rejected_stores;  // could not be stored (capacity or quota)
   uint64_t gaps;
   uint64_t replays;
   uint64_t resyncs;

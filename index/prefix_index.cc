@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+
 #include "shared/clock.h"
 #include "shared/status.h"
 
@@ -382,8 +383,14 @@ class PrefixIndex::StripeWriter {
     BlockNode& n = v_.blocks[i];
     uint32_t prev = Ld(n.lru_prev);
     uint32_t next = Ld(n.lru_next);
-    if (prev != kNil) St(v_.blocks[prev].lru_next, next); else St(v_.h->lru_oldest, next);
-    if (next != kNil) St(v_.blocks[next].lru_prev, prev); else St(v_.h->lru_newest, prev);
+    if (prev != kNil)
+      St(v_.blocks[prev].lru_next, next);
+    else
+      St(v_.h->lru_oldest, next);
+    if (next != kNil)
+      St(v_.blocks[next].lru_prev, prev);
+    else
+      St(v_.h->lru_newest, prev);
     St(n.lru_prev, kNil);
     St(n.lru_next, kNil);
   }
@@ -393,7 +400,10 @@ class PrefixIndex::StripeWriter {
     uint32_t tail = Ld(v_.h->lru_newest);
     St(n.lru_prev, tail);
     St(n.lru_next, kNil);
-    if (tail != kNil) St(v_.blocks[tail].lru_next, i); else St(v_.h->lru_oldest, i);
+    if (tail != kNil)
+      St(v_.blocks[tail].lru_next, i);
+    else
+      St(v_.h->lru_oldest, i);
     St(v_.h->lru_newest, i);
     uint32_t t = Ld(v_.h->tick);
     St(n.tick, t);
@@ -800,7 +810,8 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
       HolderSlot* slot = w.FindSlot(b, p, tier, nullptr);
       if (slot != nullptr) {
         uint8_t refs = SlotRefs(Ld(*slot));
-        uint8_t target = redo_refs ? *redo_refs : static_cast<uint8_t>(refs == 255 ? 255 : refs + 1);
+        uint8_t target =
+            redo_refs ? *redo_refs : static_cast<uint8_t>(refs == 255 ? 255 : refs + 1);
         journal(target);
         St(*slot, PackHolder(p, tier, target));
         duplicate = !redo_refs;
@@ -976,8 +987,8 @@ absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest
   const uint32_t bs = req.block_size != 0 ? req.block_size : Ld(nss->block_size);
   if (req.tier > kDisk) return absl::InvalidArgumentError("store: unknown tier");
   if (!req.tokens.empty() && (bs == 0 || req.tokens.size() != n * bs)) {
-    return absl::InvalidArgumentError(absl::StrCat("store: ", req.tokens.size(),
-                                                   " token ids for ", n, " blocks of ", bs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("store: ", req.tokens.size(), " token ids for ", n, " blocks of ", bs));
   }
   if (!req.extra.empty() && req.extra.size() != n) {
     return absl::InvalidArgumentError("store: extra keys must have one entry per block");
@@ -1029,12 +1040,11 @@ absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest
   return result;
 }
 
-absl::Status PrefixIndex::StoreBlock(PublisherId p, Tier tier, uint64_t engine_hash,
-                                     BlockKey key) {
+absl::Status PrefixIndex::StoreBlock(PublisherId p, Tier tier, uint64_t engine_hash, BlockKey key) {
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
   if (tier > kDisk) return absl::InvalidArgumentError("store: unknown tier");
-  absl::Status st = ApplyStore(p, *ps, tier, engine_hash, key,
-                               static_cast<NamespaceId>(Ld(ps->ns)), std::nullopt);
+  absl::Status st = ApplyStore(p, *ps, tier, engine_hash, key, static_cast<NamespaceId>(Ld(ps->ns)),
+                               std::nullopt);
   if (absl::IsResourceExhausted(st)) Ack(*ps, Ld(ps->applied_ops) + 1);
   return st;
 }
@@ -1145,8 +1155,7 @@ PrefixIndex::ReadResult PrefixIndex::ReadHolders(BlockKey key, std::vector<Holde
     out.clear();
     bool found = false;
     uint32_t i = Ld(v.buckets[bucket]);
-    for (uint32_t steps = 0; i < sg_.blocks_per_stripe && steps < sg_.blocks_per_stripe;
-         ++steps) {
+    for (uint32_t steps = 0; i < sg_.blocks_per_stripe && steps < sg_.blocks_per_stripe; ++steps) {
       if (Ld(v.blocks[i].key) == key) {
         found = true;
         break;
@@ -1218,8 +1227,8 @@ std::optional<BlockKey> PrefixIndex::ResolveEngineHash(NamespaceId ns, Publisher
     }
     std::optional<BlockKey> result;
     uint32_t i = Ld(v.buckets[bucket]);
-    for (uint32_t steps = 0;
-         i < sg_.engine_nodes_per_stripe && steps < sg_.engine_nodes_per_stripe; ++steps) {
+    for (uint32_t steps = 0; i < sg_.engine_nodes_per_stripe && steps < sg_.engine_nodes_per_stripe;
+         ++steps) {
       const EngineNode& n = v.nodes[i];
       if (Ld(n.engine_hash) == engine_hash && Ld(n.ns) == ns && Ld(n.scope) == scope) {
         result = Ld(n.block_key);
@@ -1496,20 +1505,21 @@ std::vector<PrefixIndex::Entry> PrefixIndex::Dump() const {
     const StripeView v = stripe(s);
     for (uint32_t b = 0; b < sg_.buckets_per_stripe; ++b) {
       uint32_t guard = 0;
-      for (uint32_t i = Ld(v.buckets[b]); i < sg_.blocks_per_stripe && guard++ < sg_.blocks_per_stripe;
-           i = Ld(v.blocks[i].next)) {
+      for (uint32_t i = Ld(v.buckets[b]);
+           i < sg_.blocks_per_stripe && guard++ < sg_.blocks_per_stripe; i = Ld(v.blocks[i].next)) {
         const BlockNode& n = v.blocks[i];
         auto emit = [&](const HolderSlot& slot) {
           HolderSlot hs = Ld(slot);
           if (SlotRefs(hs) == 0) return;
-          out.push_back(Entry{Ld(n.key), Ld(n.ns),
-                              Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)),
-                                     SlotRefs(hs)}});
+          out.push_back(
+              Entry{Ld(n.key), Ld(n.ns),
+                    Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)), SlotRefs(hs)}});
         };
         for (const HolderSlot& slot : n.inline_holders) emit(slot);
         uint32_t cguard = 0;
         for (uint32_t c = Ld(n.chunk_head);
-             c < sg_.chunks_per_stripe && cguard++ < sg_.chunks_per_stripe; c = Ld(v.chunks[c].next)) {
+             c < sg_.chunks_per_stripe && cguard++ < sg_.chunks_per_stripe;
+             c = Ld(v.chunks[c].next)) {
           for (const HolderSlot& slot : v.chunks[c].slots) emit(slot);
         }
       }

@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
 #include "index/block_key.h"
 #include "index/layout.h"
 #include "index/segment.h"

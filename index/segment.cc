@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+
 #include "shared/clock.h"
 #include "shared/status.h"
 
@@ -42,16 +43,17 @@ void InitStripe(char* p, const StripeGeometry& sg) {
   h->mu.Init();
   auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(StripeHeader)));
   for (uint32_t i = 0; i < sg.buckets_per_stripe; ++i) buckets[i] = kNil;
-  auto* blocks = reinterpret_cast<BlockNode*>(
-      reinterpret_cast<char*>(buckets) + AlignUp(uint64_t{sg.buckets_per_stripe} * 4));
+  auto* blocks = reinterpret_cast<BlockNode*>(reinterpret_cast<char*>(buckets) +
+                                              AlignUp(uint64_t{sg.buckets_per_stripe} * 4));
   for (uint32_t i = 0; i < sg.blocks_per_stripe; ++i) {
     blocks[i] = BlockNode{};
     blocks[i].next = i + 1 < sg.blocks_per_stripe ? i + 1 : kNil;
     blocks[i].chunk_head = kNil;
     blocks[i].lru_prev = blocks[i].lru_next = kNil;
   }
-  auto* chunks = reinterpret_cast<HolderChunk*>(
-      reinterpret_cast<char*>(blocks) + AlignUp(uint64_t{sg.blocks_per_stripe} * sizeof(BlockNode)));
+  auto* chunks =
+      reinterpret_cast<HolderChunk*>(reinterpret_cast<char*>(blocks) +
+                                     AlignUp(uint64_t{sg.blocks_per_stripe} * sizeof(BlockNode)));
   for (uint32_t i = 0; i < sg.chunks_per_stripe; ++i) {
     chunks[i] = HolderChunk{};
     chunks[i].next = i + 1 < sg.chunks_per_stripe ? i + 1 : kNil;
@@ -66,8 +68,8 @@ void InitEngineStripe(char* p, const StripeGeometry& sg) {
   h->mu.Init();
   auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(EngineStripeHeader)));
   for (uint32_t i = 0; i < sg.engine_buckets_per_stripe; ++i) buckets[i] = kNil;
-  auto* nodes = reinterpret_cast<EngineNode*>(
-      reinterpret_cast<char*>(buckets) + AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4));
+  auto* nodes = reinterpret_cast<EngineNode*>(reinterpret_cast<char*>(buckets) +
+                                              AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4));
   for (uint32_t i = 0; i < sg.engine_nodes_per_stripe; ++i) {
     nodes[i] = EngineNode{};
     nodes[i].next = i + 1 < sg.engine_nodes_per_stripe ? i + 1 : kNil;
@@ -99,9 +101,9 @@ absl::Status CheckHeader(const SegmentHeader* h, size_t mapped,
     const Geometry& g = h->geometry;
     return absl::FailedPreconditionError(absl::StrCat(
         "segment geometry differs from configuration: segment has blocks=", g.blocks,
-        " pairs=", g.pairs, " chunks=", g.holder_chunks, " publishers=", g.publishers, " namespaces=", g.namespaces,
-        " stripes=", g.stripes, "; configured blocks=", expected->blocks,
-        " pairs=", expected->pairs, " publishers=", expected->publishers,
+        " pairs=", g.pairs, " chunks=", g.holder_chunks, " publishers=", g.publishers,
+        " namespaces=", g.namespaces, " stripes=", g.stripes, "; configured blocks=",
+        expected->blocks, " pairs=", expected->pairs, " publishers=", expected->publishers,
         " namespaces=", expected->namespaces, " stripes=", expected->stripes,
         " (remove the segment with `kvidxctl segment remove` to re-create it)"));
   }
@@ -112,9 +114,11 @@ absl::Status CheckHeader(const SegmentHeader* h, size_t mapped,
 
 absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
   if (g.blocks == 0 || g.pairs == 0 || g.publishers == 0 || g.namespaces == 0) {
-    return absl::InvalidArgumentError("geometry: blocks, pairs, publishers, namespaces must be > 0");
+    return absl::InvalidArgumentError(
+        "geometry: blocks, pairs, publishers, namespaces must be > 0");
   }
-  if (!IsPow2(g.stripes)) return absl::InvalidArgumentError("geometry: stripes must be a power of two");
+  if (!IsPow2(g.stripes))
+    return absl::InvalidArgumentError("geometry: stripes must be a power of two");
   if (g.publishers > 65000 || g.namespaces > 65000) {
     return absl::InvalidArgumentError("geometry: at most 65000 publishers and namespaces");
   }

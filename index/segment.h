@@ -21,6 +21,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+
 #include "index/layout.h"
 
 namespace kvidx::index {

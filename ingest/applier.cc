@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+
 #include "shared/status.h"
 
 namespace kvidx::ingest {
@@ -96,7 +97,8 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
       }
       absl::Status st = index_->Store(p, req).status();
       if (config_.on_applied && !req.engine_hashes.empty()) {
-        config_.on_applied({EventKind::kStored, p, ns, static_cast<uint32_t>(req.engine_hashes.size()),
+        config_.on_applied({EventKind::kStored, p, ns,
+                            static_cast<uint32_t>(req.engine_hashes.size()),
                             index_->ResolveEngineHash(ns, p, req.engine_hashes[0]).value_or(0)});
       }
       return st;

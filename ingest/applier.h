@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+
 #include "index/prefix_index.h"
 #include "ingest/events.h"
 

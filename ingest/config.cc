@@ -49,10 +49,10 @@ absl::Status Read(const toml::table& t, const char* key, T* out, const std::stri
                    static_cast<uint64_t>(n->source().begin.line), ")"));
 }
 
-#define KVIDX_READ(tbl, key, field, where) \
-  do {                                     \
+#define KVIDX_READ(tbl, key, field, where)          \
+  do {                                              \
     absl::Status s_ = Read(tbl, key, field, where); \
-    if (!s_.ok()) return s_;               \
+    if (!s_.ok()) return s_;                        \
   } while (0)
 
 void EnvString(const char* name, std::string* out) {
@@ -65,7 +65,8 @@ absl::Status EnvNumber(const char* name, T* out) {
   char* end = nullptr;
   unsigned long long n = std::strtoull(v, &end, 0);
   if (end == v || *end != '\0') {
-    return absl::InvalidArgumentError(absl::StrCat("environment ", name, "='", v, "' is not a number"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("environment ", name, "='", v, "' is not a number"));
   }
   *out = static_cast<T>(n);
   return absl::OkStatus();
@@ -86,7 +87,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
   try {
     root = toml::parse(text, origin);
   } catch (const toml::parse_error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(origin, ":", static_cast<uint64_t>(e.source().begin.line),
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":",
+                                                   static_cast<uint64_t>(e.source().begin.line),
                                                    ": ", std::string(e.description())));
   }
   if (const toml::table* s = root["segment"].as_table()) {
@@ -101,7 +103,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "stripes", &c.geometry.stripes, where);
     std::string mode;
     KVIDX_READ(*s, "mode", &mode, where);
-    if (!mode.empty()) c.segment_mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
+    if (!mode.empty())
+      c.segment_mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
   }
   if (const toml::table* s = root["ingest"].as_table()) {
     std::string where = origin + " [ingest]";
@@ -148,7 +151,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
   if (const toml::array* pubs = root["publisher"].as_array()) {
     for (const toml::node& n : *pubs) {
       const toml::table* p = n.as_table();
-      if (p == nullptr) return absl::InvalidArgumentError(origin + ": [[publisher]] must be tables");
+      if (p == nullptr)
+        return absl::InvalidArgumentError(origin + ": [[publisher]] must be tables");
       PublisherConfig pc;
       std::string where = origin + " [[publisher]]";
       KVIDX_READ(*p, "pod", &pc.pod, where);

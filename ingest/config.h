@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "index/layout.h"
 #include "ingest/events.h"
 
@@ -17,7 +18,7 @@ namespace kvidx::ingest {
 struct ModelConfig {
   std::string name;
   uint32_t block_size = 16;
-  bool key_by_engine_hash = false;  // token-less dialects (KVBM)
+  bool key_by_engine_hash = false;            // token-less dialects (KVBM)
   std::map<int64_t, std::string> lora_names;  // lora_id -> adapter name
 };
 
@@ -29,7 +30,7 @@ struct PublisherConfig {
   std::string replay_endpoint;  // the engine's ROUTER endpoint ("" = no replay)
   std::string topic;            // SUB prefix filter ("" = every topic)
   Dialect dialect = Dialect::kAuto;
-  bool bind = false;            // the engine connects to us: kvidx binds the SUB socket
+  bool bind = false;  // the engine connects to us: kvidx binds the SUB socket
   uint64_t quota_pairs = 0;
   bool private_engine_hashes = false;
 };
@@ -45,14 +46,14 @@ struct Config {
   uint32_t replay_timeout_ms = 2000;
   uint32_t idle_probe_ms = 1000;
   uint32_t poll_timeout_ms = 100;
-  int32_t rcvhwm = 100000;               // the engines' PUB default
+  int32_t rcvhwm = 100000;  // the engines' PUB default
   uint64_t max_payload_bytes = 64u << 20;
   size_t max_buffered_batches = 100000;  // live batches held while a replay runs
   bool strict_tags = false;
 
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
-  uint32_t max_tokens = 131072;          // per lookup
+  uint32_t max_tokens = 131072;  // per lookup
   uint32_t max_lookups_per_call = 4096;
   uint32_t max_inflight_rpcs = 256;
 

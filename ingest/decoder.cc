@@ -22,27 +22,42 @@ std::optional<Dialect> ParseDialect(std::string_view name) {
 
 const char* DialectName(Dialect d) {
   switch (d) {
-    case Dialect::kAuto: return "auto";
-    case Dialect::kVllm: return "vllm";
-    case Dialect::kSglang: return "sglang";
-    case Dialect::kAibrix: return "aibrix";
-    case Dialect::kSeqId: return "seqid";
-    case Dialect::kKvbm: return "kvbm";
+    case Dialect::kAuto:
+      return "auto";
+    case Dialect::kVllm:
+      return "vllm";
+    case Dialect::kSglang:
+      return "sglang";
+    case Dialect::kAibrix:
+      return "aibrix";
+    case Dialect::kSeqId:
+      return "seqid";
+    case Dialect::kKvbm:
+      return "kvbm";
   }
   return "?";
 }
 
 const char* DecodeReasonName(DecodeReason r) {
   switch (r) {
-    case DecodeReason::kOk: return "ok";
-    case DecodeReason::kTooLarge: return "too_large";
-    case DecodeReason::kTruncated: return "truncated";
-    case DecodeReason::kMalformed: return "malformed";
-    case DecodeReason::kTrailingBytes: return "trailing_bytes";
-    case DecodeReason::kBadShape: return "bad_shape";
-    case DecodeReason::kWrongType: return "wrong_type";
-    case DecodeReason::kUnknownTag: return "unknown_tag";
-    case DecodeReason::kNumReasons: break;
+    case DecodeReason::kOk:
+      return "ok";
+    case DecodeReason::kTooLarge:
+      return "too_large";
+    case DecodeReason::kTruncated:
+      return "truncated";
+    case DecodeReason::kMalformed:
+      return "malformed";
+    case DecodeReason::kTrailingBytes:
+      return "trailing_bytes";
+    case DecodeReason::kBadShape:
+      return "bad_shape";
+    case DecodeReason::kWrongType:
+      return "wrong_type";
+    case DecodeReason::kUnknownTag:
+      return "unknown_tag";
+    case DecodeReason::kNumReasons:
+      break;
   }
   return "?";
 }
@@ -78,7 +93,9 @@ const object* Get(const object& map, std::string_view key) {
   return nullptr;
 }
 
-bool IsInt(const object& o) { return o.type == t::POSITIVE_INTEGER || o.type == t::NEGATIVE_INTEGER; }
+bool IsInt(const object& o) {
+  return o.type == t::POSITIVE_INTEGER || o.type == t::NEGATIVE_INTEGER;
+}
 
 index::Tier TierFromMedium(std::string_view m) {
   if (m == "CPU" || m == "CPU_PINNED" || m == "cpu") return index::kCpu;
@@ -156,10 +173,14 @@ class Parser {
   }
 
   bool Number(const object& o, double* out, const char* what) {
-    if (o.type == t::FLOAT64 || o.type == t::FLOAT32) *out = o.via.f64;
-    else if (o.type == t::POSITIVE_INTEGER) *out = static_cast<double>(o.via.u64);
-    else if (o.type == t::NEGATIVE_INTEGER) *out = static_cast<double>(o.via.i64);
-    else return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a number"));
+    if (o.type == t::FLOAT64 || o.type == t::FLOAT32)
+      *out = o.via.f64;
+    else if (o.type == t::POSITIVE_INTEGER)
+      *out = static_cast<double>(o.via.u64);
+    else if (o.type == t::NEGATIVE_INTEGER)
+      *out = static_cast<double>(o.via.i64);
+    else
+      return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a number"));
     return true;
   }
 
@@ -184,7 +205,8 @@ class Parser {
 
   bool OptStr(const object* o, std::optional<std::string>* out, const char* what) {
     if (o == nullptr || o->type == t::NIL) return true;
-    if (o->type != t::STR) return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a string"));
+    if (o->type != t::STR)
+      return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a string"));
     *out = std::string(Str(*o));
     return true;
   }
@@ -232,7 +254,8 @@ class Parser {
 
   bool TokenList(const object& o, std::vector<uint32_t>* out, const char* what) {
     if (o.type == t::NIL) return true;
-    if (o.type != t::ARRAY) return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not an array"));
+    if (o.type != t::ARRAY)
+      return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not an array"));
     out->reserve(out->size() + o.via.array.size);
     for (uint32_t i = 0; i < o.via.array.size; ++i) {
       const object& e = o.via.array.ptr[i];
@@ -247,7 +270,8 @@ class Parser {
   // Arrays of per-block token arrays (AIBrix, sequence-id form): flattened; every block must
   // have the same length, which becomes the block size.
   bool BlockTokenLists(const object& o, Event* ev, const char* what) {
-    if (o.type != t::ARRAY) return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not an array"));
+    if (o.type != t::ARRAY)
+      return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not an array"));
     for (uint32_t i = 0; i < o.via.array.size; ++i) {
       size_t before = ev->tokens.size();
       if (o.via.array.ptr[i].type != t::ARRAY) {
@@ -257,7 +281,8 @@ class Parser {
       uint32_t len = static_cast<uint32_t>(ev->tokens.size() - before);
       if (i == 0) ev->block_size = len;
       if (len != ev->block_size || len == 0) {
-        return Fail(DecodeReason::kBadShape, absl::StrCat(what, ": blocks of unequal or zero size"));
+        return Fail(DecodeReason::kBadShape,
+                    absl::StrCat(what, ": blocks of unequal or zero size"));
       }
     }
     return true;
@@ -278,7 +303,9 @@ class Parser {
   }
 
   bool UnknownTag(std::string_view tag, EventBatch* b) {
-    if (limits_.strict) return Fail(DecodeReason::kUnknownTag, absl::StrCat("unknown event '", std::string(tag), "'"));
+    if (limits_.strict)
+      return Fail(DecodeReason::kUnknownTag,
+                  absl::StrCat("unknown event '", std::string(tag), "'"));
     ++b->unknown_events;
     return true;
   }
@@ -310,8 +337,9 @@ class Parser {
     for (uint32_t i = 0; i < events.via.array.size; ++i) {
       const object& e = events.via.array.ptr[i];
       bool ok = e.type == t::ARRAY ? VllmArrayEvent(e, b)
-                : e.type == t::MAP ? VllmMapEvent(e, b)
-                                   : Fail(DecodeReason::kWrongType, "event is neither array nor map");
+                : e.type == t::MAP
+                    ? VllmMapEvent(e, b)
+                    : Fail(DecodeReason::kWrongType, "event is neither array nor map");
       if (!ok) return false;
     }
     return true;
@@ -348,7 +376,8 @@ class Parser {
         return false;
       }
       if (const object* o8 = at(8); o8 != nullptr && o8->type != t::NIL) {
-        if (o8->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
+        if (o8->type != t::ARRAY)
+          return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
         ev.has_extra_keys = true;
       }
       if (!OptInt(at(9), &ev.group_idx, "group_idx")) return false;
@@ -378,7 +407,8 @@ class Parser {
     if (tag == "BlockStored" || tag == "BlockStoredWithMetadata") {
       ev.kind = EventKind::kStored;
       const object* hashes = Get(e, "block_hashes");
-      if (hashes == nullptr) return Fail(DecodeReason::kBadShape, "BlockStored without block_hashes");
+      if (hashes == nullptr)
+        return Fail(DecodeReason::kBadShape, "BlockStored without block_hashes");
       if (!HashList(*hashes, &ev.hashes)) return false;
       if (const object* p = Get(e, "parent_block_hash"); p != nullptr && p->type != t::NIL) {
         uint64_t v;
@@ -397,7 +427,8 @@ class Parser {
       if (!OptStr(Get(e, "lora_name"), &ev.lora_name, "lora_name")) return false;
       if (!OptStr(Get(e, "cache_salt"), &ev.cache_salt, "cache_salt")) return false;
       if (const object* x = Get(e, "extra_keys"); x != nullptr && x->type != t::NIL) {
-        if (x->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
+        if (x->type != t::ARRAY)
+          return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
         ev.has_extra_keys = true;
       }
       if (!OptInt(Get(e, "group_idx"), &ev.group_idx, "group_idx")) return false;
@@ -405,7 +436,8 @@ class Parser {
     } else if (tag == "BlockRemoved") {
       ev.kind = EventKind::kRemoved;
       const object* hashes = Get(e, "block_hashes");
-      if (hashes == nullptr) return Fail(DecodeReason::kBadShape, "BlockRemoved without block_hashes");
+      if (hashes == nullptr)
+        return Fail(DecodeReason::kBadShape, "BlockRemoved without block_hashes");
       if (!HashList(*hashes, &ev.hashes)) return false;
       if (!Medium(Get(e, "medium"), &ev.tier)) return false;
       if (!OptInt(Get(e, "group_idx"), &ev.group_idx, "group_idx")) return false;
@@ -433,7 +465,8 @@ class Parser {
     if (tag == "BLOCK_STORED") {
       ev.kind = EventKind::kStored;
       const object* hashes = Get(e, "block_hashes");
-      if (hashes == nullptr) return Fail(DecodeReason::kBadShape, "BLOCK_STORED without block_hashes");
+      if (hashes == nullptr)
+        return Fail(DecodeReason::kBadShape, "BLOCK_STORED without block_hashes");
       if (!HashList(*hashes, &ev.hashes)) return false;
       if (const object* tk = Get(e, "token_ids"); tk != nullptr && tk->type != t::NIL) {
         if (!BlockTokenLists(*tk, &ev, "token_ids")) return false;
@@ -450,7 +483,8 @@ class Parser {
     } else if (tag == "BLOCK_REMOVED") {
       ev.kind = EventKind::kRemoved;
       const object* hashes = Get(e, "block_hashes");
-      if (hashes == nullptr) return Fail(DecodeReason::kBadShape, "BLOCK_REMOVED without block_hashes");
+      if (hashes == nullptr)
+        return Fail(DecodeReason::kBadShape, "BLOCK_REMOVED without block_hashes");
       if (!HashList(*hashes, &ev.hashes)) return false;
     } else if (tag == "ALL_BLOCKS_CLEARED") {
       ev.kind = EventKind::kCleared;
@@ -507,7 +541,8 @@ class Parser {
       if (tk->via.array.size != ev.block_numbers.size()) {
         return Fail(DecodeReason::kBadShape, "block_token_ids: not one array per block number");
       }
-      if (ev.block_size > limits_.max_block_size) return Fail(DecodeReason::kTooLarge, "block size");
+      if (ev.block_size > limits_.max_block_size)
+        return Fail(DecodeReason::kTooLarge, "block size");
     } else if (tag == "block_removed") {
       ev.kind = EventKind::kSeqRemoved;
       if (!seq_id() || !BlockNumbers(Get(e, "block_numbers"), &ev)) return false;
@@ -609,8 +644,8 @@ class Parser {
       }
       return KvbmVariant(Str(o.via.map.ptr[0].key), &o.via.map.ptr[0].val, b);
     }
-    if (o.type == t::ARRAY && o.via.array.size == 2 && o.via.array.ptr[0].type == t::POSITIVE_INTEGER &&
-        o.via.array.ptr[1].type == t::ARRAY) {
+    if (o.type == t::ARRAY && o.via.array.size == 2 &&
+        o.via.array.ptr[0].type == t::POSITIVE_INTEGER && o.via.array.ptr[1].type == t::ARRAY) {
       // Older rmp-serde: [variant_index, [args...]]; a newtype variant's args hold the vector.
       static const char* const kNames[] = {"Create", "Remove", "Shutdown"};
       uint64_t idx = o.via.array.ptr[0].via.u64;
@@ -627,7 +662,8 @@ class Parser {
     const object* events = nullptr;
     const object* id = nullptr;
     if (root.type == t::ARRAY) {
-      if (root.via.array.size < 2) return Fail(DecodeReason::kBadShape, "KvbmCacheEvents array < 2");
+      if (root.via.array.size < 2)
+        return Fail(DecodeReason::kBadShape, "KvbmCacheEvents array < 2");
       events = &root.via.array.ptr[0];
       id = &root.via.array.ptr[1];
     } else {

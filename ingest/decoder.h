@@ -16,19 +16,20 @@
 #include <span>
 
 #include "absl/status/status.h"
+
 #include "ingest/events.h"
 
 namespace kvidx::ingest {
 
 enum class DecodeReason {
   kOk = 0,
-  kTooLarge,        // payload or an element over the limits
-  kTruncated,       // fewer bytes than the msgpack claims
-  kMalformed,       // not msgpack
-  kTrailingBytes,   // bytes after the batch
-  kBadShape,        // wrong container, missing field, inconsistent lengths
-  kWrongType,       // a field of the wrong type
-  kUnknownTag,      // (strict mode) an event kind this decoder does not know
+  kTooLarge,       // payload or an element over the limits
+  kTruncated,      // fewer bytes than the msgpack claims
+  kMalformed,      // not msgpack
+  kTrailingBytes,  // bytes after the batch
+  kBadShape,       // wrong container, missing field, inconsistent lengths
+  kWrongType,      // a field of the wrong type
+  kUnknownTag,     // (strict mode) an event kind this decoder does not know
   kNumReasons,
 };
 const char* DecodeReasonName(DecodeReason r);

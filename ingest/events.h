@@ -25,26 +25,26 @@ std::optional<Dialect> ParseDialect(std::string_view name);
 const char* DialectName(Dialect d);
 
 enum class EventKind {
-  kStored,           // blocks stored (engine hashes, optional tokens)
-  kRemoved,          // blocks removed (engine hashes)
-  kCleared,          // all blocks cleared (AllBlocksCleared, cache_cleared, KVBM Shutdown)
-  kSeqStored,        // sequence-id form: blocks by position within a sequence
+  kStored,     // blocks stored (engine hashes, optional tokens)
+  kRemoved,    // blocks removed (engine hashes)
+  kCleared,    // all blocks cleared (AllBlocksCleared, cache_cleared, KVBM Shutdown)
+  kSeqStored,  // sequence-id form: blocks by position within a sequence
   kSeqRemoved,
   kRequestFinished,
 };
 
 struct Event {
   EventKind kind = EventKind::kStored;
-  std::vector<uint64_t> hashes;     // engine block hashes, folded to 64 bits
-  std::optional<uint64_t> parent;   // parent engine hash
-  std::vector<uint32_t> tokens;     // token ids of all blocks, block_size each
+  std::vector<uint64_t> hashes;    // engine block hashes, folded to 64 bits
+  std::optional<uint64_t> parent;  // parent engine hash
+  std::vector<uint32_t> tokens;    // token ids of all blocks, block_size each
   uint32_t block_size = 0;
   std::optional<int64_t> lora_id;
   std::optional<std::string> lora_name;
   std::optional<std::string> cache_salt;  // SGLang's BlockStoredWithMetadata
   std::string model_name;                 // AIBrix; empty: the publisher's model
   index::Tier tier = index::kGpu;
-  bool has_extra_keys = false;            // vLLM extra_keys present (decoded, not keyed)
+  bool has_extra_keys = false;  // vLLM extra_keys present (decoded, not keyed)
   std::optional<int64_t> group_idx;
   // Sequence-id form.
   int64_t sequence_id = 0;
@@ -58,7 +58,7 @@ struct EventBatch {
   double ts = 0;
   std::optional<int64_t> dp_rank;
   std::vector<Event> events;
-  uint32_t unknown_events = 0;       // skipped: unknown tag (counted, not applied)
+  uint32_t unknown_events = 0;  // skipped: unknown tag (counted, not applied)
   std::optional<std::pair<uint64_t, uint64_t>> instance_id;  // KVBM (high, low)
 };
 

@@ -2,13 +2,14 @@
 //
 //   kvidx-ingest [--config FILE] [--worker K] [--workers N]
 #include <signal.h>
-#include <systemd/sd-daemon.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include <systemd/sd-daemon.h>
 
 #include "ingest/config.h"
 #include "ingest/worker.h"
@@ -18,7 +19,10 @@ namespace {
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_reload{false};
 void OnSignal(int sig) {
-  if (sig == SIGHUP) g_reload = true; else g_stop = true;
+  if (sig == SIGHUP)
+    g_reload = true;
+  else
+    g_stop = true;
 }
 }  // namespace
 
@@ -35,9 +39,12 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--config") config_path = next();
-    else if (a == "--worker") worker = std::strtol(next(), nullptr, 10);
-    else if (a == "--workers") workers = std::strtol(next(), nullptr, 10);
+    if (a == "--config")
+      config_path = next();
+    else if (a == "--worker")
+      worker = std::strtol(next(), nullptr, 10);
+    else if (a == "--workers")
+      workers = std::strtol(next(), nullptr, 10);
     else {
       std::fprintf(stderr, "usage: kvidx-ingest [--config FILE] [--worker K] [--workers N]\n");
       return 2;
@@ -72,8 +79,10 @@ int main(int argc, char** argv) {
       if (g_reload.exchange(false)) {
         auto fresh = kvidx::ingest::LoadConfig(config_path);
         absl::Status rs = fresh.ok() ? w.Reload(*fresh) : fresh.status();
-        if (rs.ok()) KVIDX_LOG_INFO("configuration reloaded");
-        else KVIDX_LOG_ERROR("reload: %s", rs.ToString().c_str());
+        if (rs.ok())
+          KVIDX_LOG_INFO("configuration reloaded");
+        else
+          KVIDX_LOG_ERROR("reload: %s", rs.ToString().c_str());
       }
     });
     sd_notify(0, "STOPPING=1");

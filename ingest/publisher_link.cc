@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+
 #include "shared/clock.h"
 #include "shared/log.h"
 
@@ -55,7 +56,8 @@ absl::Status PublisherLink::Start() {
     // Reconnect intervals with jitter, so a fleet of links does not retry in lockstep; libzmq
     // doubles the interval up to the maximum.
     thread_local std::mt19937 rng(std::random_device{}());
-    int ivl = static_cast<int>(options_.reconnect_initial_ms * (0.8 + 0.4 * (rng() % 1000) / 1000.0));
+    int ivl =
+        static_cast<int>(options_.reconnect_initial_ms * (0.8 + 0.4 * (rng() % 1000) / 1000.0));
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, options_.rcvhwm);
     sub_->set(zmq::sockopt::linger, 0);
@@ -63,7 +65,8 @@ absl::Status PublisherLink::Start() {
     sub_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
     sub_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
     sub_->set(zmq::sockopt::subscribe, config_.topic);
-    monitor_endpoint_ = absl::StrCat("inproc://kvidx-mon-", id_, "-", reinterpret_cast<uintptr_t>(this));
+    monitor_endpoint_ =
+        absl::StrCat("inproc://kvidx-mon-", id_, "-", reinterpret_cast<uintptr_t>(this));
     zmq_socket_monitor(sub_->handle(), monitor_endpoint_.c_str(),
                        ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED |
                            ZMQ_EVENT_ACCEPTED);
@@ -80,7 +83,8 @@ absl::Status PublisherLink::Start() {
       dealer_->set(zmq::sockopt::reconnect_ivl, ivl);
       dealer_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
       dealer_->set(zmq::sockopt::rcvhwm, 0);
-      dealer_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
+      dealer_->set(zmq::sockopt::maxmsgsize,
+                   static_cast<int64_t>(options_.limits.max_payload_bytes));
       dealer_->connect(config_.replay_endpoint);
     }
   } catch (const zmq::error_t& e) {
@@ -163,13 +167,15 @@ void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
   }
   // wire.md §10: publishers of the map dialects may send the payload alone; sequence checking
   // is then off for them.
-  if (parts.size() == 1 && config_.dialect != Dialect::kVllm && config_.dialect != Dialect::kSglang) {
+  if (parts.size() == 1 && config_.dialect != Dialect::kVllm &&
+      config_.dialect != Dialect::kSglang) {
     ApplyBatch(std::nullopt, Bytes(parts[0]));
     return;
   }
   AddRelaxed(h->garbage_frames, uint64_t{1});
   if (index::PublisherSlot* s = slot()) AddRelaxed(s->decode_errors, uint64_t{1});
-  KVIDX_LOG_DEBUG("publisher %s: dropped a message of %zu frames", config_.pod.c_str(), parts.size());
+  KVIDX_LOG_DEBUG("publisher %s: dropped a message of %zu frames", config_.pod.c_str(),
+                  parts.size());
 }
 
 void PublisherLink::HandleSequenced(uint64_t seq, std::span<const uint8_t> payload,
@@ -202,8 +208,10 @@ void PublisherLink::HandleSequenced(uint64_t seq, std::span<const uint8_t> paylo
     if (from_replay) return;  // already applied
     // The engine restarted (sequences start at 0 per process).
     Resync("sequence went backwards (engine restart)");
-    if (!StartReplay(0, /*first_contact=*/true)) ApplyBatch(seq, payload);
-    else buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
+    if (!StartReplay(0, /*first_contact=*/true))
+      ApplyBatch(seq, payload);
+    else
+      buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
     return;
   }
   // seq > expected: a gap.
@@ -213,9 +221,8 @@ void PublisherLink::HandleSequenced(uint64_t seq, std::span<const uint8_t> paylo
     ApplyBatch(seq, payload);
     return;
   }
-  KVIDX_LOG_WARN("publisher %s/%u: gap, expected %lu got %lu", config_.pod.c_str(),
-                 config_.dp_rank, static_cast<unsigned long>(*expected),
-                 static_cast<unsigned long>(seq));
+  KVIDX_LOG_WARN("publisher %s/%u: gap, expected %lu got %lu", config_.pod.c_str(), config_.dp_rank,
+                 static_cast<unsigned long>(*expected), static_cast<unsigned long>(seq));
   if (StartReplay(*expected, /*first_contact=*/false)) {
     buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
     return;
@@ -261,7 +268,8 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, std::span<const uint
     }
     absl::Status ast = applier_->Apply(id_, batch, skip);
     if (!ast.ok()) {
-      KVIDX_LOG_WARN("publisher %s: apply: %s", config_.pod.c_str(), std::string(ast.message()).c_str());
+      KVIDX_LOG_WARN("publisher %s: apply: %s", config_.pod.c_str(),
+                     std::string(ast.message()).c_str());
     }
     AddRelaxed(h->unknown_events, uint64_t{batch.unknown_events});
     AddRelaxed(h->batches_applied, uint64_t{1});

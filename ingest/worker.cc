@@ -3,10 +3,10 @@
 #include <unistd.h>
 
 #include <cstring>
-
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+
 #include "shared/clock.h"
 #include "shared/log.h"
 #include "shared/status.h"
@@ -42,8 +42,8 @@ absl::Status Worker::Init() {
   KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
                                                                 config_.segment_mode));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
-  KVIDX_ASSIGN_OR_RETURN(control_,
-                         index::ControlArea::Open(config_.segment + ".control", config_.segment_mode));
+  KVIDX_ASSIGN_OR_RETURN(
+      control_, index::ControlArea::Open(config_.segment + ".control", config_.segment_mode));
   control_->header()->rings[worker_ % index::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
   ApplierConfig ac;
   ac.on_applied = [this](const AppliedInfo& a) {
@@ -57,7 +57,8 @@ absl::Status Worker::Init() {
     control_->Append(worker_, e);
   };
   if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
-  for (const auto& m : config_.models) ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
+  for (const auto& m : config_.models)
+    ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
   applier_ = std::make_unique<Applier>(index_.get(), ac);
   KVIDX_RETURN_IF_ERROR(RegisterFromConfig());
   uint32_t repaired = index_->RepairAbandonedStripes();
@@ -142,7 +143,8 @@ void Worker::SyncLinks() {
   for (auto& [id, pc] : wanted) {
     if (links_.count(id)) continue;
     absl::Status rs = index_->RecoverPublisher(id);
-    if (!rs.ok()) KVIDX_LOG_ERROR("publisher %s: recovery: %s", pc.pod.c_str(), rs.ToString().c_str());
+    if (!rs.ok())
+      KVIDX_LOG_ERROR("publisher %s: recovery: %s", pc.pod.c_str(), rs.ToString().c_str());
     auto link = std::make_unique<PublisherLink>(ctx_, index_.get(), applier_.get(), id, pc,
                                                 MakeLinkOptions());
     absl::Status st = link->Start();
@@ -172,7 +174,8 @@ void Worker::Execute(index::Command& c) {
     case index::CommandOp::kRegister: {
       auto ns = index_->FindNamespace(std::string(c.model, strnlen(c.model, sizeof(c.model))), "");
       if (!ns) {
-        done(absl::FailedPreconditionError(absl::StrCat("model '", c.model, "' is not configured")));
+        done(
+            absl::FailedPreconditionError(absl::StrCat("model '", c.model, "' is not configured")));
         return;
       }
       index::PublisherSpec spec;
@@ -197,7 +200,8 @@ void Worker::Execute(index::Command& c) {
       uint64_t pairs = 0;
       for (index::PublisherId id : index_->ActivePublishers()) {
         const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s == nullptr || pod != s->pod || (c.dp_rank >= 0 && s->dp_rank != uint32_t(c.dp_rank))) {
+        if (s == nullptr || pod != s->pod ||
+            (c.dp_rank >= 0 && s->dp_rank != uint32_t(c.dp_rank))) {
           continue;
         }
         pairs += s->pairs;

@@ -3,7 +3,6 @@
 //
 //   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]
 #include <signal.h>
-#include <systemd/sd-daemon.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,6 +12,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <systemd/sd-daemon.h>
 
 #include "index/control.h"
 #include "index/segment.h"
@@ -32,12 +32,17 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) {
-      std::fprintf(stderr, "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]\n");
+      std::fprintf(
+          stderr,
+          "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]\n");
       return 2;
     }
-    if (a == "--config") config_path = argv[++i];
-    else if (a == "--listen") listen = argv[++i];
-    else if (a == "--metrics") metrics = argv[++i];
+    if (a == "--config")
+      config_path = argv[++i];
+    else if (a == "--listen")
+      listen = argv[++i];
+    else if (a == "--metrics")
+      metrics = argv[++i];
     else {
       std::fprintf(stderr, "kvidx-query: unknown flag %s\n", a.c_str());
       return 2;
@@ -55,8 +60,8 @@ int main(int argc, char** argv) {
     // Wait for the ingest workers to create the segment (they own its geometry).
     std::unique_ptr<kvidx::index::Segment> segment;
     for (int i = 0; i < 600 && !segment && !g_stop; ++i) {
-      auto s = kvidx::index::Segment::Attach(config->segment, kvidx::index::Segment::Access::kReadOnly,
-                                             config->geometry);
+      auto s = kvidx::index::Segment::Attach(
+          config->segment, kvidx::index::Segment::Access::kReadOnly, config->geometry);
       if (s.ok()) {
         segment = std::move(*s);
       } else if (!absl::IsNotFound(s.status())) {
@@ -71,7 +76,8 @@ int main(int argc, char** argv) {
       KVIDX_LOG_ERROR("segment %s never appeared", config->segment.c_str());
       return 1;
     }
-    auto control = kvidx::index::ControlArea::Open(config->segment + ".control", config->segment_mode);
+    auto control =
+        kvidx::index::ControlArea::Open(config->segment + ".control", config->segment_mode);
     if (!control.ok()) {
       KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
       return 1;
@@ -92,11 +98,13 @@ int main(int argc, char** argv) {
     std::unique_ptr<kvidx::query::Metrics> m;
     if (config->metrics_listen != "off") {
       auto started = kvidx::query::Metrics::Start(config->metrics_listen, &service);
-      if (!started.ok()) KVIDX_LOG_WARN("%s", started.status().ToString().c_str());
-      else m = std::move(*started);
+      if (!started.ok())
+        KVIDX_LOG_WARN("%s", started.status().ToString().c_str());
+      else
+        m = std::move(*started);
     }
-    KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d), metrics on %s", config->listen.c_str(),
-                   port, config->metrics_listen.c_str());
+    KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d), metrics on %s",
+                   config->listen.c_str(), port, config->metrics_listen.c_str());
     struct sigaction sa {};
     sa.sa_handler = OnSignal;
     sigaction(SIGTERM, &sa, nullptr);

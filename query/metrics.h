@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+
 #include "query/service.h"
 
 namespace kvidx::query {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+
 #include "ingest/decoder.h"
 #include "shared/clock.h"
 
@@ -86,7 +87,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
                      absl::StrCat(ids.size(), " token ids; the limit is ", config_.max_tokens));
       }
-      keys = index::ChainBlockKeys(Ld(nss->root), {ids.data(), static_cast<size_t>(ids.size())}, bs);
+      keys =
+          index::ChainBlockKeys(Ld(nss->root), {ids.data(), static_cast<size_t>(ids.size())}, bs);
       break;
     }
     case v1::LookupQuery::kBlockKeys: {
@@ -124,7 +126,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   for (const auto& c : q.candidates()) {
     for (index::PublisherId id : index_->ActivePublishers()) {
       const index::PublisherSlot* s = index_->publisher_slot(id);
-      if (s != nullptr && c.pod() == s->pod && (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->dp_rank)) {
+      if (s != nullptr && c.pod() == s->pod &&
+          (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->dp_rank)) {
         candidates.push_back(id);
       }
     }
@@ -214,7 +217,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_events_applied(Ld(h->events_applied));
   auto& rejected = *resp->mutable_events_rejected();
   for (int r = 1; r < static_cast<int>(ingest::DecodeReason::kNumReasons) && r < 8; ++r) {
-    rejected[ingest::DecodeReasonName(static_cast<ingest::DecodeReason>(r))] = Ld(h->decode_errors[r]);
+    rejected[ingest::DecodeReasonName(static_cast<ingest::DecodeReason>(r))] =
+        Ld(h->decode_errors[r]);
   }
   rejected["unknown_event"] = Ld(h->unknown_events);
   resp->set_garbage_frames(Ld(h->garbage_frames));
@@ -232,14 +236,16 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
     replays += Ld(p->replays);
     gaps += Ld(p->gaps);
     resyncs += Ld(p->resyncs);
-    const index::NamespaceSlot* nss = index_->namespace_slot(static_cast<index::NamespaceId>(p->ns));
+    const index::NamespaceSlot* nss =
+        index_->namespace_slot(static_cast<index::NamespaceId>(p->ns));
     if (nss != nullptr) tokens += Ld(p->pairs) * nss->block_size;
     v1::WorkerLag& w = lag[p->worker];
     w.set_worker(p->worker);
     w.set_publishers(w.publishers() + 1);
     int64_t last = Ld(p->last_event_wall_ns);
     if (Ld(p->connected) && last != 0) {
-      w.set_max_last_event_age_ms(std::max(w.max_last_event_age_ms(), (WallNanos() - last) / 1'000'000));
+      w.set_max_last_event_age_ms(
+          std::max(w.max_last_event_age_ms(), (WallNanos() - last) / 1'000'000));
     }
     if (Ld(p->gap_open)) w.set_open_gaps(w.open_gaps() + 1);
   }
@@ -267,7 +273,8 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   if (s == nullptr) return;
   pod->set_pod(Str(s->pod, sizeof(s->pod)));
   pod->set_dp_rank(s->dp_rank);
-  if (const index::NamespaceSlot* nss = index_->namespace_slot(static_cast<index::NamespaceId>(s->ns))) {
+  if (const index::NamespaceSlot* nss =
+          index_->namespace_slot(static_cast<index::NamespaceId>(s->ns))) {
     pod->set_model(Str(nss->model, sizeof(nss->model)));
   }
   pod->set_endpoint(Str(s->endpoint, sizeof(s->endpoint)));
@@ -321,9 +328,12 @@ grpc::Status KvIndexService::GetPod(grpc::ServerContext*, const v1::GetPodReques
 
 grpc::Status KvIndexService::RunCommand(const index::Command& c, index::Command* result) {
   auto id = control_->Post(c);
-  if (!id.ok()) return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "CONTROL_BUSY", std::string(id.status().message()));
+  if (!id.ok())
+    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "CONTROL_BUSY",
+                 std::string(id.status().message()));
   auto r = control_->Await(*id, 5000);
-  if (!r.ok()) return Error(grpc::StatusCode::UNAVAILABLE, "NO_WORKER", std::string(r.status().message()));
+  if (!r.ok())
+    return Error(grpc::StatusCode::UNAVAILABLE, "NO_WORKER", std::string(r.status().message()));
   *result = *r;
   if (r->code != 0) {
     return Error(static_cast<grpc::StatusCode>(r->code), "REFUSED", std::string(r->message));
@@ -344,7 +354,8 @@ grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
                                                const v1::RegisterPublisherRequest* req,
                                                v1::Pod* resp) {
   if (req->pod().empty() || req->model().empty() || req->endpoint().empty()) {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT, "MISSING_FIELD", "pod, model and endpoint are required");
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "MISSING_FIELD",
+                 "pod, model and endpoint are required");
   }
   std::string dialect = req->dialect().empty() ? "auto" : req->dialect();
   if (!ingest::ParseDialect(dialect)) {
@@ -407,7 +418,8 @@ grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest*
           resp->set_pairs_cleared(resp->pairs_cleared() + Ld(s->pairs));
         }
       }
-      if (owners.empty()) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod().pod());
+      if (owners.empty())
+        return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod().pod());
       resp->set_pairs_cleared(0);
       for (uint32_t w : owners) {
         c.worker = w;
@@ -427,11 +439,13 @@ grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest*
       }
       break;
     case v1::ClearRequest::kAll:
-      if (!req->all()) return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "all must be true");
+      if (!req->all())
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "all must be true");
       c.op = static_cast<uint32_t>(index::CommandOp::kClearAll);
       break;
     default:
-      return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "clear needs pod, namespace or all");
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE",
+                   "clear needs pod, namespace or all");
   }
   c.worker = index::kAnyWorker;
   index::Command r;
@@ -465,7 +479,8 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
         uint64_t seq = __atomic_load_n(&e.seq, __ATOMIC_ACQUIRE);
         v1::WatchEvent ev;
         auto* a = ev.mutable_applied();
-        a->set_kind(static_cast<v1::AppliedEvent::Kind>(__atomic_load_n(&e.kind, __ATOMIC_RELAXED)));
+        a->set_kind(
+            static_cast<v1::AppliedEvent::Kind>(__atomic_load_n(&e.kind, __ATOMIC_RELAXED)));
         a->set_blocks(__atomic_load_n(&e.blocks, __ATOMIC_RELAXED));
         a->set_first_block_key(__atomic_load_n(&e.first_key, __ATOMIC_RELAXED));
         a->set_wall_time_ns(__atomic_load_n(&e.wall_ns, __ATOMIC_RELAXED));

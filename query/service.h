@@ -43,8 +43,8 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
                         v1::ListPodsResponse* resp) override;
   grpc::Status GetPod(grpc::ServerContext* ctx, const v1::GetPodRequest* req,
                       v1::Pod* resp) override;
-  grpc::Status RegisterPublisher(grpc::ServerContext* ctx,
-                                 const v1::RegisterPublisherRequest* req, v1::Pod* resp) override;
+  grpc::Status RegisterPublisher(grpc::ServerContext* ctx, const v1::RegisterPublisherRequest* req,
+                                 v1::Pod* resp) override;
   grpc::Status UnregisterPublisher(grpc::ServerContext* ctx,
                                    const v1::UnregisterPublisherRequest* req,
                                    v1::UnregisterPublisherResponse* resp) override;

@@ -39,9 +39,9 @@ void Logf(LogLevel level, const char* fmt, ...) {
   clock_gettime(CLOCK_REALTIME, &ts);
   tm tm_utc{};
   gmtime_r(&ts.tv_sec, &tm_utc);
-  int n = std::snprintf(buf, sizeof(buf), "%s %02d:%02d:%02d.%03ld %s: ",
-                        kNames[static_cast<int>(level)], tm_utc.tm_hour, tm_utc.tm_min,
-                        tm_utc.tm_sec, ts.tv_nsec / 1000000, g_tag);
+  int n = std::snprintf(buf, sizeof(buf),
+                        "%s %02d:%02d:%02d.%03ld %s: ", kNames[static_cast<int>(level)],
+                        tm_utc.tm_hour, tm_utc.tm_min, tm_utc.tm_sec, ts.tv_nsec / 1000000, g_tag);
   va_list ap;
   va_start(ap, fmt);
   int m = std::vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);

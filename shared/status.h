@@ -19,11 +19,11 @@ namespace kvidx::internal {
 }
 }  // namespace kvidx::internal
 
-#define KVIDX_CHECK(cond)                                              \
-  do {                                                                 \
-    if (__builtin_expect(!(cond), 0)) {                                \
-      ::kvidx::internal::CheckFailed(__FILE__, __LINE__, #cond);       \
-    }                                                                  \
+#define KVIDX_CHECK(cond)                                        \
+  do {                                                           \
+    if (__builtin_expect(!(cond), 0)) {                          \
+      ::kvidx::internal::CheckFailed(__FILE__, __LINE__, #cond); \
+    }                                                            \
   } while (0)
 
 #ifdef NDEBUG
@@ -38,10 +38,10 @@ namespace kvidx::internal {
 #define KVIDX_STATUS_CONCAT_(a, b) KVIDX_STATUS_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function if not OK.
-#define KVIDX_RETURN_IF_ERROR(expr)                   \
-  do {                                                \
-    ::absl::Status kvidx_status_ = (expr);            \
-    if (!kvidx_status_.ok()) return kvidx_status_;    \
+#define KVIDX_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::absl::Status kvidx_status_ = (expr);         \
+    if (!kvidx_status_.ok()) return kvidx_status_; \
   } while (0)
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status, else moves the value

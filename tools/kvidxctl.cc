@@ -43,7 +43,8 @@ using kvidx::v1::KvIndex;
 }
 
 struct Opts {
-  std::string server = std::getenv("KVIDX_SERVER") ? std::getenv("KVIDX_SERVER") : "127.0.0.1:50051";
+  std::string server =
+      std::getenv("KVIDX_SERVER") ? std::getenv("KVIDX_SERVER") : "127.0.0.1:50051";
   bool json = false;
   int timeout_ms = 5000;
   std::string command;
@@ -55,14 +56,19 @@ Opts Parse(int argc, char** argv) {
   Opts o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--json") o.json = true;
-    else if (a == "--bind" || a == "--all") o.flags[a] = "1";
+    if (a == "--json")
+      o.json = true;
+    else if (a == "--bind" || a == "--all")
+      o.flags[a] = "1";
     else if (a.rfind("--", 0) == 0) {
       if (i + 1 >= argc) Usage();
       std::string v = argv[++i];
-      if (a == "--server") o.server = v;
-      else if (a == "--timeout-ms") o.timeout_ms = std::atoi(v.c_str());
-      else o.flags[a] = v;
+      if (a == "--server")
+        o.server = v;
+      else if (a == "--timeout-ms")
+        o.timeout_ms = std::atoi(v.c_str());
+      else
+        o.flags[a] = v;
     } else if (o.command.empty()) {
       o.command = a;
     } else {
@@ -138,10 +144,11 @@ int Status(const Opts& o, KvIndex::Stub& stub) {
               100 * r.occupancy(), (unsigned long)r.tokens());
   std::printf("  segment %.1f MiB, %.1f bytes per live pair\n", r.segment_bytes() / 1048576.0,
               r.bytes_per_pair());
-  std::printf("  applied: %lu batches, %lu events; evictions %lu; gaps %lu, replays %lu, resyncs %lu\n",
-              (unsigned long)r.batches_applied(), (unsigned long)r.events_applied(),
-              (unsigned long)r.evictions(), (unsigned long)r.gaps(), (unsigned long)r.replays(),
-              (unsigned long)r.resyncs());
+  std::printf(
+      "  applied: %lu batches, %lu events; evictions %lu; gaps %lu, replays %lu, resyncs %lu\n",
+      (unsigned long)r.batches_applied(), (unsigned long)r.events_applied(),
+      (unsigned long)r.evictions(), (unsigned long)r.gaps(), (unsigned long)r.replays(),
+      (unsigned long)r.resyncs());
   std::printf("  rejected:");
   for (const auto& [k, v] : r.events_rejected()) {
     if (v) std::printf(" %s=%lu", k.c_str(), (unsigned long)v);
@@ -168,7 +175,9 @@ int Pods(const Opts& o, KvIndex::Stub& stub) {
   for (const auto& p : r.pods()) {
     std::printf("%-16s %3u %-14s %-6u %-9s %10lu %10s %6lu %6lu %8s %s\n", p.pod().c_str(),
                 p.dp_rank(), p.model().c_str(), p.worker(),
-                p.freshness().gap_open() ? "replaying" : p.freshness().connected() ? "connected" : "down",
+                p.freshness().gap_open()    ? "replaying"
+                : p.freshness().connected() ? "connected"
+                                            : "down",
                 (unsigned long)p.pairs(), p.has_seq() ? std::to_string(p.last_seq()).c_str() : "-",
                 (unsigned long)p.counters().at("gaps"), (unsigned long)p.freshness().epoch(),
                 Age(p.freshness().last_event_age_ms()).c_str(), p.endpoint().c_str());
@@ -196,7 +205,8 @@ int Pod(const Opts& o, KvIndex::Stub& stub) {
               p.freshness().connected() ? "connected" : "not connected",
               Age(p.freshness().last_event_age_ms()).c_str(), (unsigned long)p.freshness().epoch(),
               p.has_seq() ? std::to_string(p.last_seq()).c_str() : "-", (unsigned long)p.pairs());
-  for (const auto& [k, v] : std::map<std::string, uint64_t>(p.counters().begin(), p.counters().end())) {
+  for (const auto& [k, v] :
+       std::map<std::string, uint64_t>(p.counters().begin(), p.counters().end())) {
     std::printf("  %-18s %lu\n", k.c_str(), (unsigned long)v);
   }
   return 0;
@@ -218,7 +228,8 @@ int Lookup(const Opts& o, KvIndex::Stub& stub) {
     }
   }
   if (!tokens.empty()) {
-    for (const auto& t : Split(tokens, ',')) q->mutable_tokens()->add_ids(std::strtoul(t.c_str(), nullptr, 10));
+    for (const auto& t : Split(tokens, ','))
+      q->mutable_tokens()->add_ids(std::strtoul(t.c_str(), nullptr, 10));
   } else if (!Flag(o, "--keys").empty()) {
     for (const auto& k : Split(Flag(o, "--keys"), ',')) {
       q->mutable_block_keys()->add_keys(std::strtoull(k.c_str(), nullptr, 16));
@@ -241,7 +252,8 @@ int Lookup(const Opts& o, KvIndex::Stub& stub) {
   }
   const auto& res = r.results(0);
   if (!res.namespace_known()) {
-    std::printf("namespace %s is unknown to kvidx: no pod holds anything of it\n", Flag(o, "--model").c_str());
+    std::printf("namespace %s is unknown to kvidx: no pod holds anything of it\n",
+                Flag(o, "--model").c_str());
     return 0;
   }
   std::printf("prompt: %u blocks of %u tokens; %d pod(s) hold a prefix%s\n", res.prompt_blocks(),
@@ -250,11 +262,12 @@ int Lookup(const Opts& o, KvIndex::Stub& stub) {
   std::printf("  %-16s %3s %8s %8s %5s %5s %5s %6s %8s\n", "POD", "DP", "BLOCKS", "TOKENS", "GPU",
               "CPU", "DISK", "EPOCH", "LAST");
   for (const auto& m : res.matches()) {
-    std::printf("  %-16s %3u %8u %8lu %5u %5u %5u %6lu %8s%s\n", m.pod().c_str(), m.dp_rank(),
-                m.matched_blocks(), (unsigned long)m.matched_tokens(), m.gpu_blocks(), m.cpu_blocks(),
-                m.disk_blocks(), (unsigned long)m.freshness().epoch(),
-                Age(m.freshness().last_event_age_ms()).c_str(),
-                m.pod() == res.best().pod() && m.dp_rank() == res.best().dp_rank() ? "  <- best" : "");
+    std::printf(
+        "  %-16s %3u %8u %8lu %5u %5u %5u %6lu %8s%s\n", m.pod().c_str(), m.dp_rank(),
+        m.matched_blocks(), (unsigned long)m.matched_tokens(), m.gpu_blocks(), m.cpu_blocks(),
+        m.disk_blocks(), (unsigned long)m.freshness().epoch(),
+        Age(m.freshness().last_event_age_ms()).c_str(),
+        m.pod() == res.best().pod() && m.dp_rank() == res.best().dp_rank() ? "  <- best" : "");
   }
   return 0;
 }
@@ -310,8 +323,10 @@ int Register(const Opts& o, KvIndex::Stub& stub) {
   kvidx::v1::Pod p;
   grpc::Status st = stub.RegisterPublisher(Ctx(o).get(), req, &p);
   if (!st.ok()) return Fail(o, st);
-  if (o.json) PrintJson(p);
-  else std::printf("registered %s/%u (worker %u)\n", p.pod().c_str(), p.dp_rank(), p.worker());
+  if (o.json)
+    PrintJson(p);
+  else
+    std::printf("registered %s/%u (worker %u)\n", p.pod().c_str(), p.dp_rank(), p.worker());
   return 0;
 }
 
@@ -322,8 +337,11 @@ int Unregister(const Opts& o, KvIndex::Stub& stub) {
   kvidx::v1::UnregisterPublisherResponse r;
   grpc::Status st = stub.UnregisterPublisher(Ctx(o).get(), req, &r);
   if (!st.ok()) return Fail(o, st);
-  if (o.json) PrintJson(r);
-  else std::printf("unregistered %s, dropped %lu pairs\n", req.pod().c_str(), (unsigned long)r.pairs_dropped());
+  if (o.json)
+    PrintJson(r);
+  else
+    std::printf("unregistered %s, dropped %lu pairs\n", req.pod().c_str(),
+                (unsigned long)r.pairs_dropped());
   return 0;
 }
 
@@ -343,9 +361,11 @@ int Clear(const Opts& o, KvIndex::Stub& stub) {
   kvidx::v1::ClearResponse r;
   grpc::Status st = stub.Clear(Ctx(o).get(), req, &r);
   if (!st.ok()) return Fail(o, st);
-  if (o.json) PrintJson(r);
-  else std::printf("cleared: %u publishers, %lu pairs, %lu blocks\n", r.publishers_cleared(),
-                   (unsigned long)r.pairs_cleared(), (unsigned long)r.blocks_cleared());
+  if (o.json)
+    PrintJson(r);
+  else
+    std::printf("cleared: %u publishers, %lu pairs, %lu blocks\n", r.publishers_cleared(),
+                (unsigned long)r.pairs_cleared(), (unsigned long)r.blocks_cleared());
   return 0;
 }
 

@@ -55,8 +55,8 @@ TEST(BlockKeyTest, PublishedVectors) {
 
 // The vectors again, from an independent Python implementation of the spec.
 TEST(BlockKeyTest, AgreesWithIndependentPythonImplementation) {
-  std::string cmd = std::string("/usr/bin/python3 ") + KVIDX_SOURCE_ROOT +
-                    "/tests/index/block_key_vectors.py";
+  std::string cmd =
+      std::string("/usr/bin/python3 ") + KVIDX_SOURCE_ROOT + "/tests/index/block_key_vectors.py";
   FILE* f = popen(cmd.c_str(), "r");
   ASSERT_NE(f, nullptr);
   std::string out;

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+
 #include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+
 #include "shared/clock.h"
 #include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"
@@ -125,12 +126,12 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
   sh->stop = true;
   waitpid(reader, nullptr, 0);
   IndexStats st = idx.Stats();
-  std::printf("kills %d, ops applied %lu, stripe repairs %lu, reader lookups %lu, degraded %lu, "
-              "longest lookup %.2f ms\n",
-              kills, static_cast<unsigned long>(modelled),
-              static_cast<unsigned long>(st.stripe_repairs),
-              static_cast<unsigned long>(sh->lookups.load()),
-              static_cast<unsigned long>(sh->degraded.load()), sh->max_ns.load() / 1e6);
+  std::printf(
+      "kills %d, ops applied %lu, stripe repairs %lu, reader lookups %lu, degraded %lu, "
+      "longest lookup %.2f ms\n",
+      kills, static_cast<unsigned long>(modelled), static_cast<unsigned long>(st.stripe_repairs),
+      static_cast<unsigned long>(sh->lookups.load()),
+      static_cast<unsigned long>(sh->degraded.load()), sh->max_ns.load() / 1e6);
   EXPECT_GE(kills, 30);
   EXPECT_GT(st.stripe_repairs, 0u) << "no kill landed inside a stripe update";
   EXPECT_GT(sh->lookups.load(), 1000u);

@@ -8,6 +8,7 @@
 #include <atomic>
 
 #include "gtest/gtest.h"
+
 #include "shared/clock.h"
 #include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"

@@ -83,7 +83,8 @@ inline absl::Status ApplyOp(index::PrefixIndex& idx, index::PublisherId p, index
                             const Op& op) {
   static thread_local std::map<std::pair<index::BlockKey, uint32_t>, PromptKeys> cache;
   auto it = cache.find({root, op.prompt});
-  if (it == cache.end()) it = cache.emplace(std::pair{root, op.prompt}, KeysOf(root, op.prompt)).first;
+  if (it == cache.end())
+    it = cache.emplace(std::pair{root, op.prompt}, KeysOf(root, op.prompt)).first;
   const PromptKeys& pk = it->second;
   switch (op.kind) {
     case Op::kStore: {
@@ -147,8 +148,7 @@ class Model {
         if (shown++ < 5) {
           out << "missing/wrong key=" << std::hex << std::get<0>(k) << std::dec
               << " pub=" << std::get<1>(k) << " tier=" << int(std::get<2>(k))
-              << " want=" << int(refs) << " got=" << (it == actual.end() ? -1 : it->second)
-              << "\n";
+              << " want=" << int(refs) << " got=" << (it == actual.end() ? -1 : it->second) << "\n";
         }
       }
     }

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+
 #include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"
 
@@ -79,8 +80,8 @@ TEST_F(PrefixIndexTest, RegistrationIsIdempotentAndValidated) {
   EXPECT_EQ(idx().FindNamespace("m1", ""), a);
   EXPECT_FALSE(idx().FindNamespace("nope", "").has_value());
   EXPECT_TRUE(absl::IsInvalidArgument(idx().RegisterNamespace({.model = ""}).status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      idx().RegisterNamespace({.model = "x", .block_size = 0}).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(idx().RegisterNamespace({.model = "x", .block_size = 0}).status()));
 
   PublisherId p = Pub("pod-a", a);
   EXPECT_EQ(Pub("pod-a", a), p);
@@ -108,7 +109,7 @@ TEST_F(PrefixIndexTest, StoreThenLookupMatchesLeadingBlocks) {
   NamespaceId ns = Ns();
   PublisherId a = Pub("a", ns);
   PublisherId b = Pub("b", ns);
-  std::vector<uint32_t> prompt = Tokens(100, 32);  // 8 blocks
+  std::vector<uint32_t> prompt = Tokens(100, 32);                                    // 8 blocks
   StoreTokens(a, std::vector<uint32_t>(prompt.begin(), prompt.begin() + 24), 1000);  // 6 blocks
   StoreTokens(b, std::vector<uint32_t>(prompt.begin(), prompt.begin() + 8), 1000);   // 2 blocks
   auto keys = idx().KeysForTokens(ns, prompt);

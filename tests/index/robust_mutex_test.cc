@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "gtest/gtest.h"
+
 #include "index/segment.h"
 #include "tests/index/test_util.h"
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "gtest/gtest.h"
+
 #include "index/prefix_index.h"
 #include "tests/index/test_util.h"
 
@@ -57,8 +58,8 @@ TEST(SegmentTest, ForeignOrOtherVersionLayoutIsRefused) {
   EXPECT_NE(s.status().message().find("layout version"), std::string::npos);
   seg.segment()->header()->layout_version = kLayoutVersion;
   seg.segment()->header()->magic = 0x1234;
-  EXPECT_TRUE(absl::IsFailedPrecondition(
-      Segment::Attach(seg.name(), Segment::Access::kReadOnly).status()));
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(Segment::Attach(seg.name(), Segment::Access::kReadOnly).status()));
   seg.segment()->header()->magic = kSegmentMagic;
   EXPECT_TRUE(Segment::Attach(seg.name(), Segment::Access::kReadOnly).ok());
 }

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+
 #include "index/prefix_index.h"
 #include "index/segment.h"
 

@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "gtest/gtest.h"
+
 #include "tests/index/test_util.h"
 
 namespace kvidx::ingest {
@@ -84,7 +85,7 @@ TEST_F(ApplierTest, SkipOpsResumesInsideABatch) {
   EXPECT_EQ(idx().publisher_slot(pub_)->applied_ops, 4u);  // 1 store + 1 remove applied
   EXPECT_EQ(idx().publisher_slot(pub_)->duplicate_stores, 0u);
   auto keys = *idx().KeysForTokens(base_, std::vector<uint32_t>{1, 2, 3, 4, 5, 6});
-  EXPECT_TRUE(idx().Holders(keys[0]).empty());  // removed
+  EXPECT_TRUE(idx().Holders(keys[0]).empty());   // removed
   EXPECT_EQ(idx().Holders(keys[2]).size(), 1u);  // the third block, keyed from its parent
 }
 

@@ -67,9 +67,9 @@ TEST(ConfigTest, BadInputIsAClearError) {
   auto bad_type = ParseConfig("[segment]\nblocks = \"many\"\n", "y.toml");
   ASSERT_FALSE(bad_type.ok());
   EXPECT_NE(bad_type.status().message().find("blocks"), std::string::npos);
-  EXPECT_FALSE(ParseConfig("[[publisher]]\npod=\"a\"\nmodel=\"nope\"\nendpoint=\"tcp://x:1\"\n",
-                           "z.toml")
-                   .ok());
+  EXPECT_FALSE(
+      ParseConfig("[[publisher]]\npod=\"a\"\nmodel=\"nope\"\nendpoint=\"tcp://x:1\"\n", "z.toml")
+          .ok());
   EXPECT_FALSE(ParseConfig("[[model]]\nname=\"m\"\n[[publisher]]\npod=\"a\"\nmodel=\"m\"\n"
                            "endpoint=\"tcp://x:1\"\ndialect=\"klingon\"\n",
                            "d.toml")

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+
 #include "tests/test_data.h"
 
 namespace kvidx::ingest {
@@ -17,8 +18,8 @@ constexpr uint64_t kH1 = 0x1122334455667788ULL;
 constexpr uint64_t kH2 = 0xF0E1D2C3B4A59687ULL;
 constexpr uint64_t kP = 0x0123456789ABCDEFULL;
 constexpr uint64_t kR = 0xDEADBEEFCAFEBABEULL;
-const std::vector<uint32_t> kTokens = {1, 2, 3, 128, 255, 256, 1000, 65535,
-                                       65536, 151644, 7, 8, 9, 10, 11, 12};
+const std::vector<uint32_t> kTokens = {1,     2,      3, 128, 255, 256, 1000, 65535,
+                                       65536, 151644, 7, 8,   9,   10,  11,   12};
 
 EventBatch MustDecode(const std::vector<uint8_t>& bytes, Dialect d = Dialect::kAuto) {
   EventBatch b;
@@ -172,11 +173,11 @@ TEST(DecoderGoldenTest, KvbmNamedAndIndexedEncodings) {
 
 TEST(DecoderGoldenTest, BatchAsMapIsAccepted) {
   // {"ts": 1.5, "events": [["AllBlocksCleared"]], "data_parallel_rank": 2} (wire.md U1).
-  std::vector<uint8_t> bytes = {0x83, 0xa2, 't', 's', 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0,
-                                0xa6, 'e', 'v', 'e', 'n', 't', 's', 0x91, 0x91, 0xb0,
-                                'A', 'l', 'l', 'B', 'l', 'o', 'c', 'k', 's', 'C', 'l', 'e', 'a',
-                                'r', 'e', 'd', 0xb2, 'd', 'a', 't', 'a', '_', 'p', 'a', 'r', 'a',
-                                'l', 'l', 'e', 'l', '_', 'r', 'a', 'n', 'k', 0x02};
+  std::vector<uint8_t> bytes = {0x83, 0xa2, 't', 's',  0xcb, 0x3f, 0xf8, 0,   0,    0,    0,    0,
+                                0,    0xa6, 'e', 'v',  'e',  'n',  't',  's', 0x91, 0x91, 0xb0, 'A',
+                                'l',  'l',  'B', 'l',  'o',  'c',  'k',  's', 'C',  'l',  'e',  'a',
+                                'r',  'e',  'd', 0xb2, 'd',  'a',  't',  'a', '_',  'p',  'a',  'r',
+                                'a',  'l',  'l', 'e',  'l',  '_',  'r',  'a', 'n',  'k',  0x02};
   EventBatch b = MustDecode(bytes);
   EXPECT_DOUBLE_EQ(b.ts, 1.5);
   EXPECT_EQ(b.dp_rank, 2);
@@ -203,12 +204,12 @@ TEST(DecoderRejectTest, ArrayClaimingMoreElementsThanBytes) {
   // array32 claiming 1000 elements (under the limit) with three present.
   EXPECT_EQ(MustFail({0xdd, 0x00, 0x00, 0x03, 0xe8, 0x01, 0x02, 0x03}), DecodeReason::kTruncated);
   // bin32 claiming 2 GiB with nothing behind it: rejected before anything is allocated.
-  EXPECT_EQ(MustFail({0x93, 0x00, 0x91, 0x92, 0xab, 'B', 'l', 'o', 'c', 'k', 'R', 'e', 'm', 'o',
-                      'v', 'e', 'd', 0x91, 0xc6, 0x80, 0x00, 0x00, 0x00}),
+  EXPECT_EQ(MustFail({0x93, 0x00, 0x91, 0x92, 0xab, 'B',  'l',  'o',  'c',  'k',  'R', 'e',
+                      'm',  'o',  'v',  'e',  'd',  0x91, 0xc6, 0x80, 0x00, 0x00, 0x00}),
             DecodeReason::kTruncated);
   // A real 2 MiB bin hash: over the 1 MiB element limit.
-  std::vector<uint8_t> big = {0x93, 0x00, 0x91, 0x92, 0xab, 'B', 'l', 'o', 'c', 'k', 'R', 'e',
-                              'm', 'o', 'v', 'e', 'd', 0x91, 0xc6, 0x00, 0x20, 0x00, 0x00};
+  std::vector<uint8_t> big = {0x93, 0x00, 0x91, 0x92, 0xab, 'B',  'l',  'o',  'c',  'k',  'R', 'e',
+                              'm',  'o',  'v',  'e',  'd',  0x91, 0xc6, 0x00, 0x20, 0x00, 0x00};
   big.resize(big.size() + (2u << 20), 0xab);
   big.push_back(0x00);
   EXPECT_EQ(MustFail(big), DecodeReason::kTooLarge);
@@ -224,13 +225,13 @@ TEST(DecoderRejectTest, WrongTypesAndShapes) {
   // ts is a string
   EXPECT_EQ(MustFail({0x92, 0xa1, 'x', 0x90}), DecodeReason::kWrongType);
   // BlockRemoved with a string hash: ["BlockRemoved", ["h"]]
-  std::vector<uint8_t> removed = {0x92, 0x00, 0x91, 0x92, 0xac, 'B', 'l', 'o', 'c', 'k', 'R',
-                                  'e', 'm', 'o', 'v', 'e', 'd', 0x91, 0xa1, 'h'};
+  std::vector<uint8_t> removed = {0x92, 0x00, 0x91, 0x92, 0xac, 'B', 'l', 'o',  'c',  'k',
+                                  'R',  'e',  'm',  'o',  'v',  'e', 'd', 0x91, 0xa1, 'h'};
   EXPECT_EQ(MustFail(removed), DecodeReason::kWrongType);
   // BlockStored with 3 tokens for 1 block of 2: shape error.
-  std::vector<uint8_t> stored = {0x92, 0x00, 0x91, 0x96, 0xab, 'B', 'l', 'o', 'c', 'k', 'S',
-                                 't', 'o', 'r', 'e', 'd', 0x91, 0x05, 0xc0, 0x93, 1, 2, 3,
-                                 0x02, 0xc0};
+  std::vector<uint8_t> stored = {0x92, 0x00, 0x91, 0x96, 0xab, 'B',  'l', 'o',  'c',
+                                 'k',  'S',  't',  'o',  'r',  'e',  'd', 0x91, 0x05,
+                                 0xc0, 0x93, 1,    2,    3,    0x02, 0xc0};
   EXPECT_EQ(MustFail(stored), DecodeReason::kBadShape);
   // A negative token id.
   stored[19] = 0x92;
@@ -243,9 +244,9 @@ TEST(DecoderRejectTest, WrongTypesAndShapes) {
 
 TEST(DecoderRejectTest, UnknownTagsAreSkippedAndCountedOrRejectedWhenStrict) {
   // [0, [["Mystery", 1], ["AllBlocksCleared"]]]
-  std::vector<uint8_t> bytes = {0x92, 0x00, 0x92, 0x92, 0xa7, 'M', 'y', 's', 't', 'e', 'r', 'y',
-                                0x01, 0x91, 0xb0, 'A', 'l', 'l', 'B', 'l', 'o', 'c', 'k', 's',
-                                'C', 'l', 'e', 'a', 'r', 'e', 'd'};
+  std::vector<uint8_t> bytes = {0x92, 0x00, 0x92, 0x92, 0xa7, 'M', 'y', 's', 't', 'e', 'r',
+                                'y',  0x01, 0x91, 0xb0, 'A',  'l', 'l', 'B', 'l', 'o', 'c',
+                                'k',  's',  'C',  'l',  'e',  'a', 'r', 'e', 'd'};
   EventBatch b = MustDecode(bytes);
   EXPECT_EQ(b.unknown_events, 1u);
   ASSERT_EQ(b.events.size(), 1u);

@@ -9,11 +9,12 @@
 #include <map>
 
 #include "gtest/gtest.h"
-#include "shared/clock.h"
-#include "tests/index/test_util.h"
 
 #include <msgpack.hpp>
 #include <zmq_addon.hpp>
+
+#include "shared/clock.h"
+#include "tests/index/test_util.h"
 
 namespace kvidx::ingest {
 namespace {
@@ -51,7 +52,10 @@ class TestEngine {
   TestEngine(zmq::context_t& ctx, int port, bool pub_connects = false)
       : pub_(ctx, zmq::socket_type::pub), router_(ctx, zmq::socket_type::router) {
     std::string ep = "tcp://127.0.0.1:" + std::to_string(port);
-    if (pub_connects) pub_.connect(ep); else pub_.bind(ep);
+    if (pub_connects)
+      pub_.connect(ep);
+    else
+      pub_.bind(ep);
     router_.bind("tcp://127.0.0.1:" + std::to_string(port + 1));
     pub_.set(zmq::sockopt::linger, 0);
     router_.set(zmq::sockopt::linger, 0);
@@ -66,8 +70,8 @@ class TestEngine {
   }
   void SendRaw(std::vector<std::string> frames) {
     for (size_t i = 0; i < frames.size(); ++i) {
-      pub_.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore
-                                                               : zmq::send_flags::none);
+      pub_.send(zmq::buffer(frames[i]),
+                i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
   }
   void Forget(uint64_t seq) { ring_.erase(seq); }
@@ -136,8 +140,8 @@ class PublisherLinkTest : public ::testing::Test {
     }
   }
   bool Holds(uint64_t seq) {
-    auto keys = *idx().KeysForTokens(ns_, std::vector<uint32_t>{static_cast<uint32_t>(seq),
-                                                               static_cast<uint32_t>(seq + 1)});
+    auto keys = *idx().KeysForTokens(
+        ns_, std::vector<uint32_t>{static_cast<uint32_t>(seq), static_cast<uint32_t>(seq + 1)});
     return !idx().Holders(keys[0]).empty();
   }
   const index::PublisherSlot& slot() { return *idx().publisher_slot(pub_); }
@@ -168,7 +172,8 @@ TEST_F(PublisherLinkTest, GapIsFilledByReplayInBothLayouts) {
     engine.Publish(base + 2, /*lose=*/true);
     engine.Publish(base + 3);
     Pump(*link, engine, 600);
-    for (uint64_t s = base; s < base + 4; ++s) EXPECT_TRUE(Holds(s)) << s << " topic " << with_topic;
+    for (uint64_t s = base; s < base + 4; ++s)
+      EXPECT_TRUE(Holds(s)) << s << " topic " << with_topic;
     EXPECT_EQ(slot().last_seq, base + 3);
     EXPECT_EQ(slot().resyncs, 0u);
     EXPECT_EQ(slot().gap_open, 0u);
@@ -240,9 +245,9 @@ TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
   TestEngine engine(ctx_, port);
   auto link = MakeLink(port);
   Pump(*link, engine, 400);
-  engine.SendRaw({"t", "12345"});                        // two frames
-  engine.SendRaw({"t", "short", "payload"});             // seq not 8 bytes
-  engine.SendRaw({"t", std::string(8, '\0'), "\xc1"});   // a batch that is not msgpack
+  engine.SendRaw({"t", "12345"});                       // two frames
+  engine.SendRaw({"t", "short", "payload"});            // seq not 8 bytes
+  engine.SendRaw({"t", std::string(8, '\0'), "\xc1"});  // a batch that is not msgpack
   engine.Publish(1);
   Pump(*link, engine, 300);
   EXPECT_EQ(idx().header()->garbage_frames, 2u);

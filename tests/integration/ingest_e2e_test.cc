@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "gtest/gtest.h"
+
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -96,10 +97,17 @@ std::unique_ptr<Process> StartWorker(const TestRun& r, int k) {
 }
 
 std::unique_ptr<Process> StartSim(const TestRun& r, std::vector<std::string> extra) {
-  std::vector<std::string> args = {BuildPath("tools/kvidx-sim"), "--base-port",
-                                   std::to_string(PortBase(0)), "--config-out",
-                                   r.dir + "/sim.toml", "--record", r.record,
-                                   "--start-delay-ms", "300", "--linger-ms", "4000"};
+  std::vector<std::string> args = {BuildPath("tools/kvidx-sim"),
+                                   "--base-port",
+                                   std::to_string(PortBase(0)),
+                                   "--config-out",
+                                   r.dir + "/sim.toml",
+                                   "--record",
+                                   r.record,
+                                   "--start-delay-ms",
+                                   "300",
+                                   "--linger-ms",
+                                   "4000"};
   args.insert(args.end(), extra.begin(), extra.end());
   return std::make_unique<Process>(args, r.dir + "/sim.log");
 }
@@ -118,29 +126,26 @@ void ExpectIndexEqualsRecord(const TestRun& r, Process& sim) {
       index::PrefixIndex idx(seg->get());
       for (auto p : idx.ActivePublishers()) {
         const index::PublisherSlot* s = idx.publisher_slot(p);
-        counters += std::string(s->pod) + ": batches " + std::to_string(s->batches) +
-                    " stored " + std::to_string(s->stored_blocks) + " removed " +
-                    std::to_string(s->removed_blocks) + " orphans " +
-                    std::to_string(s->orphan_blocks) + " unknown_removes " +
-                    std::to_string(s->unknown_removes) + " dups " +
-                    std::to_string(s->duplicate_stores) + " evicted " +
-                    std::to_string(s->evicted_pairs) + " decode_errors " +
-                    std::to_string(s->decode_errors) + " gaps " + std::to_string(s->gaps) +
-                    " resyncs " + std::to_string(s->resyncs) + "\n";
+        counters +=
+            std::string(s->pod) + ": batches " + std::to_string(s->batches) + " stored " +
+            std::to_string(s->stored_blocks) + " removed " + std::to_string(s->removed_blocks) +
+            " orphans " + std::to_string(s->orphan_blocks) + " unknown_removes " +
+            std::to_string(s->unknown_removes) + " dups " + std::to_string(s->duplicate_stores) +
+            " evicted " + std::to_string(s->evicted_pairs) + " decode_errors " +
+            std::to_string(s->decode_errors) + " gaps " + std::to_string(s->gaps) + " resyncs " +
+            std::to_string(s->resyncs) + "\n";
       }
     }
   }
   EXPECT_TRUE(same) << Describe(want, got) << counters;
 }
 
-const index::SegmentHeader* Header(const std::unique_ptr<index::Segment>& s) {
-  return s->header();
-}
+const index::SegmentHeader* Header(const std::unique_ptr<index::Segment>& s) { return s->header(); }
 
 TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   TestRun r = Prepare("clean");
-  auto sim = StartSim(r, {"--pods", "6", "--mixed-encodings", "--requests", "600", "--rate",
-                          "400", "--cache-blocks", "400"});
+  auto sim = StartSim(r, {"--pods", "6", "--mixed-encodings", "--requests", "600", "--rate", "400",
+                          "--cache-blocks", "400"});
   ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
                       std::chrono::milliseconds(5000)));
   WriteConfig(r, r.dir + "/sim.toml");
@@ -165,9 +170,8 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
 TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   TestRun r = Prepare("faults");
   auto sim = StartSim(r, {"--pods", "4", "--requests", "1200", "--rate", "300", "--cache-blocks",
-                          "300", "--drop-every", "23", "--restart-every", "400",
-                          "--garbage-every", "31", "--replay-without-topic", "--encoding",
-                          "vllm-array"});
+                          "300", "--drop-every", "23", "--restart-every", "400", "--garbage-every",
+                          "31", "--replay-without-topic", "--encoding", "vllm-array"});
   ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
                       std::chrono::milliseconds(5000)));
   WriteConfig(r, r.dir + "/sim.toml");

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "gtest/gtest.h"
+
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -29,9 +30,10 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
         << "[[publisher]]\npod = \"py\"\nmodel = \"peer-model\"\nendpoint = \"tcp://127.0.0.1:"
         << port << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << port + 1 << "\"\n";
   }
-  Process peer({"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_peer.py",
-                std::to_string(port), dir + "/expected.txt"},
-               dir + "/peer.log");
+  Process peer(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_peer.py",
+       std::to_string(port), dir + "/expected.txt"},
+      dir + "/peer.log");
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir + "/kvidx.toml"},
                  dir + "/worker.log");
   ASSERT_EQ(peer.Wait(std::chrono::milliseconds(60000)), 0) << peer.Log();
@@ -56,7 +58,8 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   size_t missing = 0;
   for (auto k : want) missing += !got.count(k);
   EXPECT_TRUE(same) << "peer holds " << want.size() << ", index " << got.size() << ", missing "
-                    << missing << "\n" << worker.Log();
+                    << missing << "\n"
+                    << worker.Log();
   auto seg = index::Segment::Attach(segment, index::Segment::Access::kReadOnly);
   ASSERT_TRUE(seg.ok());
   index::PrefixIndex idx(seg->get());
@@ -64,7 +67,7 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   ASSERT_TRUE(p.has_value());
   // The peer lost batches on purpose: they can only have come through the replay endpoint.
   EXPECT_GT(idx.publisher_slot(*p)->replay_batches, 0u);
-  EXPECT_GT(idx.publisher_slot(*p)->clears, 0u);   // AllBlocksCleared
+  EXPECT_GT(idx.publisher_slot(*p)->clears, 0u);  // AllBlocksCleared
   EXPECT_EQ(idx.publisher_slot(*p)->decode_errors, 0u);
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);

@@ -7,12 +7,13 @@
 #include <sstream>
 
 #include "gtest/gtest.h"
+
+#include <grpcpp/grpcpp.h>
+
 #include "index/block_key.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
 #include "tests/integration/process.h"
-
-#include <grpcpp/grpcpp.h>
 
 namespace kvidx::testing {
 namespace {
@@ -56,18 +57,22 @@ class QueryTest : public ::testing::Test {
         << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
         << "[query]\nlisten = \"" << env->grpc_addr << "\"\nmetrics_listen = \"off\"\n"
-        << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n" << ss.str();
+        << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n"
+        << ss.str();
     out.close();
     env->w0 = std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config, "--worker", "0"},
+        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config,
+                                 "--worker", "0"},
         env->dir + "/w0.log");
     env->w1 = std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config, "--worker", "1"},
+        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config,
+                                 "--worker", "1"},
         env->dir + "/w1.log");
     env->query = std::make_unique<Process>(
         std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", env->config},
         env->dir + "/query.log");
-    env->stub = KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
+    env->stub =
+        KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
     // Wait until the server answers and the index has content and sample prompts exist.
     WaitFor(
         [] {
@@ -87,7 +92,8 @@ class QueryTest : public ::testing::Test {
     }
   }
   static void TearDownTestSuite() {
-    for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Signal(SIGTERM);
+    for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()})
+      p->Signal(SIGTERM);
     for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Wait();
     index::Segment::Remove(env->segment);
     index::Segment::Remove(env->segment + ".control");
@@ -146,7 +152,8 @@ TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {
 TEST_F(QueryTest, BatchedLookupsAndCandidates) {
   ASSERT_FALSE(env->prompts.empty());
   v1::LookupRequest req;
-  for (int i = 0; i < 200; ++i) *req.add_queries() = TokensQuery(env->prompts[i % env->prompts.size()]);
+  for (int i = 0; i < 200; ++i)
+    *req.add_queries() = TokensQuery(env->prompts[i % env->prompts.size()]);
   auto* only = req.mutable_queries(0)->add_candidates();
   only->set_pod("pod-1");
   only->set_dp_rank(-1);
@@ -365,9 +372,10 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
 
 // The API from another language: Python stubs generated from proto/ at test time.
 TEST_F(QueryTest, PythonClientRunsALookupAndReadsStats) {
-  Process py({"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_client.py",
-              env->grpc_addr, env->dir + "/prompts.txt"},
-             env->dir + "/pyclient.log");
+  Process py(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_client.py",
+       env->grpc_addr, env->dir + "/prompts.txt"},
+      env->dir + "/pyclient.log");
   EXPECT_EQ(py.Wait(std::chrono::milliseconds(60000)), 0) << py.Log();
 }
 

@@ -26,21 +26,30 @@ bool ParseEncoding(const std::string& s, Encoding* out) {
 
 const char* EncodingName(Encoding e) {
   switch (e) {
-    case Encoding::kVllmArray: return "vllm-array";
-    case Encoding::kVllmMap: return "vllm-map";
-    case Encoding::kVllmBytes: return "vllm-bytes";
-    case Encoding::kVllmV090: return "vllm-0.9";
-    case Encoding::kSglang: return "sglang";
-    case Encoding::kAibrix: return "aibrix";
+    case Encoding::kVllmArray:
+      return "vllm-array";
+    case Encoding::kVllmMap:
+      return "vllm-map";
+    case Encoding::kVllmBytes:
+      return "vllm-bytes";
+    case Encoding::kVllmV090:
+      return "vllm-0.9";
+    case Encoding::kSglang:
+      return "sglang";
+    case Encoding::kAibrix:
+      return "aibrix";
   }
   return "?";
 }
 
 const char* DialectFor(Encoding e) {
   switch (e) {
-    case Encoding::kSglang: return "sglang";
-    case Encoding::kAibrix: return "aibrix";
-    default: return "vllm";
+    case Encoding::kSglang:
+      return "sglang";
+    case Encoding::kAibrix:
+      return "aibrix";
+    default:
+      return "vllm";
   }
 }
 
@@ -157,7 +166,8 @@ std::vector<uint8_t> SimEngine::Encode(const Pending& p) const {
     runs.back().push_back(&b);
   }
   size_t n_events = runs.size() + p.removed.size() + (p.cleared ? 1 : 0);
-  double ts = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  double ts =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   if (e == Encoding::kAibrix) {
     pk.pack_map(1);
     PackStr(pk, "events");
@@ -212,60 +222,104 @@ std::vector<uint8_t> SimEngine::Encode(const Pending& p) const {
       for (auto* b : run) PackHash(pk, b->engine_hash, e);
     };
     auto pack_parent = [&] {
-      if (run[0]->parent_hash == 0) pk.pack_nil(); else PackHash(pk, run[0]->parent_hash, e);
+      if (run[0]->parent_hash == 0)
+        pk.pack_nil();
+      else
+        PackHash(pk, run[0]->parent_hash, e);
     };
     if (map_events) {
       pk.pack_map(10);
-      PackStr(pk, "type"); PackStr(pk, "BlockStored");
-      PackStr(pk, "block_hashes"); pack_hashes();
-      PackStr(pk, "parent_block_hash"); pack_parent();
-      PackStr(pk, "token_ids"); pk.pack(tokens);
-      PackStr(pk, "block_size"); pk.pack(options_.block_size);
-      PackStr(pk, "lora_id"); pk.pack_nil();
-      PackStr(pk, "medium"); PackStr(pk, "GPU");
-      PackStr(pk, "lora_name"); pk.pack_nil();
-      PackStr(pk, "group_idx"); pk.pack(0);
-      PackStr(pk, "kv_cache_spec_kind"); PackStr(pk, "full_attention");
+      PackStr(pk, "type");
+      PackStr(pk, "BlockStored");
+      PackStr(pk, "block_hashes");
+      pack_hashes();
+      PackStr(pk, "parent_block_hash");
+      pack_parent();
+      PackStr(pk, "token_ids");
+      pk.pack(tokens);
+      PackStr(pk, "block_size");
+      pk.pack(options_.block_size);
+      PackStr(pk, "lora_id");
+      pk.pack_nil();
+      PackStr(pk, "medium");
+      PackStr(pk, "GPU");
+      PackStr(pk, "lora_name");
+      pk.pack_nil();
+      PackStr(pk, "group_idx");
+      pk.pack(0);
+      PackStr(pk, "kv_cache_spec_kind");
+      PackStr(pk, "full_attention");
     } else if (e == Encoding::kSglang) {
       pk.pack_array(7);
-      PackStr(pk, "BlockStored"); pack_hashes(); pack_parent(); pk.pack(tokens);
-      pk.pack(options_.block_size); pk.pack_nil(); PackStr(pk, "GPU");
+      PackStr(pk, "BlockStored");
+      pack_hashes();
+      pack_parent();
+      pk.pack(tokens);
+      pk.pack(options_.block_size);
+      pk.pack_nil();
+      PackStr(pk, "GPU");
     } else if (v090) {
       pk.pack_array(6);
-      PackStr(pk, "BlockStored"); pack_hashes(); pack_parent(); pk.pack(tokens);
-      pk.pack(options_.block_size); pk.pack_nil();
+      PackStr(pk, "BlockStored");
+      pack_hashes();
+      pack_parent();
+      pk.pack(tokens);
+      pk.pack(options_.block_size);
+      pk.pack_nil();
     } else {
       pk.pack_array(12);
-      PackStr(pk, "BlockStored"); pack_hashes(); pack_parent(); pk.pack(tokens);
-      pk.pack(options_.block_size); pk.pack_nil(); PackStr(pk, "GPU"); pk.pack_nil();
+      PackStr(pk, "BlockStored");
+      pack_hashes();
+      pack_parent();
+      pk.pack(tokens);
+      pk.pack(options_.block_size);
+      pk.pack_nil();
+      PackStr(pk, "GPU");
+      pk.pack_nil();
       pk.pack_array(static_cast<uint32_t>(run.size()));
       for (size_t i = 0; i < run.size(); ++i) pk.pack_nil();
-      pk.pack(0); PackStr(pk, "full_attention"); pk.pack_nil();
+      pk.pack(0);
+      PackStr(pk, "full_attention");
+      pk.pack_nil();
     }
   }
   for (uint64_t h : p.removed) {
     if (map_events) {
       pk.pack_map(4);
-      PackStr(pk, "type"); PackStr(pk, "BlockRemoved");
-      PackStr(pk, "block_hashes"); pk.pack_array(1); PackHash(pk, h, e);
-      PackStr(pk, "medium"); PackStr(pk, "GPU");
-      PackStr(pk, "group_idx"); pk.pack(0);
+      PackStr(pk, "type");
+      PackStr(pk, "BlockRemoved");
+      PackStr(pk, "block_hashes");
+      pk.pack_array(1);
+      PackHash(pk, h, e);
+      PackStr(pk, "medium");
+      PackStr(pk, "GPU");
+      PackStr(pk, "group_idx");
+      pk.pack(0);
     } else if (e == Encoding::kSglang) {
       pk.pack_array(3);
-      PackStr(pk, "BlockRemoved"); pk.pack_array(1); PackHash(pk, h, e); PackStr(pk, "GPU");
+      PackStr(pk, "BlockRemoved");
+      pk.pack_array(1);
+      PackHash(pk, h, e);
+      PackStr(pk, "GPU");
     } else if (v090) {
       pk.pack_array(2);
-      PackStr(pk, "BlockRemoved"); pk.pack_array(1); PackHash(pk, h, e);
+      PackStr(pk, "BlockRemoved");
+      pk.pack_array(1);
+      PackHash(pk, h, e);
     } else {
       pk.pack_array(4);
-      PackStr(pk, "BlockRemoved"); pk.pack_array(1); PackHash(pk, h, e); PackStr(pk, "GPU");
+      PackStr(pk, "BlockRemoved");
+      pk.pack_array(1);
+      PackHash(pk, h, e);
+      PackStr(pk, "GPU");
       pk.pack(0);
     }
   }
   if (p.cleared) {
     if (map_events) {
       pk.pack_map(1);
-      PackStr(pk, "type"); PackStr(pk, "AllBlocksCleared");
+      PackStr(pk, "type");
+      PackStr(pk, "AllBlocksCleared");
     } else {
       pk.pack_array(1);
       PackStr(pk, "AllBlocksCleared");
@@ -311,7 +365,8 @@ void SimEngine::PollReplay() {
     // [identity, "", start_seq]; anything else is ignored, as the engines do.
     if (req.size() != 3 || req[1].size() != 0 || req[2].size() == 0 || req[2].size() > 8) continue;
     uint64_t start = 0;
-    for (size_t k = 0; k < req[2].size(); ++k) start = (start << 8) | static_cast<const uint8_t*>(req[2].data())[k];
+    for (size_t k = 0; k < req[2].size(); ++k)
+      start = (start << 8) | static_cast<const uint8_t*>(req[2].data())[k];
     auto send_one = [&](uint64_t seq, const std::vector<uint8_t>& payload) {
       uint8_t seq8[8];
       for (int k = 0; k < 8; ++k) seq8[k] = static_cast<uint8_t>(seq >> (56 - 8 * k));

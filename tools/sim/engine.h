@@ -22,12 +22,12 @@
 namespace kvidx::sim {
 
 enum class Encoding {
-  kVllmArray,   // vLLM <= 0.23: array events, int hashes
-  kVllmMap,     // vLLM >= 0.24: map events, int hashes
-  kVllmBytes,   // map events, 32-byte digests as bin (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0)
-  kVllmV090,    // the first release: 2-element batch, 6-element BlockStored
-  kSglang,      // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
-  kAibrix,      // {"events": [{"type": "BLOCK_STORED", ...}]}
+  kVllmArray,  // vLLM <= 0.23: array events, int hashes
+  kVllmMap,    // vLLM >= 0.24: map events, int hashes
+  kVllmBytes,  // map events, 32-byte digests as bin (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0)
+  kVllmV090,   // the first release: 2-element batch, 6-element BlockStored
+  kSglang,     // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
+  kAibrix,     // {"events": [{"type": "BLOCK_STORED", ...}]}
 };
 bool ParseEncoding(const std::string& s, Encoding* out);
 const char* EncodingName(Encoding e);
@@ -52,7 +52,7 @@ struct EngineOptions {
   bool replay_with_topic = true;  // vLLM >= 0.26 layout
   uint32_t block_size = 16;
   size_t cache_blocks = 4096;
-  size_t replay_buffer = 10000;   // batches
+  size_t replay_buffer = 10000;  // batches
   Faults faults;
   uint64_t seed = 1;
 };

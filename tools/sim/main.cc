@@ -80,35 +80,64 @@ Args Parse(int argc, char** argv) {
       return argv[++i];
     };
     auto n = [&]() { return std::strtoull(v().c_str(), nullptr, 10); };
-    if (k == "--pods") a.pods = n();
-    else if (k == "--dp") a.dp = n();
-    else if (k == "--base-port") a.base_port = n();
-    else if (k == "--host") a.host = v();
-    else if (k == "--encoding") a.encoding = v();
-    else if (k == "--mixed-encodings") a.mixed_encodings = true;
-    else if (k == "--workload") a.workload = v();
-    else if (k == "--trace") a.trace = v();
-    else if (k == "--requests") a.requests = n();
-    else if (k == "--rate") a.rate = std::strtod(v().c_str(), nullptr);
-    else if (k == "--cache-blocks") a.cache_blocks = n();
-    else if (k == "--block-size") a.block_size = n();
-    else if (k == "--model") a.model = v();
-    else if (k == "--topic") a.topic = v();
-    else if (k == "--drop-every") a.faults.drop_every = n();
-    else if (k == "--restart-every") a.faults.restart_every = n();
-    else if (k == "--garbage-every") a.faults.garbage_every = n();
-    else if (k == "--stall-every") a.faults.stall_every = n();
-    else if (k == "--stall-ms") a.faults.stall_ms = n();
-    else if (k == "--no-replay") a.replay = false;
-    else if (k == "--replay-without-topic") a.replay_with_topic = false;
-    else if (k == "--linger-ms") a.linger_ms = n();
-    else if (k == "--start-delay-ms") a.start_delay_ms = n();
-    else if (k == "--record") a.record = v();
-    else if (k == "--config-out") a.config_out = v();
-    else if (k == "--prompts-out") a.prompts_out = v();
-    else if (k == "--pod-prefix") a.pod_prefix = v();
-    else if (k == "--seed") a.seed = n();
-    else Usage();
+    if (k == "--pods")
+      a.pods = n();
+    else if (k == "--dp")
+      a.dp = n();
+    else if (k == "--base-port")
+      a.base_port = n();
+    else if (k == "--host")
+      a.host = v();
+    else if (k == "--encoding")
+      a.encoding = v();
+    else if (k == "--mixed-encodings")
+      a.mixed_encodings = true;
+    else if (k == "--workload")
+      a.workload = v();
+    else if (k == "--trace")
+      a.trace = v();
+    else if (k == "--requests")
+      a.requests = n();
+    else if (k == "--rate")
+      a.rate = std::strtod(v().c_str(), nullptr);
+    else if (k == "--cache-blocks")
+      a.cache_blocks = n();
+    else if (k == "--block-size")
+      a.block_size = n();
+    else if (k == "--model")
+      a.model = v();
+    else if (k == "--topic")
+      a.topic = v();
+    else if (k == "--drop-every")
+      a.faults.drop_every = n();
+    else if (k == "--restart-every")
+      a.faults.restart_every = n();
+    else if (k == "--garbage-every")
+      a.faults.garbage_every = n();
+    else if (k == "--stall-every")
+      a.faults.stall_every = n();
+    else if (k == "--stall-ms")
+      a.faults.stall_ms = n();
+    else if (k == "--no-replay")
+      a.replay = false;
+    else if (k == "--replay-without-topic")
+      a.replay_with_topic = false;
+    else if (k == "--linger-ms")
+      a.linger_ms = n();
+    else if (k == "--start-delay-ms")
+      a.start_delay_ms = n();
+    else if (k == "--record")
+      a.record = v();
+    else if (k == "--config-out")
+      a.config_out = v();
+    else if (k == "--prompts-out")
+      a.prompts_out = v();
+    else if (k == "--pod-prefix")
+      a.pod_prefix = v();
+    else if (k == "--seed")
+      a.seed = n();
+    else
+      Usage();
   }
   if (a.pods == 0 || a.dp == 0 || a.block_size == 0) Usage();
   return a;
@@ -130,7 +159,8 @@ class Synthetic : public Workload {
   bool Next(std::vector<uint64_t>* ids) override {
     ids->clear();
     // Zipf-like popularity: low group numbers are hot.
-    uint32_t g = static_cast<uint32_t>(std::min<double>(63, std::floor(std::pow(rng_() % 4096 / 4096.0, 2.0) * 64)));
+    uint32_t g = static_cast<uint32_t>(
+        std::min<double>(63, std::floor(std::pow(rng_() % 4096 / 4096.0, 2.0) * 64)));
     for (uint32_t j = 0; j < prefix_len_[g]; ++j) ids->push_back(uint64_t{g} * 1000 + j);
     uint32_t tail = 1 + rng_() % 8;
     for (uint32_t j = 0; j < tail; ++j) ids->push_back(next_unique_++);
@@ -215,7 +245,8 @@ int main(int argc, char** argv) {
         o.pod = a.pod_prefix + std::to_string(p);
         o.dp_rank = r;
         o.pub_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i);
-        if (a.replay) o.replay_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i + 1);
+        if (a.replay)
+          o.replay_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i + 1);
         o.topic = a.topic;
         o.encoding = encodings[i % encodings.size()];
         o.replay_with_topic = a.replay_with_topic;
@@ -235,11 +266,13 @@ int main(int argc, char** argv) {
       out << toml;
     }
     std::fprintf(stderr, "kvidx-sim: %zu engines on %s:%u.., %s, workload %s\n", engines.size(),
-                 a.host.c_str(), a.base_port, a.mixed_encodings ? "mixed encodings" : a.encoding.c_str(),
-                 a.workload.c_str());
+                 a.host.c_str(), a.base_port,
+                 a.mixed_encodings ? "mixed encodings" : a.encoding.c_str(), a.workload.c_str());
     std::unique_ptr<Workload> wl;
-    if (a.workload == "trace") wl = std::make_unique<Trace>(a.trace);
-    else wl = std::make_unique<Synthetic>(a.seed);
+    if (a.workload == "trace")
+      wl = std::make_unique<Trace>(a.trace);
+    else
+      wl = std::make_unique<Synthetic>(a.seed);
 
     // Block id -> kvidx block key, for the record (what a router would compute).
     const uint64_t root = kvidx::index::NamespaceRoot(a.model, "");
@@ -291,8 +324,9 @@ int main(int argc, char** argv) {
     }
     uint64_t batches = 0;
     for (auto& e : engines) batches += e->batches_sent();
-    std::fprintf(stderr, "kvidx-sim: served %lu requests, %lu batches; lingering %u ms for replays\n",
-                 static_cast<unsigned long>(served), static_cast<unsigned long>(batches), a.linger_ms);
+    std::fprintf(
+        stderr, "kvidx-sim: served %lu requests, %lu batches; lingering %u ms for replays\n",
+        static_cast<unsigned long>(served), static_cast<unsigned long>(batches), a.linger_ms);
     if (!a.record.empty()) {
       std::ofstream out(a.record + ".tmp");
       for (auto& e : engines) {
