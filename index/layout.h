@@ -39,8 +39,8 @@
 // loads (bounded walks: a torn read can never loop or index out of bounds), and retry if the
 // version changed. All shared fields are read and written with __atomic builtins so that the
 // races that optimistic reading implies are well defined (and visible to ThreadSanitizer).
-#ifndef KVIDX_INDEX_LAYOUT_H_
-#define KVIDX_INDEX_LAYOUT_H_
+#ifndef KVIDX_INDEX_LAYOUT_H
+#define KVIDX_INDEX_LAYOUT_H
 
 #include <cstddef>
 #include <cstdint>
@@ -310,4 +310,4 @@ inline T AddRelaxed(T& field, T delta) {
 
 }  // namespace kvidx::index
 
-#endif  // KVIDX_INDEX_LAYOUT_H_
+#endif  // KVIDX_INDEX_LAYOUT_H

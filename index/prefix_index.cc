@@ -1414,8 +1414,10 @@ IndexStats PrefixIndex::Stats() const {
   }
   s.publishers = static_cast<uint32_t>(ActivePublishers().size());
   s.namespaces = static_cast<uint32_t>(ActiveNamespaces().size());
-  s.bytes_per_live_pair = s.pairs ? static_cast<double>(s.segment_bytes) / s.pairs : 0;
-  s.bytes_per_pair_capacity = static_cast<double>(s.segment_bytes) / s.pair_capacity;
+  s.bytes_per_live_pair =
+      s.pairs ? static_cast<double>(s.segment_bytes) / static_cast<double>(s.pairs) : 0;
+  s.bytes_per_pair_capacity =
+      static_cast<double>(s.segment_bytes) / static_cast<double>(s.pair_capacity);
   return s;
 }
 

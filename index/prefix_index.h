@@ -16,8 +16,8 @@
 //   unknown publisher/namespace or an engine hash the index cannot resolve, RESOURCE_EXHAUSTED
 //   when a table or quota is full and nothing can be evicted, FAILED_PRECONDITION for a write
 //   through a read-only attachment. Every refused operation is also counted.
-#ifndef KVIDX_INDEX_PREFIX_INDEX_H_
-#define KVIDX_INDEX_PREFIX_INDEX_H_
+#ifndef KVIDX_INDEX_PREFIX_INDEX_H
+#define KVIDX_INDEX_PREFIX_INDEX_H
 
 #include <cstdint>
 #include <optional>
@@ -245,4 +245,4 @@ class PrefixIndex {
 
 }  // namespace kvidx::index
 
-#endif  // KVIDX_INDEX_PREFIX_INDEX_H_
+#endif  // KVIDX_INDEX_PREFIX_INDEX_H

@@ -9,8 +9,8 @@
 //
 // The object is standard-layout, holds no pointers, and is initialised in place by Init() by the
 // process that creates the segment; every other process only locks and unlocks it.
-#ifndef KVIDX_INDEX_ROBUST_MUTEX_H_
-#define KVIDX_INDEX_ROBUST_MUTEX_H_
+#ifndef KVIDX_INDEX_ROBUST_MUTEX_H
+#define KVIDX_INDEX_ROBUST_MUTEX_H
 
 #include <pthread.h>
 
@@ -60,4 +60,4 @@ class RobustLockGuard {
 
 }  // namespace kvidx::index
 
-#endif  // KVIDX_INDEX_ROBUST_MUTEX_H_
+#endif  // KVIDX_INDEX_ROBUST_MUTEX_H

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -187,14 +188,16 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name
   if (rc != 0) {
     close(fd);
     Remove(name);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot reserve ", l.total_size, " bytes for segment ", name, ": ", std::strerror(rc)));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot reserve ", l.total_size, " bytes for segment ", name, ": ",
+                     std::error_code(rc, std::generic_category()).message()));
   }
   void* p = mmap(nullptr, l.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
   if (p == MAP_FAILED) {
     Remove(name);
-    return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+    return absl::InternalError(
+        absl::StrCat("mmap: ", std::error_code(errno, std::generic_category()).message()));
   }
   char* base = static_cast<char*>(p);
   auto* h = new (base) SegmentHeader{};
@@ -264,7 +267,9 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name
   }
   void* p = mmap(nullptr, size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
-  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+  if (p == MAP_FAILED)
+    return absl::InternalError(
+        absl::StrCat("mmap: ", std::error_code(errno, std::generic_category()).message()));
   auto* h = static_cast<SegmentHeader*>(p);
   for (int i = 0; i < 3000 && __atomic_load_n(&h->ready, __ATOMIC_ACQUIRE) == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -10,8 +10,8 @@
 //
 // Thread-safety: a Segment is immutable after construction; the memory it maps is shared and
 // its own rules are in layout.h.
-#ifndef KVIDX_INDEX_SEGMENT_H_
-#define KVIDX_INDEX_SEGMENT_H_
+#ifndef KVIDX_INDEX_SEGMENT_H
+#define KVIDX_INDEX_SEGMENT_H
 
 #include <sys/types.h>
 
@@ -83,4 +83,4 @@ class Segment {
 
 }  // namespace kvidx::index
 
-#endif  // KVIDX_INDEX_SEGMENT_H_
+#endif  // KVIDX_INDEX_SEGMENT_H

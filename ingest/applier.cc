@@ -51,7 +51,7 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
     index::NamespaceSpec spec;
     spec.model = model;
     spec.lora_name = lora;
-    spec.lora_id = e.lora_id.value_or(-1);
+    spec.lora_id = static_cast<int32_t>(e.lora_id.value_or(-1));
     spec.block_size = e.block_size != 0 ? e.block_size : base_slot->block_size;
     spec.key_by_engine_hash = (base_slot->flags & index::kKeyByEngineHash) != 0;
     KVIDX_ASSIGN_OR_RETURN(ns, index_->RegisterNamespace(spec));

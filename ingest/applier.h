@@ -4,8 +4,8 @@
 // One Applier serves one ingest worker; it is not thread-safe (the worker is single-threaded
 // per publisher by design). The sequence tables it keeps live in this process: a worker that
 // restarts resyncs its sequence-id publishers instead of resuming them.
-#ifndef KVIDX_INGEST_APPLIER_H_
-#define KVIDX_INGEST_APPLIER_H_
+#ifndef KVIDX_INGEST_APPLIER_H
+#define KVIDX_INGEST_APPLIER_H
 
 #include <cstdint>
 #include <functional>
@@ -79,4 +79,4 @@ class Applier {
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_APPLIER_H_
+#endif  // KVIDX_INGEST_APPLIER_H

@@ -56,11 +56,12 @@ absl::Status Read(const toml::table& t, const char* key, T* out, const std::stri
   } while (0)
 
 void EnvString(const char* name, std::string* out) {
-  if (const char* v = std::getenv(name)) *out = v;
+  // Configuration is read at start-up and on SIGHUP, from the one main thread.
+  if (const char* v = std::getenv(name)) *out = v;  // NOLINT(concurrency-mt-unsafe)
 }
 template <typename T>
 absl::Status EnvNumber(const char* name, T* out) {
-  const char* v = std::getenv(name);
+  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
   if (v == nullptr) return absl::OkStatus();
   char* end = nullptr;
   unsigned long long n = std::strtoull(v, &end, 0);
@@ -167,7 +168,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       std::string dialect = "auto";
       KVIDX_READ(*p, "dialect", &dialect, where);
       auto d = ParseDialect(dialect);
-      if (!d) return absl::InvalidArgumentError(where + ": unknown dialect '" + dialect + "'");
+      if (!d)
+        return absl::InvalidArgumentError(absl::StrCat(where, ": unknown dialect '", dialect, "'"));
       pc.dialect = *d;
       if (pc.pod.empty() || pc.model.empty() || pc.endpoint.empty()) {
         return absl::InvalidArgumentError(where + ": needs pod, model and endpoint");

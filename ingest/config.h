@@ -1,7 +1,7 @@
 // kvidx configuration: one TOML file (/etc/kvidx/kvidx.toml) with KVIDX_* environment
 // overrides. Shared by kvidx-ingest, kvidx-query and kvidxctl. See README.md, "Configuration".
-#ifndef KVIDX_INGEST_CONFIG_H_
-#define KVIDX_INGEST_CONFIG_H_
+#ifndef KVIDX_INGEST_CONFIG_H
+#define KVIDX_INGEST_CONFIG_H
 
 #include <cstdint>
 #include <map>
@@ -71,4 +71,4 @@ uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers)
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_CONFIG_H_
+#endif  // KVIDX_INGEST_CONFIG_H

@@ -647,7 +647,7 @@ class Parser {
     if (o.type == t::ARRAY && o.via.array.size == 2 &&
         o.via.array.ptr[0].type == t::POSITIVE_INTEGER && o.via.array.ptr[1].type == t::ARRAY) {
       // Older rmp-serde: [variant_index, [args...]]; a newtype variant's args hold the vector.
-      static const char* const kNames[] = {"Create", "Remove", "Shutdown"};
+      static constexpr const char* kNames[] = {"Create", "Remove", "Shutdown"};
       uint64_t idx = o.via.array.ptr[0].via.u64;
       if (idx > 2) return UnknownTag(absl::StrCat("variant ", idx), b);
       const object& args = o.via.array.ptr[1];

@@ -9,8 +9,8 @@
 // set, which rejects the batch instead.
 //
 // Thread-safe: no state.
-#ifndef KVIDX_INGEST_DECODER_H_
-#define KVIDX_INGEST_DECODER_H_
+#ifndef KVIDX_INGEST_DECODER_H
+#define KVIDX_INGEST_DECODER_H
 
 #include <cstdint>
 #include <span>
@@ -50,4 +50,4 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_DECODER_H_
+#endif  // KVIDX_INGEST_DECODER_H

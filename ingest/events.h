@@ -1,6 +1,6 @@
 // Decoded KV-cache events, the same for every engine dialect (see ../shared/spec/wire.md).
-#ifndef KVIDX_INGEST_EVENTS_H_
-#define KVIDX_INGEST_EVENTS_H_
+#ifndef KVIDX_INGEST_EVENTS_H
+#define KVIDX_INGEST_EVENTS_H
 
 #include <cstdint>
 #include <optional>
@@ -67,4 +67,4 @@ uint64_t OpCount(const Event& e);
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_EVENTS_H_
+#endif  // KVIDX_INGEST_EVENTS_H

@@ -27,7 +27,8 @@ void OnSignal(int sig) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path = std::getenv("KVIDX_CONFIG") ? std::getenv("KVIDX_CONFIG") : "";
+  const char* env_config = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
+  std::string config_path = env_config != nullptr ? env_config : "";
   long worker = -1;
   long workers = -1;
   for (int i = 1; i < argc; ++i) {
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
     auto next = [&]() -> const char* {
       if (i + 1 >= argc) {
         std::fprintf(stderr, "kvidx-ingest: %s needs a value\n", a.c_str());
-        std::exit(2);
+        std::exit(2);  // NOLINT(concurrency-mt-unsafe): flags are parsed before any thread starts
       }
       return argv[++i];
     };

@@ -37,7 +37,7 @@ PublisherLink::PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, App
       applier_(applier),
       id_(id),
       config_(std::move(config)),
-      options_(std::move(options)) {}
+      options_(options) {}
 
 PublisherLink::~PublisherLink() {
   if (index::PublisherSlot* s = slot()) St(s->connected, 0u);
@@ -56,8 +56,8 @@ absl::Status PublisherLink::Start() {
     // Reconnect intervals with jitter, so a fleet of links does not retry in lockstep; libzmq
     // doubles the interval up to the maximum.
     thread_local std::mt19937 rng(std::random_device{}());
-    int ivl =
-        static_cast<int>(options_.reconnect_initial_ms * (0.8 + 0.4 * (rng() % 1000) / 1000.0));
+    int ivl = static_cast<int>(options_.reconnect_initial_ms *
+                               (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, options_.rcvhwm);
     sub_->set(zmq::sockopt::linger, 0);

@@ -12,8 +12,8 @@
 // - a sequence that goes backwards is an engine restart: resync likewise;
 // - a batch that does not decode is counted by reason and skipped (its sequence is consumed).
 // Not thread-safe: driven by one worker thread.
-#ifndef KVIDX_INGEST_PUBLISHER_LINK_H_
-#define KVIDX_INGEST_PUBLISHER_LINK_H_
+#ifndef KVIDX_INGEST_PUBLISHER_LINK_H
+#define KVIDX_INGEST_PUBLISHER_LINK_H
 
 #include <cstdint>
 #include <deque>
@@ -102,4 +102,4 @@ class PublisherLink {
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_PUBLISHER_LINK_H_
+#endif  // KVIDX_INGEST_PUBLISHER_LINK_H

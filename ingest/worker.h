@@ -1,7 +1,7 @@
 // An ingest worker: owns the publishers whose stable hash picks it, runs their links in one
 // poll loop, and follows the publisher registry in the segment (config, admin RPCs).
-#ifndef KVIDX_INGEST_WORKER_H_
-#define KVIDX_INGEST_WORKER_H_
+#ifndef KVIDX_INGEST_WORKER_H
+#define KVIDX_INGEST_WORKER_H
 
 #include <atomic>
 #include <functional>
@@ -55,4 +55,4 @@ class Worker {
 
 }  // namespace kvidx::ingest
 
-#endif  // KVIDX_INGEST_WORKER_H_
+#endif  // KVIDX_INGEST_WORKER_H

@@ -27,7 +27,8 @@ void OnSignal(int) { g_stop = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path = std::getenv("KVIDX_CONFIG") ? std::getenv("KVIDX_CONFIG") : "";
+  const char* env_config = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
+  std::string config_path = env_config != nullptr ? env_config : "";
   std::string listen, metrics;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

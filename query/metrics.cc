@@ -20,7 +20,7 @@ struct Metrics::Impl {
   prometheus::Gauge& G(const std::string& name, const std::string& help,
                        const std::map<std::string, std::string>& labels = {}) {
     std::string key = name;
-    for (auto& [k, v] : labels) key += "|" + k + "=" + v;
+    for (auto& [k, v] : labels) key.append("|").append(k).append("=").append(v);
     auto it = gauges.find(key);
     if (it != gauges.end()) return *it->second;
     auto& family = prometheus::BuildGauge().Name(name).Help(help).Register(*registry);

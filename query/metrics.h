@@ -1,7 +1,7 @@
 // Prometheus metrics for kvidx-query: ingest and query counters, occupancy, refreshed from
 // the index and the service counters once a second.
-#ifndef KVIDX_QUERY_METRICS_H_
-#define KVIDX_QUERY_METRICS_H_
+#ifndef KVIDX_QUERY_METRICS_H
+#define KVIDX_QUERY_METRICS_H
 
 #include <atomic>
 #include <memory>
@@ -29,4 +29,4 @@ class Metrics {
 
 }  // namespace kvidx::query
 
-#endif  // KVIDX_QUERY_METRICS_H_
+#endif  // KVIDX_QUERY_METRICS_H

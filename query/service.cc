@@ -210,7 +210,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   uint64_t tokens = 0;
   resp->set_block_capacity(s.block_capacity);
   resp->set_pair_capacity(s.pair_capacity);
-  resp->set_occupancy(s.pair_capacity ? static_cast<double>(s.pairs) / s.pair_capacity : 0);
+  resp->set_occupancy(
+      s.pair_capacity ? static_cast<double>(s.pairs) / static_cast<double>(s.pair_capacity) : 0);
   resp->set_segment_bytes(s.segment_bytes);
   resp->set_bytes_per_pair(s.bytes_per_live_pair);
   resp->set_batches_applied(Ld(h->batches_applied));
@@ -224,7 +225,9 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_garbage_frames(Ld(h->garbage_frames));
   uint64_t lookups = counters_.lookups.load();
   resp->set_lookups(lookups);
-  resp->set_hit_rate(lookups ? static_cast<double>(counters_.lookup_hits.load()) / lookups : 0);
+  resp->set_hit_rate(lookups ? static_cast<double>(counters_.lookup_hits.load()) /
+                                   static_cast<double>(lookups)
+                             : 0);
   resp->set_evictions(s.evicted_blocks);
   resp->set_stripe_repairs(s.stripe_repairs);
   uint64_t replays = 0, gaps = 0, resyncs = 0;

@@ -5,8 +5,8 @@
 // Errors: INVALID_ARGUMENT with a reason for bad input (too many tokens, too many queries, no
 // input), RESOURCE_EXHAUSTED past max_inflight_rpcs, NOT_FOUND for unknown pods in GetPod and
 // admin calls, UNAVAILABLE when no ingest worker takes an admin command.
-#ifndef KVIDX_QUERY_SERVICE_H_
-#define KVIDX_QUERY_SERVICE_H_
+#ifndef KVIDX_QUERY_SERVICE_H
+#define KVIDX_QUERY_SERVICE_H
 
 #include <atomic>
 #include <memory>
@@ -78,4 +78,4 @@ grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::
 
 }  // namespace kvidx::query
 
-#endif  // KVIDX_QUERY_SERVICE_H_
+#endif  // KVIDX_QUERY_SERVICE_H

@@ -19,6 +19,29 @@ rc=0
 meson test -C build --num-processes 2 --print-errorlogs "$@" || rc=1
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   meson test -C build-tsan --no-rebuild --print-errorlogs concurrency_test prefix_index_test || rc=1
+# Lint: formatting and clang-tidy's error-level checks (bugprone, analyzer, concurrency,
+# performance, naming) over the service code. Each counts as one test.
+lint=build/lint-testlog.json
+: >"$lint"
+record() {  # name, result
+  printf '{"name": "%s", "result": "%s", "stdout": ""}\n' "$1" "$2" >>"$lint"
+}
+if ninja -C build clang-format-check >/dev/null 2>&1; then
+  record clang-format OK
+else
+  echo "clang-format: files need formatting (run: ninja -C build clang-format)"
+  record clang-format FAIL
+  rc=1
+fi
+tidy_out=$(ls index/*.cc shared/*.cc ingest/*.cc query/*.cc |
+  xargs -P2 -n1 clang-tidy -p build --quiet 2>/dev/null | grep -E "error:" || true)
+if [ -z "$tidy_out" ]; then
+  record clang-tidy OK
+else
+  echo "$tidy_out"
+  record clang-tidy FAIL
+  rc=1
+fi
 /usr/bin/python3 scripts/summarize_tests.py build/meson-logs/testlog.json \
-  build-tsan/meson-logs/testlog.json || rc=1
+  build-tsan/meson-logs/testlog.json "$lint" || rc=1
 exit $rc

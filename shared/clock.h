@@ -1,6 +1,6 @@
 // Monotonic and wall clocks in nanoseconds.
-#ifndef KVIDX_SHARED_CLOCK_H_
-#define KVIDX_SHARED_CLOCK_H_
+#ifndef KVIDX_SHARED_CLOCK_H
+#define KVIDX_SHARED_CLOCK_H
 
 #include <time.h>
 
@@ -22,4 +22,4 @@ inline int64_t WallNanos() {
 
 }  // namespace kvidx
 
-#endif  // KVIDX_SHARED_CLOCK_H_
+#endif  // KVIDX_SHARED_CLOCK_H

@@ -10,7 +10,8 @@ namespace kvidx {
 namespace {
 
 LogLevel LevelFromEnv() {
-  const char* env = std::getenv("KVIDX_LOG_LEVEL");
+  // Read once, on first use, before any thread logs.
+  const char* env = std::getenv("KVIDX_LOG_LEVEL");  // NOLINT(concurrency-mt-unsafe)
   if (env == nullptr) return LogLevel::kInfo;
   if (std::strcmp(env, "debug") == 0) return LogLevel::kDebug;
   if (std::strcmp(env, "warn") == 0) return LogLevel::kWarn;
@@ -33,7 +34,7 @@ void SetLogTag(const char* tag) { std::snprintf(g_tag, sizeof(g_tag), "%s", tag)
 
 void Logf(LogLevel level, const char* fmt, ...) {
   if (static_cast<int>(level) < Level().load(std::memory_order_relaxed)) return;
-  static const char* const kNames[] = {"D", "I", "W", "E"};
+  static constexpr const char* kNames[] = {"D", "I", "W", "E"};
   char buf[1024];
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);

@@ -3,8 +3,8 @@
 // Debian's Abseil (20220623) lacks RETURN_IF_ERROR / ASSIGN_OR_RETURN and absl/log, so kvidx
 // defines its own once, here. KVIDX_CHECK guards invariants (never input): a failed check logs
 // the condition with its location and aborts, so systemd restarts the process.
-#ifndef KVIDX_SHARED_STATUS_H_
-#define KVIDX_SHARED_STATUS_H_
+#ifndef KVIDX_SHARED_STATUS_H
+#define KVIDX_SHARED_STATUS_H
 
 #include <cstdio>
 #include <cstdlib>
@@ -34,8 +34,8 @@ namespace kvidx::internal {
 #define KVIDX_DCHECK(cond) KVIDX_CHECK(cond)
 #endif
 
-#define KVIDX_STATUS_CONCAT_INNER_(a, b) a##b
-#define KVIDX_STATUS_CONCAT_(a, b) KVIDX_STATUS_CONCAT_INNER_(a, b)
+#define KVIDX_STATUS_CONCAT_INNER(a, b) a##b
+#define KVIDX_STATUS_CONCAT(a, b) KVIDX_STATUS_CONCAT_INNER(a, b)
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function if not OK.
 #define KVIDX_RETURN_IF_ERROR(expr)                \
@@ -44,13 +44,16 @@ namespace kvidx::internal {
     if (!kvidx_status_.ok()) return kvidx_status_; \
   } while (0)
 
+// `lhs` and `tmp` are declarations, which cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status, else moves the value
 // into `lhs` (which may be a declaration such as `auto x`).
 #define KVIDX_ASSIGN_OR_RETURN(lhs, rexpr) \
-  KVIDX_ASSIGN_OR_RETURN_IMPL_(KVIDX_STATUS_CONCAT_(kvidx_statusor_, __LINE__), lhs, rexpr)
-#define KVIDX_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                                 \
-  if (!tmp.ok()) return std::move(tmp).status();      \
+  KVIDX_ASSIGN_OR_RETURN_IMPL(KVIDX_STATUS_CONCAT(kvidx_statusor_, __LINE__), lhs, rexpr)
+#define KVIDX_ASSIGN_OR_RETURN_IMPL(tmp, lhs, rexpr) \
+  auto tmp = (rexpr);                                \
+  if (!tmp.ok()) return std::move(tmp).status();     \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
-#endif  // KVIDX_SHARED_STATUS_H_
+#endif  // KVIDX_SHARED_STATUS_H

@@ -1,6 +1,6 @@
 // Reads the hand-written payloads of tests/data/*.hex: hex byte pairs, '#' starts a comment.
-#ifndef KVIDX_TESTS_TEST_DATA_H_
-#define KVIDX_TESTS_TEST_DATA_H_
+#ifndef KVIDX_TESTS_TEST_DATA_H
+#define KVIDX_TESTS_TEST_DATA_H
 
 #include <cstdint>
 #include <fstream>
@@ -27,4 +27,4 @@ inline std::vector<uint8_t> ReadHexFile(const std::string& name) {
 
 }  // namespace kvidx::testing
 
-#endif  // KVIDX_TESTS_TEST_DATA_H_
+#endif  // KVIDX_TESTS_TEST_DATA_H

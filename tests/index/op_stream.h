@@ -1,7 +1,7 @@
 // Random per-publisher streams of index operations over prompts that share prefixes, and a
 // reference model to compare the index with after (possibly concurrent, possibly crashed) runs.
-#ifndef KVIDX_TESTS_INDEX_OP_STREAM_H_
-#define KVIDX_TESTS_INDEX_OP_STREAM_H_
+#ifndef KVIDX_TESTS_INDEX_OP_STREAM_H
+#define KVIDX_TESTS_INDEX_OP_STREAM_H
 
 #include <map>
 #include <optional>
@@ -173,4 +173,4 @@ class Model {
 
 }  // namespace kvidx::testing
 
-#endif  // KVIDX_TESTS_INDEX_OP_STREAM_H_
+#endif  // KVIDX_TESTS_INDEX_OP_STREAM_H

@@ -1,6 +1,6 @@
 // Helpers for tests that use a real shared-memory segment: unique names, removal on exit.
-#ifndef KVIDX_TESTS_INDEX_TEST_UTIL_H_
-#define KVIDX_TESTS_INDEX_TEST_UTIL_H_
+#ifndef KVIDX_TESTS_INDEX_TEST_UTIL_H
+#define KVIDX_TESTS_INDEX_TEST_UTIL_H
 
 #include <unistd.h>
 
@@ -59,4 +59,4 @@ class ScopedSegment {
 
 }  // namespace kvidx::testing
 
-#endif  // KVIDX_TESTS_INDEX_TEST_UTIL_H_
+#endif  // KVIDX_TESTS_INDEX_TEST_UTIL_H

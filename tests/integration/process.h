@@ -1,6 +1,6 @@
 // Real child processes for integration tests: start with arguments, signal, wait, read logs.
-#ifndef KVIDX_TESTS_INTEGRATION_PROCESS_H_
-#define KVIDX_TESTS_INTEGRATION_PROCESS_H_
+#ifndef KVIDX_TESTS_INTEGRATION_PROCESS_H
+#define KVIDX_TESTS_INTEGRATION_PROCESS_H
 
 #include <fcntl.h>
 #include <signal.h>
@@ -102,4 +102,4 @@ bool WaitFor(F&& cond, std::chrono::milliseconds timeout) {
 
 }  // namespace kvidx::testing
 
-#endif  // KVIDX_TESTS_INTEGRATION_PROCESS_H_
+#endif  // KVIDX_TESTS_INTEGRATION_PROCESS_H

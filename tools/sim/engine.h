@@ -6,8 +6,8 @@
 // blocks: serving a request stores the blocks it misses (BlockStored, chained by parent hash)
 // and evicts the least recently used ones past capacity (BlockRemoved). It keeps its own record
 // of what it holds, which the tests compare with kvidx's index.
-#ifndef KVIDX_TOOLS_SIM_ENGINE_H_
-#define KVIDX_TOOLS_SIM_ENGINE_H_
+#ifndef KVIDX_TOOLS_SIM_ENGINE_H
+#define KVIDX_TOOLS_SIM_ENGINE_H
 
 #include <cstdint>
 #include <deque>
@@ -110,4 +110,4 @@ std::vector<SimBlock> MakePrompt(const std::vector<uint64_t>& block_ids, uint32_
 
 }  // namespace kvidx::sim
 
-#endif  // KVIDX_TOOLS_SIM_ENGINE_H_
+#endif  // KVIDX_TOOLS_SIM_ENGINE_H
