@@ -1,5 +1,7 @@
 #include "ingest/decoder.h"
 
+#include "ingest/json_to_msgpack.h"
+
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -699,6 +701,16 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
     return fail(DecodeReason::kTooLarge, absl::StrCat("payload of ", payload.size(), " bytes"));
   }
   if (payload.empty()) return fail(DecodeReason::kTruncated, "empty payload");
+  // serde_json payloads (KVBM): an object. 0x7b ('{') is never a valid msgpack batch (it is
+  // the positive fixint 123), so the first byte tells the encodings apart.
+  std::vector<uint8_t> converted;
+  if (payload[0] == '{' && (dialect == Dialect::kKvbm || dialect == Dialect::kAuto)) {
+    std::string why;
+    if (!JsonToMsgpack(payload, &converted, &why, static_cast<int>(limits.max_depth))) {
+      return fail(DecodeReason::kMalformed, "JSON: " + why);
+    }
+    payload = converted;
+  }
   msgpack::object_handle oh;
   size_t offset = 0;
   try {

@@ -171,6 +171,31 @@ TEST(DecoderGoldenTest, KvbmNamedAndIndexedEncodings) {
   EXPECT_EQ(s2.events.at(0).kind, EventKind::kCleared);
 }
 
+std::vector<uint8_t> Text(const std::string& s) { return {s.begin(), s.end()}; }
+
+TEST(DecoderGoldenTest, KvbmJson) {
+  // serde_json, as KVBM's own tests write it: a u128 instance id and hashes as JSON integers.
+  EventBatch b = MustDecode(Text(
+      R"({"events": {"Create": [1, 340282366920938463463374607431768211455, 18446744073709551616]},)"
+      R"( "instance_id": 12345})"));
+  EXPECT_EQ(b.dialect, Dialect::kKvbm);
+  EXPECT_EQ(b.instance_id->second, 12345u);
+  ASSERT_EQ(b.events.size(), 1u);
+  // u128 hashes fold to high ^ low: (2^128 - 1) -> 0; 2^64 -> 1.
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(1u, 0u, 1u));
+  EventBatch s = MustDecode(Text(R"({"events": "Shutdown", "instance_id": 7})"), Dialect::kKvbm);
+  EXPECT_EQ(s.events.at(0).kind, EventKind::kCleared);
+  EventBatch r = MustDecode(Text("{ \"instance_id\" : 1 , \"events\" : {\"Remove\": [ 9 ]} }"));
+  EXPECT_EQ(r.events.at(0).kind, EventKind::kRemoved);
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1, 2.5]}, "instance_id": 1})")),
+            DecodeReason::kMalformed);
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1)")), DecodeReason::kMalformed);
+  EXPECT_EQ(MustFail(Text(R"({"events": "Shutdown", "instance_id": 1} x)")), DecodeReason::kMalformed);
+  EXPECT_EQ(MustFail(Text(std::string(100, '{'))), DecodeReason::kMalformed);  // too deep
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1]}, "instance_id": 3402823669209384634633746074317682114560})")),
+            DecodeReason::kMalformed);  // over 128 bits
+}
+
 TEST(DecoderGoldenTest, BatchAsMapIsAccepted) {
   // {"ts": 1.5, "events": [["AllBlocksCleared"]], "data_parallel_rank": 2} (wire.md U1).
   std::vector<uint8_t> bytes = {0x83, 0xa2, 't', 's',  0xcb, 0x3f, 0xf8, 0,   0,    0,    0,    0,
