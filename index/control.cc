@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -104,7 +105,7 @@ absl::StatusOr<uint64_t> ControlArea::Post(const Command& c) {
   return absl::ResourceExhaustedError("every control slot is busy");
 }
 
-absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms) {
+absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms, std::string* payload) {
   auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     for (int i = 0; i < kCommandSlots; ++i) {
@@ -114,6 +115,9 @@ absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms) {
           static_cast<uint32_t>(CommandState::kDone)) {
         Command out;
         std::memcpy(static_cast<void*>(&out), &slot, sizeof(Command));
+        if (payload != nullptr) {
+          payload->assign(h_->payloads[i], std::min<uint32_t>(out.payload_size, kPayloadBytes));
+        }
         __atomic_store_n(&slot.state, static_cast<uint32_t>(CommandState::kFree), __ATOMIC_RELEASE);
         return out;
       }

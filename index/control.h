@@ -22,10 +22,11 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kControlMagic = 0x6b76696478435431ULL;  // "kvidxCT1"
-inline constexpr uint32_t kControlVersion = 1;
+inline constexpr uint32_t kControlVersion = 2;
 inline constexpr int kCommandSlots = 64;
 inline constexpr int kMaxWorkers = 64;
-inline constexpr uint32_t kRingEntries = 8192;  // per worker, power of two
+inline constexpr uint32_t kRingEntries = 8192;    // per worker, power of two
+inline constexpr uint32_t kPayloadBytes = 16384;  // a command's text result
 
 enum class CommandOp : uint32_t {
   kRegister = 1,
@@ -33,6 +34,8 @@ enum class CommandOp : uint32_t {
   kClearPod = 3,  // every rank if dp_rank < 0
   kClearNamespace = 4,
   kClearAll = 5,
+  kListSequences = 6,  // result: payload lines "id finished succeeded blocks request_id"
+  kGetSequence = 7,    // result: that line, then one block key (hex) per line
 };
 
 enum class CommandState : uint32_t { kFree = 0, kPending = 1, kDone = 2 };
@@ -54,12 +57,15 @@ struct Command {
   char topic[64];
   char dialect[24];
   uint64_t quota_pairs;
+  int64_t sequence_id;
   // Result.
   int32_t code;  // absl::StatusCode
   uint32_t publishers;
   uint64_t pairs;
   uint64_t blocks;
   char message[256];
+  uint32_t payload_size;
+  uint32_t truncated;
 };
 
 struct RingEntry {
@@ -89,6 +95,7 @@ struct ControlHeader {
   uint64_t lookups;  // counted by the query process
   uint64_t lookup_hits;
   Command commands[kCommandSlots];
+  char payloads[kCommandSlots][kPayloadBytes];
   EventRing rings[kMaxWorkers];
 };
 
@@ -108,7 +115,8 @@ class ControlArea {
   absl::StatusOr<uint64_t> Post(const Command& c);
   // Waits up to timeout_ms for command `id`; copies its result and frees the slot.
   // DEADLINE_EXCEEDED if no worker took it in time.
-  absl::StatusOr<Command> Await(uint64_t id, int timeout_ms);
+  // `payload` (optional) receives the command's text result.
+  absl::StatusOr<Command> Await(uint64_t id, int timeout_ms, std::string* payload = nullptr);
 
   // --- Worker side ---
   // Runs `fn` on every pending command this worker must execute and stores the result.
@@ -131,7 +139,9 @@ void ControlArea::Serve(uint32_t worker, F&& fn) {
     }
     uint32_t target = c.worker == kAnyWorker ? 0 : c.worker;
     if (target != worker) continue;
-    fn(c);  // fills code, counters, message
+    c.payload_size = 0;
+    c.truncated = 0;
+    fn(c, h_->payloads[i]);  // fills code, counters, message, payload
     __atomic_store_n(&c.state, static_cast<uint32_t>(CommandState::kDone), __ATOMIC_RELEASE);
   }
 }

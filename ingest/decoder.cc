@@ -1,7 +1,5 @@
 #include "ingest/decoder.h"
 
-#include "ingest/json_to_msgpack.h"
-
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -9,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 
 #include <msgpack.hpp>
+
+#include "ingest/json_to_msgpack.h"
 
 namespace kvidx::ingest {
 

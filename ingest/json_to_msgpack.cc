@@ -46,18 +46,30 @@ class Converter {
     Skip();
     if (p_ == end_) return Fail("truncated JSON");
     switch (*p_) {
-      case '{': return Object(depth);
-      case '[': return Array(depth);
+      case '{':
+        return Object(depth);
+      case '[':
+        return Array(depth);
       case '"': {
         std::string s;
         if (!String(&s)) return false;
         pk_.pack(s);
         return true;
       }
-      case 't': if (!Literal("true")) return false; pk_.pack_true(); return true;
-      case 'f': if (!Literal("false")) return false; pk_.pack_false(); return true;
-      case 'n': if (!Literal("null")) return false; pk_.pack_nil(); return true;
-      default: return Number();
+      case 't':
+        if (!Literal("true")) return false;
+        pk_.pack_true();
+        return true;
+      case 'f':
+        if (!Literal("false")) return false;
+        pk_.pack_false();
+        return true;
+      case 'n':
+        if (!Literal("null")) return false;
+        pk_.pack_nil();
+        return true;
+      default:
+        return Number();
     }
   }
 
@@ -140,22 +152,40 @@ class Converter {
       if (p_ == end_) return Fail("truncated escape");
       uint8_t e = *p_++;
       switch (e) {
-        case '"': case '\\': case '/': out->push_back(static_cast<char>(e)); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+        case '\\':
+        case '/':
+          out->push_back(static_cast<char>(e));
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           if (end_ - p_ < 4) return Fail("truncated \\u escape");
           uint32_t cp = 0;
           for (int i = 0; i < 4; ++i) {
             uint8_t h = *p_++;
             cp <<= 4;
-            if (h >= '0' && h <= '9') cp |= h - '0';
-            else if (h >= 'a' && h <= 'f') cp |= h - 'a' + 10;
-            else if (h >= 'A' && h <= 'F') cp |= h - 'A' + 10;
-            else return Fail("bad \\u escape");
+            if (h >= '0' && h <= '9')
+              cp |= h - '0';
+            else if (h >= 'a' && h <= 'f')
+              cp |= h - 'a' + 10;
+            else if (h >= 'A' && h <= 'F')
+              cp |= h - 'A' + 10;
+            else
+              return Fail("bad \\u escape");
           }
           if (cp < 0x80) {
             out->push_back(static_cast<char>(cp));
@@ -169,7 +199,8 @@ class Converter {
           }
           break;
         }
-        default: return Fail("unknown escape");
+        default:
+          return Fail("unknown escape");
       }
     }
     if (p_ == end_) return Fail("unterminated string");
@@ -196,7 +227,8 @@ class Converter {
     if (digits == 0) return Fail("not a JSON value");
     if (p_ < end_ && (*p_ == '.' || *p_ == 'e' || *p_ == 'E')) return Fail("non-integer number");
     if (negative) {
-      if (v > (static_cast<unsigned __int128>(1) << 63)) return Fail("negative integer under -2^63");
+      if (v > (static_cast<unsigned __int128>(1) << 63))
+        return Fail("negative integer under -2^63");
       pk_.pack(static_cast<int64_t>(-static_cast<__int128>(v)));
     } else if (v >> 64 == 0) {
       pk_.pack(static_cast<uint64_t>(v));

@@ -161,10 +161,10 @@ void Worker::SyncLinks() {
 }
 
 void Worker::ServeCommands() {
-  control_->Serve(worker_, [this](index::Command& c) { Execute(c); });
+  control_->Serve(worker_, [this](index::Command& c, char* payload) { Execute(c, payload); });
 }
 
-void Worker::Execute(index::Command& c) {
+void Worker::Execute(index::Command& c, char* payload) {
   auto done = [&](const absl::Status& st) {
     c.code = static_cast<int32_t>(st.code());
     std::snprintf(c.message, sizeof(c.message), "%s", std::string(st.message()).c_str());
@@ -216,6 +216,47 @@ void Worker::Execute(index::Command& c) {
       c.publishers = n;
       c.pairs = pairs;
       done(n == 0 ? absl::NotFoundError(absl::StrCat("no publisher ", pod)) : absl::OkStatus());
+      return;
+    }
+    case index::CommandOp::kListSequences:
+    case index::CommandOp::kGetSequence: {
+      auto id = index_->FindPublisher(pod, static_cast<uint32_t>(std::max(0, c.dp_rank)));
+      if (!id) {
+        done(absl::NotFoundError(absl::StrCat("no publisher ", pod)));
+        return;
+      }
+      const auto* seqs = applier_->sequences(*id);
+      std::string out;
+      auto line = [&](int64_t seq_id, const SequenceState& s) {
+        uint32_t blocks = 0;
+        for (auto k : s.blocks) blocks += k != 0;
+        out += absl::StrCat(seq_id, " ", s.finished ? 1 : 0, " ", s.succeeded ? 1 : 0, " ", blocks,
+                            " ", s.request_id, "\n");
+      };
+      if (static_cast<index::CommandOp>(c.op) == index::CommandOp::kListSequences) {
+        if (seqs != nullptr) {
+          for (const auto& [seq_id, s] : *seqs) line(seq_id, s);
+        }
+      } else {
+        auto it = seqs == nullptr ? decltype(seqs->end()){} : seqs->find(c.sequence_id);
+        if (seqs == nullptr || it == seqs->end()) {
+          done(absl::NotFoundError(absl::StrCat("no sequence ", c.sequence_id, " on ", pod)));
+          return;
+        }
+        line(it->first, it->second);
+        char hex[20];
+        for (auto k : it->second.blocks) {
+          std::snprintf(hex, sizeof(hex), "%016lx\n", static_cast<unsigned long>(k));
+          out += hex;
+        }
+      }
+      if (out.size() > index::kPayloadBytes) {
+        out.resize(out.rfind('\n', index::kPayloadBytes - 1) + 1);
+        c.truncated = 1;
+      }
+      std::memcpy(payload, out.data(), out.size());
+      c.payload_size = static_cast<uint32_t>(out.size());
+      done(absl::OkStatus());
       return;
     }
     case index::CommandOp::kClearNamespace:

@@ -38,7 +38,7 @@ class Worker {
  private:
   absl::Status RegisterFromConfig();
   void ServeCommands();
-  void Execute(index::Command& c);
+  void Execute(index::Command& c, char* payload);
   void SyncLinks();
   LinkOptions MakeLinkOptions() const;
 

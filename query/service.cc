@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -329,12 +330,13 @@ grpc::Status KvIndexService::GetPod(grpc::ServerContext*, const v1::GetPodReques
   return grpc::Status::OK;
 }
 
-grpc::Status KvIndexService::RunCommand(const index::Command& c, index::Command* result) {
+grpc::Status KvIndexService::RunCommand(const index::Command& c, index::Command* result,
+                                        std::string* payload) {
   auto id = control_->Post(c);
   if (!id.ok())
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "CONTROL_BUSY",
                  std::string(id.status().message()));
-  auto r = control_->Await(*id, 5000);
+  auto r = control_->Await(*id, 5000, payload);
   if (!r.ok())
     return Error(grpc::StatusCode::UNAVAILABLE, "NO_WORKER", std::string(r.status().message()));
   *result = *r;
@@ -515,6 +517,79 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
     }
     if (!sent) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  return grpc::Status::OK;
+}
+
+namespace {
+// Parses the worker's "id finished succeeded blocks request_id" line.
+bool ParseSequenceLine(const std::string& line, v1::Sequence* s) {
+  std::istringstream in(line);
+  int64_t id;
+  int finished, succeeded;
+  uint32_t blocks;
+  if (!(in >> id >> finished >> succeeded >> blocks)) return false;
+  std::string rid;
+  std::getline(in >> std::ws, rid);
+  s->set_sequence_id(id);
+  s->set_finished(finished != 0);
+  s->set_succeeded(succeeded != 0);
+  s->set_stored_blocks(blocks);
+  s->set_request_id(rid);
+  return true;
+}
+}  // namespace
+
+grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
+                                           const v1::ListSequencesRequest* req,
+                                           v1::ListSequencesResponse* resp) {
+  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
+  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
+  index::Command c{};
+  c.op = static_cast<uint32_t>(index::CommandOp::kListSequences);
+  c.worker = index_->publisher_slot(*id)->worker;
+  c.dp_rank = static_cast<int32_t>(req->dp_rank());
+  Copy(c.pod, sizeof(c.pod), req->pod());
+  index::Command r;
+  std::string payload;
+  grpc::Status st = RunCommand(c, &r, &payload);
+  if (!st.ok()) return st;
+  std::istringstream lines(payload);
+  std::string line;
+  while (std::getline(lines, line)) {
+    v1::Sequence* s = resp->add_sequences();
+    if (!ParseSequenceLine(line, s)) {
+      resp->mutable_sequences()->RemoveLast();
+      continue;
+    }
+    s->set_pod(req->pod());
+    s->set_dp_rank(req->dp_rank());
+  }
+  resp->set_truncated(r.truncated != 0);
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::GetSequence(grpc::ServerContext*, const v1::GetSequenceRequest* req,
+                                         v1::Sequence* resp) {
+  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
+  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
+  index::Command c{};
+  c.op = static_cast<uint32_t>(index::CommandOp::kGetSequence);
+  c.worker = index_->publisher_slot(*id)->worker;
+  c.dp_rank = static_cast<int32_t>(req->dp_rank());
+  c.sequence_id = req->sequence_id();
+  Copy(c.pod, sizeof(c.pod), req->pod());
+  index::Command r;
+  std::string payload;
+  grpc::Status st = RunCommand(c, &r, &payload);
+  if (!st.ok()) return st;
+  std::istringstream lines(payload);
+  std::string line;
+  if (!std::getline(lines, line) || !ParseSequenceLine(line, resp)) {
+    return Error(grpc::StatusCode::INTERNAL, "BAD_WORKER_ANSWER", "unreadable sequence");
+  }
+  while (std::getline(lines, line)) resp->add_block_keys(std::stoull(line, nullptr, 16));
+  resp->set_pod(req->pod());
+  resp->set_dp_rank(req->dp_rank());
   return grpc::Status::OK;
 }
 

@@ -52,6 +52,10 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
                      v1::ClearResponse* resp) override;
   grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                            grpc::ServerWriter<v1::WatchEvent>* writer) override;
+  grpc::Status ListSequences(grpc::ServerContext* ctx, const v1::ListSequencesRequest* req,
+                             v1::ListSequencesResponse* resp) override;
+  grpc::Status GetSequence(grpc::ServerContext* ctx, const v1::GetSequenceRequest* req,
+                           v1::Sequence* resp) override;
   grpc::Status Ping(grpc::ServerContext* ctx, const v1::PingRequest* req,
                     v1::PingResponse* resp) override;
 
@@ -63,7 +67,8 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
   void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
-  grpc::Status RunCommand(const index::Command& c, index::Command* result);
+  grpc::Status RunCommand(const index::Command& c, index::Command* result,
+                          std::string* payload = nullptr);
 
   ingest::Config config_;
   std::unique_ptr<index::Segment> segment_;

@@ -11,6 +11,8 @@
 //              [--bind] [--quota N]
 //     unregister --pod P [--dp N]
 //     clear (--pod P [--dp N] | --model M [--lora L] | --all)
+//     sequences POD [--dp N]          sequences of a sequence-id publisher
+//     sequence POD ID [--dp N]        one sequence and its block keys
 //     ping
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +40,8 @@ using kvidx::v1::KvIndex;
                "  [--max-blocks N] | watch [--stats-ms N] [--count N] | register --pod P\n"
                "  --model M --endpoint E [--replay E] [--topic T] [--dialect D] [--dp N]\n"
                "  [--bind] [--quota N] | unregister --pod P [--dp N] |\n"
-               "  clear (--pod P [--dp N] | --model M [--lora L] | --all) | ping\n");
+               "  clear (--pod P [--dp N] | --model M [--lora L] | --all) |\n"
+               "  sequences POD [--dp N] | sequence POD ID [--dp N] | ping\n");
   std::exit(2);
 }
 
@@ -345,6 +348,52 @@ int Unregister(const Opts& o, KvIndex::Stub& stub) {
   return 0;
 }
 
+int Sequences(const Opts& o, KvIndex::Stub& stub) {
+  if (o.positional.empty()) Usage();
+  kvidx::v1::ListSequencesRequest req;
+  req.set_pod(o.positional[0]);
+  req.set_dp_rank(std::atoi(Flag(o, "--dp", "0").c_str()));
+  kvidx::v1::ListSequencesResponse r;
+  grpc::Status st = stub.ListSequences(Ctx(o).get(), req, &r);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(r);
+    return 0;
+  }
+  std::printf("%-12s %-8s %-9s %6s  %s\n", "SEQUENCE", "STATE", "RESULT", "BLOCKS", "REQUEST");
+  for (const auto& s : r.sequences()) {
+    std::printf("%-12ld %-8s %-9s %6u  %s\n", static_cast<long>(s.sequence_id()),
+                s.finished() ? "finished" : "running",
+                s.finished() ? (s.succeeded() ? "ok" : "failed") : "-", s.stored_blocks(),
+                s.request_id().c_str());
+  }
+  if (r.truncated()) std::printf("(truncated)\n");
+  return 0;
+}
+
+int Sequence(const Opts& o, KvIndex::Stub& stub) {
+  if (o.positional.size() < 2) Usage();
+  kvidx::v1::GetSequenceRequest req;
+  req.set_pod(o.positional[0]);
+  req.set_sequence_id(std::strtoll(o.positional[1].c_str(), nullptr, 10));
+  req.set_dp_rank(std::atoi(Flag(o, "--dp", "0").c_str()));
+  kvidx::v1::Sequence s;
+  grpc::Status st = stub.GetSequence(Ctx(o).get(), req, &s);
+  if (!st.ok()) return Fail(o, st);
+  if (o.json) {
+    PrintJson(s);
+    return 0;
+  }
+  std::printf("sequence %ld of %s: %s, %u blocks stored, request '%s'\n",
+              static_cast<long>(s.sequence_id()), s.pod().c_str(),
+              s.finished() ? (s.succeeded() ? "finished ok" : "finished, failed") : "running",
+              s.stored_blocks(), s.request_id().c_str());
+  for (int i = 0; i < s.block_keys_size(); ++i) {
+    std::printf("  block %d  %016lx\n", i, static_cast<unsigned long>(s.block_keys(i)));
+  }
+  return 0;
+}
+
 int Clear(const Opts& o, KvIndex::Stub& stub) {
   kvidx::v1::ClearRequest req;
   if (!Flag(o, "--pod").empty()) {
@@ -383,6 +432,8 @@ int main(int argc, char** argv) {
   if (o.command == "register") return Register(o, *stub);
   if (o.command == "unregister") return Unregister(o, *stub);
   if (o.command == "clear") return Clear(o, *stub);
+  if (o.command == "sequences") return Sequences(o, *stub);
+  if (o.command == "sequence") return Sequence(o, *stub);
   if (o.command == "ping") {
     kvidx::v1::PingResponse r;
     grpc::Status st = stub->Ping(Ctx(o).get(), {}, &r);

@@ -190,10 +190,13 @@ TEST(DecoderGoldenTest, KvbmJson) {
   EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1, 2.5]}, "instance_id": 1})")),
             DecodeReason::kMalformed);
   EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1)")), DecodeReason::kMalformed);
-  EXPECT_EQ(MustFail(Text(R"({"events": "Shutdown", "instance_id": 1} x)")), DecodeReason::kMalformed);
+  EXPECT_EQ(MustFail(Text(R"({"events": "Shutdown", "instance_id": 1} x)")),
+            DecodeReason::kMalformed);
   EXPECT_EQ(MustFail(Text(std::string(100, '{'))), DecodeReason::kMalformed);  // too deep
-  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [1]}, "instance_id": 3402823669209384634633746074317682114560})")),
-            DecodeReason::kMalformed);  // over 128 bits
+  EXPECT_EQ(
+      MustFail(Text(
+          R"({"events": {"Create": [1]}, "instance_id": 3402823669209384634633746074317682114560})")),
+      DecodeReason::kMalformed);  // over 128 bits
 }
 
 TEST(DecoderGoldenTest, BatchAsMapIsAccepted) {

@@ -379,6 +379,72 @@ TEST_F(QueryTest, PythonClientRunsALookupAndReadsStats) {
   EXPECT_EQ(py.Wait(std::chrono::milliseconds(60000)), 0) << py.Log();
 }
 
+// A sequence-id publisher registered at run time; its sequences are read back through the
+// owning worker.
+TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
+  int port = PortBase(1) + 8;
+  Process peer(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/seqid_peer.py",
+       std::to_string(port)},
+      env->dir + "/seqid.log");
+  v1::RegisterPublisherRequest reg;
+  reg.set_pod("seq-pod");
+  reg.set_model("qm");
+  reg.set_endpoint("tcp://127.0.0.1:" + std::to_string(port));
+  reg.set_replay_endpoint("tcp://127.0.0.1:" + std::to_string(port + 1));
+  reg.set_dialect("seqid");
+  v1::Pod pod;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().RegisterPublisher(&ctx, reg, &pod).ok());
+  }
+  v1::ListSequencesRequest list;
+  list.set_pod("seq-pod");
+  v1::ListSequencesResponse seqs;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        seqs.Clear();
+        return stub().ListSequences(&ctx, list, &seqs).ok() && seqs.sequences_size() == 2 &&
+               seqs.sequences(0).finished();
+      },
+      std::chrono::milliseconds(10000)))
+      << seqs.DebugString() << peer.Log();
+  EXPECT_EQ(seqs.sequences(0).sequence_id(), 1);
+  EXPECT_EQ(seqs.sequences(0).request_id(), "req-one");
+  EXPECT_TRUE(seqs.sequences(0).succeeded());
+  EXPECT_EQ(seqs.sequences(0).stored_blocks(), 2u);  // block 2 was removed
+  EXPECT_EQ(seqs.sequences(1).stored_blocks(), 1u);
+  v1::GetSequenceRequest get;
+  get.set_pod("seq-pod");
+  get.set_sequence_id(1);
+  v1::Sequence one;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().GetSequence(&ctx, get, &one).ok());
+  }
+  auto keys = index::ChainBlockKeys(index::NamespaceRoot("qm", ""),
+                                    std::vector<uint32_t>{11, 12, 13, 14, 15, 16, 17, 18}, 4);
+  ASSERT_GE(one.block_keys_size(), 2);
+  EXPECT_EQ(one.block_keys(0), keys[0]);
+  EXPECT_EQ(one.block_keys(1), keys[1]);
+  get.set_sequence_id(99);
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().GetSequence(&ctx, get, &one).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  list.set_pod("nobody");
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().ListSequences(&ctx, list, &seqs).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  v1::UnregisterPublisherRequest un;
+  un.set_pod("seq-pod");
+  v1::UnregisterPublisherResponse ur;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(stub().UnregisterPublisher(&ctx, un, &ur).ok());
+}
+
 TEST_F(QueryTest, QueryProcessMapsTheIndexReadOnly) {
   std::ifstream maps("/proc/" + std::to_string(env->query->pid()) + "/maps");
   std::string line;

@@ -1,0 +1,42 @@
+#!/usr/bin/python3
+"""A publisher of the sequence-id dialect (wire.md §9), written from the spec: PUB + ROUTER
+replay, three-frame messages, payloads {"events": [...]} packed with python3-msgpack.
+
+usage: seqid_peer.py PORT     (runs until killed, serving replays)
+"""
+import sys
+import time
+
+import msgpack
+import zmq
+
+port = int(sys.argv[1])
+ctx = zmq.Context()
+pub = ctx.socket(zmq.PUB)
+pub.bind("tcp://127.0.0.1:%d" % port)
+router = ctx.socket(zmq.ROUTER)
+router.bind("tcp://127.0.0.1:%d" % (port + 1))
+END = b"\xff" * 8
+
+batches = [
+    {"events": [{"sequence_id": 1, "block_numbers": [0, 1, 2],
+                 "block_token_ids": [[11, 12, 13, 14], [15, 16, 17, 18], [19, 20, 21, 22]]}]},
+    {"events": [{"type": "block_stored", "sequence_id": 2, "block_numbers": [0],
+                 "block_token_ids": [[11, 12, 13, 14]]}]},
+    {"events": [{"sequence_id": 1, "block_numbers": [2]},
+                {"type": "request_finished", "request_id": "req-one", "sequence_id": 1,
+                 "finished": True}]},
+]
+history = [(i, msgpack.packb(b, use_bin_type=True)) for i, b in enumerate(batches)]
+time.sleep(0.3)
+for seq, payload in history:
+    pub.send_multipart([b"seq", seq.to_bytes(8, "big"), payload])
+while True:
+    if router.poll(100):
+        frames = router.recv_multipart()
+        if len(frames) == 3 and frames[1] == b"":
+            start = int.from_bytes(frames[2], "big")
+            for seq, payload in history:
+                if seq >= start:
+                    router.send_multipart([frames[0], b"", seq.to_bytes(8, "big"), payload])
+            router.send_multipart([frames[0], b"", END, b""])
