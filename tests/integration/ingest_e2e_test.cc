@@ -167,6 +167,32 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   index::Segment::Remove(r.segment);
 }
 
+// The Mooncake conversation trace (../shared/traces) replayed over simulated pods with LRU caches.
+TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
+  std::string trace =
+      std::string(KVIDX_SOURCE_ROOT) + "/../shared/traces/mooncake_conversation_trace.jsonl";
+  ASSERT_EQ(access(trace.c_str(), R_OK), 0) << trace;
+  TestRun r = Prepare("trace");
+  auto sim =
+      StartSim(r, {"--pods", "4", "--workload", "trace", "--trace", trace, "--requests", "400",
+                   "--rate", "300", "--cache-blocks", "1500", "--encoding", "vllm-map"});
+  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
+                      std::chrono::milliseconds(5000)));
+  WriteConfig(r, r.dir + "/sim.toml");
+  auto w0 = StartWorker(r, 0);
+  auto w1 = StartWorker(r, 1);
+  ExpectIndexEqualsRecord(r, *sim);
+  auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
+  ASSERT_TRUE(seg.ok());
+  index::PrefixIndex idx(seg->get());
+  EXPECT_GT(idx.Stats().blocks, 1000u);
+  w0->Signal(SIGTERM);
+  w1->Signal(SIGTERM);
+  w0->Wait();
+  w1->Wait();
+  index::Segment::Remove(r.segment);
+}
+
 TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   TestRun r = Prepare("faults");
   auto sim = StartSim(r, {"--pods", "4", "--requests", "1200", "--rate", "300", "--cache-blocks",
