@@ -714,7 +714,7 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
   // One zone per thread, cleared after each batch: its first chunk is reused, so a typical
   // batch decodes without touching malloc. Strings and binaries point into `payload` instead
   // of being copied (the events copy what they keep).
-  thread_local msgpack::zone zone(64 * 1024);
+  thread_local msgpack::zone zone(size_t{64} * 1024);
   struct ZoneReset {
     ~ZoneReset() { zone.clear(); }
   } reset;

@@ -216,7 +216,7 @@ class Converter {
       ++p_;
     }
     unsigned __int128 v = 0;
-    const unsigned __int128 kMax = ~static_cast<unsigned __int128>(0);
+    constexpr unsigned __int128 kMax = ~static_cast<unsigned __int128>(0);
     int digits = 0;
     while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
       uint8_t d = *p_++ - '0';

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -254,7 +255,7 @@ void Worker::Execute(index::Command& c, char* payload) {
         out.resize(out.rfind('\n', index::kPayloadBytes - 1) + 1);
         c.truncated = 1;
       }
-      std::memcpy(payload, out.data(), out.size());
+      std::copy(out.begin(), out.end(), payload);  // a sized payload, not a C string
       c.payload_size = static_cast<uint32_t>(out.size());
       done(absl::OkStatus());
       return;
