@@ -248,43 +248,61 @@ void RepairEngineStripe(const StripeGeometry& sg, EngineStripeHeader* h, uint32_
 
 }  // namespace
 
-// Holds a block stripe for writing: the robust lock (repairing the stripe if its holder died)
-// and an odd seqlock version for the duration.
-class PrefixIndex::StripeWriter {
+// Holds a stripe (block or engine) for writing: its robust lock, repairing the stripe through
+// `repair` if the previous holder died, and an odd seqlock version until destroyed.
+template <typename Header>
+class StripeWriteGuard {
  public:
-  StripeWriter(const PrefixIndex* index, StripeView v) : idx_(index), v_(v) {
-    auto r = v_.h->mu.Lock();
+  template <typename Repair>
+  StripeWriteGuard(Header* h, Repair&& repair) : h_(h) {
+    auto r = h_->mu.Lock();
     if (r == RobustMutex::LockResult::kUnrecoverable) {
       ok_ = false;
       return;
     }
-    // The version is odd from here until the destructor. A dead writer may have left it odd
-    // already; then it stays odd and the destructor makes it even.
     // The owner is recorded before the version turns odd, so a reader that sees an odd
-    // version can always tell whether its writer is alive.
-    St(v_.h->owner_pid, CachedPid());
-    uint64_t ver = Ld(v_.h->version);
-    if ((ver & 1) == 0) St(v_.h->version, ver + 1);
-    // Release: readers that see a later version see the odd one first (fence pairs with their
+    // version can always tell whether its writer is alive. A dead writer may have left the
+    // version odd already; then it stays odd and the destructor makes it even.
+    St(h_->owner_pid, CachedPid());
+    uint64_t ver = Ld(h_->version);
+    if ((ver & 1) == 0) St(h_->version, ver + 1);
+    // Release: readers that see a later version see the odd one first (pairs with their
     // acquire fence before the re-check).
     std::atomic_thread_fence(std::memory_order_release);
     if (r == RobustMutex::LockResult::kOwnerDied) {
-      RepairStripe(idx_->sg_, v_.h, v_.buckets, v_.blocks, v_.chunks);
-      v_.h->mu.MarkConsistent();
+      repair();
+      h_->mu.MarkConsistent();
     }
   }
-  ~StripeWriter() {
+  ~StripeWriteGuard() {
     if (!ok_) return;
     // Release: every data store above is visible before the even version. The owner is
     // cleared only after, for the same reason it is set before.
-    __atomic_store_n(&v_.h->version, (Ld(v_.h->version) | 1) + 1, __ATOMIC_RELEASE);
-    St(v_.h->owner_pid, 0);
-    v_.h->mu.Unlock();
+    __atomic_store_n(&h_->version, (Ld(h_->version) | 1) + 1, __ATOMIC_RELEASE);
+    St(h_->owner_pid, 0);
+    h_->mu.Unlock();
   }
+  StripeWriteGuard(const StripeWriteGuard&) = delete;
+  StripeWriteGuard& operator=(const StripeWriteGuard&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  Header* h_;
+  bool ok_ = true;
+};
+
+// Holds a block stripe for writing: the robust lock (repairing the stripe if its holder died)
+// and an odd seqlock version for the duration.
+class PrefixIndex::StripeWriter {
+ public:
+  StripeWriter(const PrefixIndex* index, StripeView v)
+      : idx_(index), v_(v), guard_(v.h, [index, v] {
+          RepairStripe(index->sg_, v.h, v.buckets, v.blocks, v.chunks);
+        }) {}
   StripeWriter(const StripeWriter&) = delete;
   StripeWriter& operator=(const StripeWriter&) = delete;
 
-  bool ok() const { return ok_; }
+  bool ok() const { return guard_.ok(); }
   const StripeView& view() const { return v_; }
 
   uint32_t Bucket(BlockKey key) const { return key & (idx_->sg_.buckets_per_stripe - 1); }
@@ -497,43 +515,24 @@ class PrefixIndex::StripeWriter {
  private:
   const PrefixIndex* idx_;
   StripeView v_;
-  bool ok_ = true;
+  StripeWriteGuard<StripeHeader> guard_;
 };
 
 class PrefixIndex::EngineWriter {
  public:
-  explicit EngineWriter(const PrefixIndex* index, EngineView v) : idx_(index), v_(v) {
-    auto r = v_.h->mu.Lock();
-    if (r == RobustMutex::LockResult::kUnrecoverable) {
-      ok_ = false;
-      return;
-    }
-    // The owner is recorded before the version turns odd, so a reader that sees an odd
-    // version can always tell whether its writer is alive.
-    St(v_.h->owner_pid, CachedPid());
-    uint64_t ver = Ld(v_.h->version);
-    if ((ver & 1) == 0) St(v_.h->version, ver + 1);
-    std::atomic_thread_fence(std::memory_order_release);
-    if (r == RobustMutex::LockResult::kOwnerDied) {
-      RepairEngineStripe(idx_->sg_, v_.h, v_.buckets, v_.nodes);
-      v_.h->mu.MarkConsistent();
-    }
-  }
-  ~EngineWriter() {
-    if (!ok_) return;
-    __atomic_store_n(&v_.h->version, (Ld(v_.h->version) | 1) + 1, __ATOMIC_RELEASE);
-    St(v_.h->owner_pid, 0);
-    v_.h->mu.Unlock();
-  }
+  EngineWriter(const PrefixIndex* index, EngineView v)
+      : idx_(index), v_(v), guard_(v.h, [index, v] {
+          RepairEngineStripe(index->sg_, v.h, v.buckets, v.nodes);
+        }) {}
   EngineWriter(const EngineWriter&) = delete;
   EngineWriter& operator=(const EngineWriter&) = delete;
-  bool ok() const { return ok_; }
+  bool ok() const { return guard_.ok(); }
 
  private:
   friend class PrefixIndex;
   const PrefixIndex* idx_;
   EngineView v_;
-  bool ok_ = true;
+  StripeWriteGuard<EngineStripeHeader> guard_;
 };
 
 // ---------------------------------------------------------------------------------------------
