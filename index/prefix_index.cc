@@ -296,9 +296,9 @@ class StripeWriteGuard {
 class PrefixIndex::StripeWriter {
  public:
   StripeWriter(const PrefixIndex* index, StripeView v)
-      : idx_(index), v_(v), guard_(v.h, [index, v] {
-          RepairStripe(index->sg_, v.h, v.buckets, v.blocks, v.chunks);
-        }) {}
+      : idx_(index),
+        v_(v),
+        guard_(v.h, [index, v] { RepairStripe(index->sg_, v.h, v.buckets, v.blocks, v.chunks); }) {}
   StripeWriter(const StripeWriter&) = delete;
   StripeWriter& operator=(const StripeWriter&) = delete;
 
@@ -521,9 +521,9 @@ class PrefixIndex::StripeWriter {
 class PrefixIndex::EngineWriter {
  public:
   EngineWriter(const PrefixIndex* index, EngineView v)
-      : idx_(index), v_(v), guard_(v.h, [index, v] {
-          RepairEngineStripe(index->sg_, v.h, v.buckets, v.nodes);
-        }) {}
+      : idx_(index),
+        v_(v),
+        guard_(v.h, [index, v] { RepairEngineStripe(index->sg_, v.h, v.buckets, v.nodes); }) {}
   EngineWriter(const EngineWriter&) = delete;
   EngineWriter& operator=(const EngineWriter&) = delete;
   bool ok() const { return guard_.ok(); }

@@ -32,6 +32,9 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   NamespaceId base = static_cast<NamespaceId>(ps->ns);
   auto& used = namespaces_[p];
   if (used.empty()) used.push_back(base);
+  // The common case: the publisher's own model, no adapter.
+  bool no_lora = (!e.lora_name || e.lora_name->empty()) && (!e.lora_id || *e.lora_id <= 0);
+  if (no_lora && e.model_name.empty()) return base;
   std::string lora;
   if (e.lora_name && !e.lora_name->empty()) {
     lora = *e.lora_name;

@@ -8,6 +8,7 @@
 
 #include <msgpack.hpp>
 
+#include "ingest/fast_decoder.h"
 #include "ingest/json_to_msgpack.h"
 
 namespace kvidx::ingest {
@@ -701,6 +702,12 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
     return fail(DecodeReason::kTooLarge, absl::StrCat("payload of ", payload.size(), " bytes"));
   }
   if (payload.empty()) return fail(DecodeReason::kTruncated, "empty payload");
+  // The common case (vLLM / SGLang arrays and maps) without building an object tree.
+  if (!limits.general_only && FastDecodeBatch(payload, dialect, out, limits) == FastResult::kOk) {
+    *reason = DecodeReason::kOk;
+    return absl::OkStatus();
+  }
+  *out = EventBatch{};
   // serde_json payloads (KVBM): an object. 0x7b ('{') is never a valid msgpack batch (it is
   // the positive fixint 123), so the first byte tells the encodings apart.
   std::vector<uint8_t> converted;

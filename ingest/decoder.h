@@ -43,6 +43,8 @@ struct DecodeLimits {
   uint32_t max_depth = 16;
   uint32_t max_block_size = 65536;
   bool strict = false;
+  // Skip the zero-allocation path (ingest/fast_decoder.h); tests compare the two.
+  bool general_only = false;
 };
 
 absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, EventBatch* out,

@@ -1,11 +1,13 @@
 #include "ingest/decoder.h"
 
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "ingest/fast_decoder.h"
 #include "tests/test_data.h"
 
 namespace kvidx::ingest {
@@ -309,6 +311,77 @@ TEST(DecoderFuzzTest, RandomInputNeverCrashes) {
     ok += DecodeBatch(bytes, Dialect::kAuto, &b, &r).ok();
   }
   EXPECT_GT(ok, 0);
+}
+
+bool SameEvents(const EventBatch& a, const EventBatch& b, std::string* why) {
+  if (a.events.size() != b.events.size()) return *why = "event count", false;
+  // ts compared bit for bit: a mutated payload may hold a NaN.
+  if (a.dp_rank != b.dp_rank || std::memcmp(&a.ts, &b.ts, sizeof(double)) != 0 ||
+      a.dialect != b.dialect) {
+    return *why = "batch", false;
+  }
+  for (size_t i = 0; i < a.events.size(); ++i) {
+    const Event& x = a.events[i];
+    const Event& y = b.events[i];
+    if (x.kind != y.kind || x.hashes != y.hashes || x.parent != y.parent || x.tokens != y.tokens ||
+        x.block_size != y.block_size || x.lora_id != y.lora_id || x.lora_name != y.lora_name ||
+        x.tier != y.tier || x.has_extra_keys != y.has_extra_keys || x.group_idx != y.group_idx ||
+        x.cache_salt != y.cache_salt) {
+      return *why = "event " + std::to_string(i), false;
+    }
+  }
+  return true;
+}
+
+// Whenever the zero-allocation path accepts a payload, the general decoder must decode it to
+// the same events: on every golden payload and on 50,000 mutations of them.
+TEST(FastDecoderTest, AgreesWithTheGeneralDecoderWheneverItAccepts) {
+  std::mt19937 rng(11);
+  int fast_ok = 0, checked = 0;
+  for (const char* f : {"vllm_array_era.hex", "vllm_map_era.hex", "vllm_first_release.hex",
+                        "vllm_bytes_hashes.hex", "sglang_salt.hex", "aibrix.hex", "seqid.hex"}) {
+    auto seed = ReadHexFile(f);
+    for (int i = 0; i < 8000; ++i) {
+      std::vector<uint8_t> bytes = seed;
+      if (i > 0) {
+        int flips = 1 + rng() % 3;
+        for (int k = 0; k < flips; ++k) bytes[rng() % bytes.size()] = static_cast<uint8_t>(rng());
+      }
+      for (Dialect d : {Dialect::kAuto, Dialect::kSglang}) {
+        EventBatch fast;
+        if (FastDecodeBatch(bytes, d, &fast, {}) != FastResult::kOk) continue;
+        ++fast_ok;
+        EventBatch general;
+        DecodeReason r;
+        DecodeLimits only;
+        only.general_only = true;
+        absl::Status st = DecodeBatch(bytes, d, &general, &r, only);
+        ASSERT_TRUE(st.ok()) << f << " mutation " << i << ": fast accepted, general said " << st;
+        std::string why;
+        ASSERT_TRUE(SameEvents(fast, general, &why)) << f << " mutation " << i << ": " << why;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(fast_ok, 100);  // the golden vLLM/SGLang payloads themselves take the fast path
+  EXPECT_EQ(checked, fast_ok);
+}
+
+TEST(FastDecoderTest, OtherDialectsAndRicherShapesFallBack) {
+  EventBatch b;
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("aibrix.hex"), Dialect::kAuto, &b, {}),
+            FastResult::kFallback);
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("kvbm_named.hex"), Dialect::kAuto, &b, {}),
+            FastResult::kFallback);
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("vllm_array_era.hex"), Dialect::kKvbm, &b, {}),
+            FastResult::kFallback);
+  // SGLang's cache_salt map at index 7 is left to the general decoder.
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("sglang_salt.hex"), Dialect::kSglang, &b, {}),
+            FastResult::kFallback);
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("vllm_array_era.hex"), Dialect::kAuto, &b, {}),
+            FastResult::kOk);
+  EXPECT_EQ(FastDecodeBatch(ReadHexFile("vllm_map_era.hex"), Dialect::kAuto, &b, {}),
+            FastResult::kOk);
 }
 
 }  // namespace
