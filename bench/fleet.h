@@ -14,6 +14,8 @@
 #include <random>
 #include <vector>
 
+#include "index/layout.h"
+
 namespace kvidx::bench {
 
 inline constexpr uint32_t kFleetPods = 256;
@@ -45,6 +47,23 @@ struct Fleet {
   uint64_t EngineHash(uint32_t block) const { return 0x9E3779B97F4A7C15ULL * (block + 1); }
   const uint32_t* Tokens(uint32_t block) const { return &tokens[size_t{block} * kTokensPerBlock]; }
 };
+
+inline uint32_t NextPow2(uint64_t v) {
+  uint32_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// A segment geometry for `blocks` blocks and `pairs` pairs with 5 % headroom.
+inline index::Geometry GeometryFor(uint64_t blocks, uint64_t pairs, uint32_t publishers = 512) {
+  index::Geometry g;
+  g.blocks = blocks + blocks / 20;
+  g.pairs = pairs + pairs / 20;
+  g.publishers = publishers;
+  g.namespaces = 4;
+  g.stripes = NextPow2(std::max<uint64_t>(64, g.blocks / 2048));
+  return g;
+}
 
 inline uint32_t LogUniform(std::mt19937_64& rng, uint32_t lo, uint32_t hi) {
   std::uniform_real_distribution<double> d(std::log(lo), std::log(hi + 1.0));

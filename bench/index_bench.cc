@@ -158,12 +158,6 @@ class Baseline {
   std::unordered_map<uint64_t, BlockKey> engine_;
 };
 
-uint32_t NextPow2(uint64_t v) {
-  uint32_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 struct LookupSets {
   std::vector<std::vector<BlockKey>> single;  // prefix + tail of single-holder groups
   std::vector<std::vector<BlockKey>> worst;   // prefix + tail of 64-holder groups
@@ -243,12 +237,7 @@ int Run(const Args& args) {
   // ---- kvidx ----
   std::string name = "kvidx-bench-" + std::to_string(getpid());
   index::Segment::Remove(name);
-  index::Geometry g;
-  g.blocks = f.blocks + f.blocks / 20;
-  g.pairs = f.pairs + f.pairs / 20;
-  g.publishers = 512;
-  g.namespaces = 4;
-  g.stripes = NextPow2(std::max<uint64_t>(64, g.blocks / 2048));
+  index::Geometry g = GeometryFor(f.blocks, f.pairs);
   auto seg = index::Segment::Create(name, g);
   if (!seg.ok()) {
     std::fprintf(stderr, "segment: %s\n", seg.status().ToString().c_str());

@@ -75,12 +75,6 @@ std::vector<uint8_t> EncodeStore(uint64_t parent, const uint64_t* hashes, const 
   return {buf.data(), buf.data() + buf.size()};
 }
 
-uint32_t NextPow2(uint64_t v) {
-  uint32_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 // ---- A ----------------------------------------------------------------------------------
 void InProcess(const Args& args) {
   Fleet f = MakeFleet(args.blocks, 7);
@@ -97,12 +91,7 @@ void InProcess(const Args& args) {
   }
   std::string name = "kvidx-ingest-bench-" + std::to_string(getpid());
   index::Segment::Remove(name);
-  index::Geometry g;
-  g.blocks = f.blocks + f.blocks / 20;
-  g.pairs = f.pairs + f.pairs / 20;
-  g.publishers = 512;
-  g.namespaces = 4;
-  g.stripes = NextPow2(std::max<uint64_t>(64, g.blocks / 2048));
+  index::Geometry g = GeometryFor(f.blocks, f.pairs);
   auto seg = index::Segment::Create(name, g);
   index::PrefixIndex idx(seg->get());
   auto ns = *idx.RegisterNamespace({.model = "fleet", .block_size = kTokensPerBlock});

@@ -320,10 +320,14 @@ class Fast {
     uint32_t n = c_.Map();
     if (c_.bad() || n == 0 || !c_.IsStr() || c_.Str() != "type" || !c_.IsStr()) return false;
     std::string_view tag = c_.Str();
-    if (tag == "BlockStored") e->kind = EventKind::kStored;
-    else if (tag == "BlockRemoved") e->kind = EventKind::kRemoved;
-    else if (tag == "AllBlocksCleared") e->kind = EventKind::kCleared;
-    else return false;
+    if (tag == "BlockStored")
+      e->kind = EventKind::kStored;
+    else if (tag == "BlockRemoved")
+      e->kind = EventKind::kRemoved;
+    else if (tag == "AllBlocksCleared")
+      e->kind = EventKind::kCleared;
+    else
+      return false;
     bool has_hashes = false;
     for (uint32_t i = 1; i < n; ++i) {
       if (!c_.IsStr()) return false;
@@ -334,15 +338,24 @@ class Fast {
         return false;
       }
       bool ok;
-      if (key == "block_hashes") ok = has_hashes = Hashes(&e->hashes);
-      else if (key == "parent_block_hash") ok = Parent(&e->parent);
-      else if (key == "token_ids") ok = Tokens(&e->tokens);
-      else if (key == "block_size") ok = BlockSize(&e->block_size);
-      else if (key == "lora_id") ok = OptInt(&e->lora_id);
-      else if (key == "medium") ok = Medium(&e->tier);
-      else if (key == "lora_name") ok = OptStr(&e->lora_name);
-      else if (key == "extra_keys") ok = ExtraKeys(&e->has_extra_keys);
-      else if (key == "group_idx") ok = OptInt(&e->group_idx);
+      if (key == "block_hashes")
+        ok = has_hashes = Hashes(&e->hashes);
+      else if (key == "parent_block_hash")
+        ok = Parent(&e->parent);
+      else if (key == "token_ids")
+        ok = Tokens(&e->tokens);
+      else if (key == "block_size")
+        ok = BlockSize(&e->block_size);
+      else if (key == "lora_id")
+        ok = OptInt(&e->lora_id);
+      else if (key == "medium")
+        ok = Medium(&e->tier);
+      else if (key == "lora_name")
+        ok = OptStr(&e->lora_name);
+      else if (key == "extra_keys")
+        ok = ExtraKeys(&e->has_extra_keys);
+      else if (key == "group_idx")
+        ok = OptInt(&e->group_idx);
       else if (key == "kv_cache_spec_kind") {
         std::optional<std::string> kind;
         ok = OptStr(&kind);

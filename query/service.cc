@@ -386,16 +386,25 @@ grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+// A command for the worker that owns publisher (pod, dp_rank); NOT_FOUND if there is none.
+grpc::Status KvIndexService::CommandForPod(const std::string& pod, uint32_t dp_rank,
+                                           index::CommandOp op, index::Command* c) const {
+  auto id = index_->FindPublisher(pod, dp_rank);
+  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", pod);
+  *c = index::Command{};
+  c->op = static_cast<uint32_t>(op);
+  c->worker = index_->publisher_slot(*id)->worker;
+  c->dp_rank = static_cast<int32_t>(dp_rank);
+  Copy(c->pod, sizeof(c->pod), pod);
+  return grpc::Status::OK;
+}
+
 grpc::Status KvIndexService::UnregisterPublisher(grpc::ServerContext*,
                                                  const v1::UnregisterPublisherRequest* req,
                                                  v1::UnregisterPublisherResponse* resp) {
-  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
-  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
-  index::Command c{};
-  c.op = static_cast<uint32_t>(index::CommandOp::kUnregister);
-  c.worker = index_->publisher_slot(*id)->worker;
-  c.dp_rank = static_cast<int32_t>(req->dp_rank());
-  Copy(c.pod, sizeof(c.pod), req->pod());
+  index::Command c;
+  grpc::Status found = CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kUnregister, &c);
+  if (!found.ok()) return found;
   index::Command r;
   grpc::Status st = RunCommand(c, &r);
   if (!st.ok()) return st;
@@ -542,13 +551,10 @@ bool ParseSequenceLine(const std::string& line, v1::Sequence* s) {
 grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
                                            const v1::ListSequencesRequest* req,
                                            v1::ListSequencesResponse* resp) {
-  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
-  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
-  index::Command c{};
-  c.op = static_cast<uint32_t>(index::CommandOp::kListSequences);
-  c.worker = index_->publisher_slot(*id)->worker;
-  c.dp_rank = static_cast<int32_t>(req->dp_rank());
-  Copy(c.pod, sizeof(c.pod), req->pod());
+  index::Command c;
+  grpc::Status found =
+      CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kListSequences, &c);
+  if (!found.ok()) return found;
   index::Command r;
   std::string payload;
   grpc::Status st = RunCommand(c, &r, &payload);
@@ -570,14 +576,11 @@ grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
 
 grpc::Status KvIndexService::GetSequence(grpc::ServerContext*, const v1::GetSequenceRequest* req,
                                          v1::Sequence* resp) {
-  auto id = index_->FindPublisher(req->pod(), req->dp_rank());
-  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod());
-  index::Command c{};
-  c.op = static_cast<uint32_t>(index::CommandOp::kGetSequence);
-  c.worker = index_->publisher_slot(*id)->worker;
-  c.dp_rank = static_cast<int32_t>(req->dp_rank());
+  index::Command c;
+  grpc::Status found =
+      CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kGetSequence, &c);
+  if (!found.ok()) return found;
   c.sequence_id = req->sequence_id();
-  Copy(c.pod, sizeof(c.pod), req->pod());
   index::Command r;
   std::string payload;
   grpc::Status st = RunCommand(c, &r, &payload);

@@ -67,6 +67,8 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
   void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
+  grpc::Status CommandForPod(const std::string& pod, uint32_t dp_rank, index::CommandOp op,
+                             index::Command* c) const;
   grpc::Status RunCommand(const index::Command& c, index::Command* result,
                           std::string* payload = nullptr);
 
