@@ -22,9 +22,9 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kControlMagic = 0x6b76696478435431ULL;  // "kvidxCT1"
-inline constexpr uint32_t kControlVersion = 2;
+inline constexpr uint32_t kControlVersion = 3;
 inline constexpr int kCommandSlots = 64;
-inline constexpr int kMaxWorkers = 64;
+inline constexpr int kMaxWorkers = 16;
 inline constexpr uint32_t kRingEntries = 8192;    // per worker, power of two
 inline constexpr uint32_t kPayloadBytes = 16384;  // a command's text result
 

@@ -10,6 +10,8 @@
 
 #include <toml++/toml.h>
 
+#include "index/control.h"
+
 namespace kvidx::ingest {
 namespace {
 
@@ -203,7 +205,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     absl::Status s = EnvNumber(name, field);
     if (!s.ok()) return s;
   }
-  if (c.workers == 0) return absl::InvalidArgumentError("workers must be >= 1");
+  if (c.workers == 0 || c.workers > static_cast<uint32_t>(index::kMaxWorkers)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("workers must be 1..", index::kMaxWorkers, ", not ", c.workers));
+  }
   return c;
 }
 

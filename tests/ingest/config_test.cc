@@ -86,6 +86,8 @@ TEST(ConfigTest, EnvironmentOverrides) {
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->segment, "from-env");
   EXPECT_EQ(c->workers, 5u);
+  setenv("KVIDX_WORKERS", "99", 1);  // past what the control area holds
+  EXPECT_FALSE(ParseConfig(kSample, "sample.toml").ok());
   setenv("KVIDX_WORKERS", "five", 1);
   EXPECT_FALSE(ParseConfig(kSample, "sample.toml").ok());
   unsetenv("KVIDX_WORKERS");

@@ -74,6 +74,7 @@ TestRun Prepare(const std::string& name) {
   r.config = r.dir + "/kvidx.toml";
   r.record = r.dir + "/record.txt";
   index::Segment::Remove(r.segment);
+  index::Segment::Remove(r.segment + ".control");
   return r;
 }
 
@@ -165,6 +166,7 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   EXPECT_EQ(w0->Wait(), 0);
   EXPECT_EQ(w1->Wait(), 0);
   index::Segment::Remove(r.segment);
+  index::Segment::Remove(r.segment + ".control");
 }
 
 // The Mooncake conversation trace (../shared/traces) replayed over simulated pods with LRU caches.
@@ -191,6 +193,7 @@ TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
+  index::Segment::Remove(r.segment + ".control");
 }
 
 TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
@@ -231,6 +234,7 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
+  index::Segment::Remove(r.segment + ".control");
 }
 
 }  // namespace

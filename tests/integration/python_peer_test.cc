@@ -20,6 +20,7 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   mkdir(dir.c_str(), 0755);
   std::string segment = "kvidx-pypeer-" + std::to_string(getpid());
   index::Segment::Remove(segment);
+  index::Segment::Remove(segment + ".control");
   int port = PortBase(1);
   {
     std::ofstream cfg(dir + "/kvidx.toml");
@@ -72,6 +73,7 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);
   index::Segment::Remove(segment);
+  index::Segment::Remove(segment + ".control");
 }
 
 }  // namespace
