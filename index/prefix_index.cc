@@ -874,8 +874,15 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
   const NamespaceSlot* nss = ns_slot(ns);
   if ((Ld(nss->flags) & kKeyByEngineHash) == 0) {
     // After the block exists: a concurrent sweep keeps entries whose block exists.
-    absl::Status es = EnsureEngineEntry(engine_hash, ns, ScopeFor(p), key);
-    (void)es;  // counted in the engine stripe; the store itself stands
+    // Most stores re-state a mapping that is already there; a validated lock-free read proves
+    // it (no writer, hence no sweep, was inside the stripe during the read, and any sweep that
+    // starts later sees the block stored above), and saves taking the engine stripe's lock.
+    const uint16_t scope = ScopeFor(p);
+    bool validated = false;
+    if (ReadEngineEntry(engine_hash, ns, scope, &validated) != key || !validated) {
+      absl::Status es = EnsureEngineEntry(engine_hash, ns, scope, key);
+      (void)es;  // counted in the engine stripe; the store itself stands
+    }
   }
   AddRelaxed(ps.stored_blocks, uint64_t{1});
   if (duplicate) AddRelaxed(ps.duplicate_stores, uint64_t{1});
@@ -1212,12 +1219,17 @@ std::optional<BlockKey> PrefixIndex::ResolveEngineHash(NamespaceId ns, Publisher
   const NamespaceSlot* nss = namespace_slot(ns);
   if (nss == nullptr) return std::nullopt;
   if (Ld(nss->flags) & kKeyByEngineHash) return EngineHashKey(Ld(nss->root), engine_hash);
-  const uint16_t scope = ScopeFor(p);
+  return ReadEngineEntry(engine_hash, ns, ScopeFor(p), nullptr);
+}
+
+std::optional<BlockKey> PrefixIndex::ReadEngineEntry(uint64_t engine_hash, NamespaceId ns,
+                                                     uint16_t scope, bool* validated) const {
   const uint64_t mixed = EngineMix(engine_hash, ns, scope);
   const EngineView v = engine_stripe_for(mixed);
   const uint32_t bucket = mixed & (sg_.engine_buckets_per_stripe - 1);
   ReadWait wait;
   bool force = false;
+  if (validated != nullptr) *validated = true;
   for (;;) {
     uint64_t v1 = __atomic_load_n(&v.h->version, __ATOMIC_ACQUIRE);
     if ((v1 & 1) != 0 && !force) {
@@ -1235,7 +1247,10 @@ std::optional<BlockKey> PrefixIndex::ResolveEngineHash(NamespaceId ns, Publisher
       }
       i = Ld(n.next);
     }
-    if (force) return result;
+    if (force) {
+      if (validated != nullptr) *validated = false;
+      return result;
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (__atomic_load_n(&v.h->version, __ATOMIC_RELAXED) == v1) return result;
     force = wait.Wait(v.h->owner_pid);

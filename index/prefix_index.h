@@ -222,6 +222,10 @@ class PrefixIndex {
   // With `same_as` non-zero, returns kSame without reading holders when the block's holder set
   // fingerprint equals it; `holder_set` receives the fingerprint.
   enum class ReadResult { kAbsent, kFound, kSame };
+  // The engine-hash entry's block key; `validated` (if given) tells whether the read was
+  // validated against the stripe version (false: a best-effort read of a stalled stripe).
+  std::optional<BlockKey> ReadEngineEntry(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
+                                          bool* validated) const;
   ReadResult ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded,
                          uint64_t* holder_set = nullptr, uint64_t same_as = 0) const;
   bool BlockExists(BlockKey key) const;

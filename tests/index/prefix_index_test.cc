@@ -375,6 +375,42 @@ TEST(PrefixIndexCapacityTest, FullTableEvictsLeastRecentlyStoredAndKeepsServing)
   EXPECT_FALSE(held(11));
 }
 
+// The engine-hash table fills up as blocks come and go: entries of evicted blocks are swept,
+// and every block still held stays resolvable (its removal finds it).
+TEST(PrefixIndexCapacityTest, EngineTableSweepsStaleEntriesAndKeepsLiveOnes) {
+  index::Geometry g;
+  g.blocks = 64;
+  g.pairs = 64;
+  g.engine_hashes = 96;
+  g.publishers = 4;
+  g.namespaces = 2;
+  g.stripes = 1;
+  ScopedSegment seg("sweep", g);
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 1});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  const uint32_t n = 1000;
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t tok = i;
+    uint64_t h = 5000 + i;
+    StoreRequest req;
+    req.engine_hashes = {&h, 1};
+    req.tokens = {&tok, 1};
+    ASSERT_TRUE(idx.Store(a, req).ok());
+  }
+  IndexStats st = idx.Stats();
+  EXPECT_GT(st.engine_swept, 0u);
+  EXPECT_EQ(st.engine_full, 0u);
+  const uint64_t held = st.blocks;
+  ASSERT_GT(held, 0u);
+  // The newest `held` blocks are the ones still resident: each removal must resolve.
+  for (uint32_t i = n - static_cast<uint32_t>(held); i < n; ++i) {
+    ASSERT_TRUE(idx.Remove(a, kGpu, 5000 + i).ok()) << i;
+  }
+  EXPECT_EQ(idx.Stats().blocks, 0u);
+  EXPECT_EQ(idx.publisher_slot(a)->unknown_removes, 0u);
+}
+
 TEST(PrefixIndexCapacityTest, QuotaEvictsThePublishersOwnOldest) {
   index::Geometry g;
   g.blocks = 256;
