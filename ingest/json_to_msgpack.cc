@@ -73,54 +73,32 @@ class Converter {
     }
   }
 
-  // Containers are packed after their elements are known: elements go to a nested buffer.
-  bool Object(int depth) {
-    ++p_;
-    Converter inner(std::span<const uint8_t>(p_, end_), max_depth_);
-    uint32_t n = 0;
-    inner.Skip();
-    if (inner.p_ < end_ && *inner.p_ == '}') {
-      ++inner.p_;
-    } else {
-      for (;;) {
-        inner.Skip();
-        std::string key;
-        if (inner.p_ == end_ || *inner.p_ != '"' || !inner.String(&key)) {
-          return Fail(inner.error_.empty() ? "object key is not a string" : inner.error_.c_str());
-        }
-        inner.pk_.pack(key);
-        inner.Skip();
-        if (inner.p_ == end_ || *inner.p_ != ':') return Fail("missing ':' in object");
-        ++inner.p_;
-        if (!inner.Value(depth + 1)) return Fail(inner.error_.c_str());
-        ++n;
-        inner.Skip();
-        if (inner.p_ < end_ && *inner.p_ == ',') {
-          ++inner.p_;
-          continue;
-        }
-        if (inner.p_ < end_ && *inner.p_ == '}') {
-          ++inner.p_;
-          break;
-        }
-        return Fail("missing ',' or '}' in object");
-      }
-    }
-    pk_.pack_map(n);
-    buf_.write(inner.buf_.data(), inner.buf_.size());
-    p_ = inner.p_;
-    return true;
-  }
+  bool Object(int depth) { return Container(depth, /*object=*/true); }
+  bool Array(int depth) { return Container(depth, /*object=*/false); }
 
-  bool Array(int depth) {
+  // Objects and arrays: elements go to a nested buffer first, because the header needs their
+  // count.
+  bool Container(int depth, bool object) {
+    const char close = object ? '}' : ']';
     ++p_;
     Converter inner(std::span<const uint8_t>(p_, end_), max_depth_);
     uint32_t n = 0;
     inner.Skip();
-    if (inner.p_ < end_ && *inner.p_ == ']') {
+    if (inner.p_ < end_ && *inner.p_ == close) {
       ++inner.p_;
     } else {
       for (;;) {
+        if (object) {
+          inner.Skip();
+          std::string key;
+          if (inner.p_ == end_ || *inner.p_ != '"' || !inner.String(&key)) {
+            return Fail(inner.error_.empty() ? "object key is not a string" : inner.error_.c_str());
+          }
+          inner.pk_.pack(key);
+          inner.Skip();
+          if (inner.p_ == end_ || *inner.p_ != ':') return Fail("missing ':' in object");
+          ++inner.p_;
+        }
         if (!inner.Value(depth + 1)) return Fail(inner.error_.c_str());
         ++n;
         inner.Skip();
@@ -128,14 +106,17 @@ class Converter {
           ++inner.p_;
           continue;
         }
-        if (inner.p_ < end_ && *inner.p_ == ']') {
+        if (inner.p_ < end_ && *inner.p_ == close) {
           ++inner.p_;
           break;
         }
-        return Fail("missing ',' or ']' in array");
+        return Fail(object ? "missing ',' or '}' in object" : "missing ',' or ']' in array");
       }
     }
-    pk_.pack_array(n);
+    if (object)
+      pk_.pack_map(n);
+    else
+      pk_.pack_array(n);
     buf_.write(inner.buf_.data(), inner.buf_.size());
     p_ = inner.p_;
     return true;

@@ -90,6 +90,16 @@ void WriteConfig(const TestRun& r, const std::string& sim_config) {
       << ss.str();
 }
 
+// Waits for the simulator's configuration, then writes the workers' from it.
+bool WriteConfigFromSim(const TestRun& r) {
+  if (!WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
+               std::chrono::milliseconds(5000))) {
+    return false;
+  }
+  WriteConfig(r, r.dir + "/sim.toml");
+  return true;
+}
+
 std::unique_ptr<Process> StartWorker(const TestRun& r, int k) {
   return std::make_unique<Process>(
       std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", r.config, "--worker",
@@ -147,9 +157,7 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   TestRun r = Prepare("clean");
   auto sim = StartSim(r, {"--pods", "6", "--mixed-encodings", "--requests", "600", "--rate", "400",
                           "--cache-blocks", "400"});
-  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
-                      std::chrono::milliseconds(5000)));
-  WriteConfig(r, r.dir + "/sim.toml");
+  ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
   auto w1 = StartWorker(r, 1);
   ExpectIndexEqualsRecord(r, *sim);
@@ -178,9 +186,7 @@ TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
   auto sim =
       StartSim(r, {"--pods", "4", "--workload", "trace", "--trace", trace, "--requests", "400",
                    "--rate", "300", "--cache-blocks", "1500", "--encoding", "vllm-map"});
-  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
-                      std::chrono::milliseconds(5000)));
-  WriteConfig(r, r.dir + "/sim.toml");
+  ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
   auto w1 = StartWorker(r, 1);
   ExpectIndexEqualsRecord(r, *sim);
@@ -201,9 +207,7 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   auto sim = StartSim(r, {"--pods", "4", "--requests", "1200", "--rate", "300", "--cache-blocks",
                           "300", "--drop-every", "23", "--restart-every", "400", "--garbage-every",
                           "31", "--replay-without-topic", "--encoding", "vllm-array"});
-  ASSERT_TRUE(WaitFor([&] { return access((r.dir + "/sim.toml").c_str(), R_OK) == 0; },
-                      std::chrono::milliseconds(5000)));
-  WriteConfig(r, r.dir + "/sim.toml");
+  ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
   auto w1 = StartWorker(r, 1);
   // Kill worker 0 (SIGKILL, mid-stream) twice and start it again.
