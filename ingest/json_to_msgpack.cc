@@ -79,7 +79,7 @@ class Converter {
   // Objects and arrays: elements go to a nested buffer first, because the header needs their
   // count.
   bool Container(int depth, bool object) {
-    const char close = object ? '}' : ']';
+    const uint8_t close = object ? '}' : ']';
     ++p_;
     Converter inner(std::span<const uint8_t>(p_, end_), max_depth_);
     uint32_t n = 0;
