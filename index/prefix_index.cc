@@ -248,6 +248,8 @@ void RepairEngineStripe(const StripeGeometry& sg, EngineStripeHeader* h, uint32_
 
 }  // namespace
 
+StripeWriteHook g_stripe_write_hook = nullptr;
+
 // Holds a stripe (block or engine) for writing: its robust lock, repairing the stripe through
 // `repair` if the previous holder died, and an odd seqlock version until destroyed.
 template <typename Header>
@@ -273,9 +275,11 @@ class StripeWriteGuard {
       repair();
       h_->mu.MarkConsistent();
     }
+    if (g_stripe_write_hook != nullptr) [[unlikely]] g_stripe_write_hook(false);
   }
   ~StripeWriteGuard() {
     if (!ok_) return;
+    if (g_stripe_write_hook != nullptr) [[unlikely]] g_stripe_write_hook(true);
     // Release: every data store above is visible before the even version. The owner is
     // cleared only after, for the same reason it is set before.
     __atomic_store_n(&h_->version, (Ld(h_->version) | 1) + 1, __ATOMIC_RELEASE);
@@ -1513,6 +1517,13 @@ uint32_t PrefixIndex::RepairAbandonedStripes() {
     repaired += Ld(v.h->repairs) != before;
   }
   return repaired;
+}
+
+uint32_t PrefixIndex::StripesMidUpdate() const {
+  uint32_t n = 0;
+  for (uint32_t s = 0; s < header_->geometry.stripes; ++s) n += Ld(stripe(s).h->version) & 1;
+  for (uint32_t s = 0; s < sg_.engine_stripes; ++s) n += Ld(engine_stripe(s).h->version) & 1;
+  return n;
 }
 
 std::vector<PrefixIndex::Entry> PrefixIndex::Dump() const {

@@ -122,6 +122,13 @@ struct IndexStats {
   double bytes_per_pair_capacity = 0;
 };
 
+// Test seam: when set, called inside every stripe write (block or engine stripe) with the
+// stripe's lock held and its version odd: once right after locking (`finishing` false) and once
+// after the writes, before the version turns even (`finishing` true). Crash tests use it to
+// stop a writer inside an update by construction. Null in production.
+using StripeWriteHook = void (*)(bool finishing);
+extern StripeWriteHook g_stripe_write_hook;
+
 class PrefixIndex {
  public:
   explicit PrefixIndex(const Segment* segment);
@@ -190,6 +197,9 @@ class PrefixIndex {
   absl::Status RecoverPublisher(PublisherId p);
   // Locks every stripe whose holder died and repairs it. Returns how many were repaired.
   uint32_t RepairAbandonedStripes();
+  // Stripes (block and engine) whose seqlock version is odd: held by a writer now, or left
+  // mid-update by one that died.
+  uint32_t StripesMidUpdate() const;
 
   // Every (key, holder) in the index, for tests and `kvidxctl dump`. Not a snapshot: run it
   // when writers are quiet.

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 
 #include "shared/clock.h"
+#include "tests/common/children.h"
 #include "tests/index/op_stream.h"
 #include "tests/index/test_util.h"
 
@@ -37,17 +38,16 @@ TEST(MultiProcessTest, TwoWriterProcessesAndAReaderEndEqualToModel) {
 
   int report_pipe[2];
   ASSERT_EQ(pipe(report_pipe), 0);
-  pid_t reader = fork();
-  ASSERT_GE(reader, 0);
-  if (reader == 0) {
+  // The reader stops on its own once both streams are applied (it reads their counters from
+  // the segment); its guard kills it on any early exit of the test.
+  ChildGuard reader = ForkChild([&] {
     auto s = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
-    if (!s.ok()) _exit(2);
+    if (!s.ok()) return 2;
     PrefixIndex view(s->get());
     ReaderReport rep{0, 0, 0};
     std::vector<PromptKeys> keys;
     for (uint32_t p = 0; p < kPrompts; ++p) keys.push_back(KeysOf(root, p));
-    // Runs until the parent says stop (SIGTERM is left default: we poll the pipe instead).
-    for (uint32_t p = 0; getppid() != 1; ++p) {
+    for (uint32_t p = 0;; ++p) {
       int64_t t0 = MonotonicNanos();
       LookupResult r = view.Lookup(keys[p % kPrompts].keys);
       rep.max_wait_ns = std::max(rep.max_wait_ns, MonotonicNanos() - t0);
@@ -61,31 +61,29 @@ TEST(MultiProcessTest, TwoWriterProcessesAndAReaderEndEqualToModel) {
       }
     }
     (void)!write(report_pipe[1], &rep, sizeof(rep));
-    _exit(0);
-  }
+    return 0;
+  });
   auto spawn_writer = [&](PublisherId p, const std::vector<Op>& ops) {
-    pid_t pid = fork();
-    if (pid == 0) {
+    return ForkChild([&, p] {
       auto s = Segment::Attach(seg.name(), Segment::Access::kReadWrite);
-      if (!s.ok()) _exit(2);
+      if (!s.ok()) return 2;
       PrefixIndex w(s->get());
       for (const Op& op : ops) {
         absl::Status st = ApplyOp(w, p, root, op);
-        if (!st.ok() && !absl::IsNotFound(st)) _exit(3);
+        if (!st.ok() && !absl::IsNotFound(st)) return 3;
       }
-      _exit(0);
-    }
-    return pid;
+      return 0;
+    });
   };
-  pid_t wa = spawn_writer(a, sa);
-  pid_t wb = spawn_writer(b, sb);
-  int status = 0;
-  waitpid(wa, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  waitpid(wb, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  waitpid(reader, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ChildGuard wa = spawn_writer(a, sa);
+  ChildGuard wb = spawn_writer(b, sb);
+  const auto deadline = std::chrono::seconds(120);
+  int status = wa.Wait(deadline);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  status = wb.Wait(deadline);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  status = reader.Wait(deadline);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   ReaderReport rep{};
   ASSERT_EQ(read(report_pipe[0], &rep, sizeof(rep)), static_cast<ssize_t>(sizeof(rep)));
   EXPECT_GT(rep.lookups, 1000u);
