@@ -1,7 +1,9 @@
 // kvidx-query: the gRPC query server (kvidx.v1.KvIndex, health, reflection) and Prometheus
 // metrics, over a read-only mapping of the index.
 //
-//   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]
+//   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] [--port-file F]
+// --listen HOST:0 takes a free port; --port-file then receives the bound port once serving.
+#include <fstream>
 #include <signal.h>
 
 #include <atomic>
@@ -29,19 +31,22 @@ void OnSignal(int) { g_stop = true; }
 int main(int argc, char** argv) {
   const char* env_config = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
   std::string config_path = env_config != nullptr ? env_config : "";
-  std::string listen, metrics;
+  std::string listen, metrics, port_file;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) {
       std::fprintf(
           stderr,
-          "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]\n");
+          "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] "
+          "[--port-file FILE]\n");
       return 2;
     }
     if (a == "--config")
       config_path = argv[++i];
     else if (a == "--listen")
       listen = argv[++i];
+    else if (a == "--port-file")
+      port_file = argv[++i];
     else if (a == "--metrics")
       metrics = argv[++i];
     else {
@@ -110,6 +115,13 @@ int main(int argc, char** argv) {
     sa.sa_handler = OnSignal;
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
+    if (!port_file.empty()) {
+      {
+        std::ofstream out(port_file + ".tmp");
+        out << port << "\n";
+      }
+      std::rename((port_file + ".tmp").c_str(), port_file.c_str());
+    }
     sd_notify(0, "READY=1");
     while (!g_stop) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));

@@ -110,7 +110,7 @@ std::unique_ptr<Process> StartWorker(const TestRun& r, int k) {
 std::unique_ptr<Process> StartSim(const TestRun& r, std::vector<std::string> extra) {
   std::vector<std::string> args = {BuildPath("tools/kvidx-sim"),
                                    "--base-port",
-                                   std::to_string(PortBase(0)),
+                                   "0",
                                    "--config-out",
                                    r.dir + "/sim.toml",
                                    "--record",
@@ -210,13 +210,20 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
   auto w1 = StartWorker(r, 1);
-  // Kill worker 0 (SIGKILL, mid-stream) twice and start it again.
+  // Kill worker 0 (SIGKILL, mid-stream) twice, each time once the workers have applied
+  // another 150 batches since it started, and start it again at once.
   int kills = getenv("KVIDX_E2E_KILLS") ? atoi(getenv("KVIDX_E2E_KILLS")) : 2;
   for (int i = 0; i < kills; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    uint64_t base = 0;
+    auto applied = [&]() -> uint64_t {
+      auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
+      return seg.ok() ? Header(*seg)->batches_applied : 0;
+    };
+    base = applied();
+    ASSERT_TRUE(WaitFor([&] { return applied() >= base + 150; }, std::chrono::seconds(60)))
+        << "the workers applied nothing more; sim: " << sim->Log();
     w0->Signal(SIGKILL);
     EXPECT_NE(w0->Wait(), -1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     w0 = StartWorker(r, 0);
   }
   ExpectIndexEqualsRecord(r, *sim);

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/children.h"
+
 namespace kvidx::testing {
 
 inline std::string BuildPath(const std::string& rel) {
@@ -24,8 +26,10 @@ class Process {
  public:
   Process(std::vector<std::string> argv, std::string log_path)
       : argv_(std::move(argv)), log_(std::move(log_path)) {
+    pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
+      DieWithParent(parent);  // survives exec: a killed test leaves no process behind
       int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       if (fd >= 0) {
         dup2(fd, 1);
@@ -87,17 +91,35 @@ class Process {
   int status_ = 0;
 };
 
-// A port base unlikely to collide with parallel tests: derived from the pid.
-inline int PortBase(int slot = 0) { return 20000 + (getpid() % 1000) * 32 + (slot % 2) * 16; }
+// Waits (with a deadline) for a file another process writes whole (written aside, renamed) and
+// returns its text, or "" if it never came.
+inline std::string WaitForFile(const std::string& path, std::chrono::milliseconds timeout) {
+  if (!WaitFor([&] { return access(path.c_str(), R_OK) == 0; }, timeout)) return "";
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
-template <typename F>
-bool WaitFor(F&& cond, std::chrono::milliseconds timeout) {
-  auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+// The value of the first line `key = "value"` in a TOML text ("" if none).
+inline std::string TomlString(const std::string& text, const std::string& key) {
+  std::istringstream in(text);
+  std::string line;
+  const std::string head = key + " = \"";
+  while (std::getline(in, line)) {
+    if (line.rfind(head, 0) != 0) continue;
+    size_t end = line.find('"', head.size());
+    return line.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
   }
-  return cond();
+  return "";
+}
+
+// The two endpoints a test peer bound on free ports and wrote to `path` as "PUB ROUTER".
+inline std::pair<std::string, std::string> PeerEndpoints(const std::string& path) {
+  std::istringstream in(WaitForFile(path, std::chrono::milliseconds(30000)));
+  int pub = 0, router = 0;
+  in >> pub >> router;
+  return {"tcp://127.0.0.1:" + std::to_string(pub), "tcp://127.0.0.1:" + std::to_string(router)};
 }
 
 }  // namespace kvidx::testing

@@ -6,8 +6,11 @@ negative ints and 32-byte digests, some batches lost on purpose so kvidx must re
 writes the kvidx block keys (docs/block-keys.md, computed here with python3-xxhash) that each
 of its blocks should end up under.
 
-usage: python_peer.py PORT OUT_FILE [MODEL] [BLOCK_SIZE]
+usage: python_peer.py PORTS_FILE OUT_FILE [MODEL] [BLOCK_SIZE]
+  binds free ports and writes "PUB ROUTER" to PORTS_FILE; waits for kvidx's first replay request
+  (its worker is connected), publishes, writes OUT_FILE, then serves replays until killed.
 """
+import os
 import random
 import struct
 import sys
@@ -17,7 +20,7 @@ import msgpack
 import xxhash
 import zmq
 
-port = int(sys.argv[1])
+ports_path = sys.argv[1]
 out_path = sys.argv[2]
 model = sys.argv[3] if len(sys.argv) > 3 else "peer-model"
 block_size = int(sys.argv[4]) if len(sys.argv) > 4 else 4
@@ -33,9 +36,12 @@ def block_key(parent, tokens):
 
 ctx = zmq.Context()
 pub = ctx.socket(zmq.PUB)
-pub.bind("tcp://127.0.0.1:%d" % port)
+pub_port = pub.bind_to_random_port("tcp://127.0.0.1")
 router = ctx.socket(zmq.ROUTER)
-router.bind("tcp://127.0.0.1:%d" % (port + 1))
+router_port = router.bind_to_random_port("tcp://127.0.0.1")
+with open(ports_path + ".tmp", "w") as f:
+    f.write("%d %d\n" % (pub_port, router_port))
+os.rename(ports_path + ".tmp", ports_path)
 rng = random.Random(7)
 history = []  # (seq, payload)
 held = {}     # engine hash (as the decoder folds it) -> kvidx key
@@ -75,7 +81,9 @@ def publish(events, lose=False):
     seq += 1
 
 
-time.sleep(0.8)  # let the subscriber connect
+# kvidx's first contact is a replay request from 0: once it comes, its worker is there. What
+# the subscriber misses before it has joined is a gap that kvidx must replay anyway.
+serve_replays(60000)
 chains = []  # (engine hashes, keys) per stored chain
 for step in range(120):
     serve_replays()
@@ -114,8 +122,6 @@ for step in range(120):
 with open(out_path + ".tmp", "w") as f:
     for k in sorted(set(held.values())):
         f.write("%016x\n" % k)
-import os
 os.rename(out_path + ".tmp", out_path)
-deadline = time.time() + 4
-while time.time() < deadline:
-    serve_replays(50)
+while True:
+    serve_replays(1000)

@@ -21,23 +21,24 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   std::string segment = "kvidx-pypeer-" + std::to_string(getpid());
   index::Segment::Remove(segment);
   index::Segment::Remove(segment + ".control");
-  int port = PortBase(1);
+  Process peer(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_peer.py",
+       dir + "/ports.txt", dir + "/expected.txt"},
+      dir + "/peer.log");
+  auto [pub_ep, replay_ep] = PeerEndpoints(dir + "/ports.txt");
   {
     std::ofstream cfg(dir + "/kvidx.toml");
     cfg << "[segment]\nname = \"" << segment
         << "\"\nblocks = 20000\npairs = 40000\npublishers = 8\nnamespaces = 4\nstripes = 16\n"
         << "[ingest]\nworkers = 1\nreplay_timeout_ms = 1000\nreconnect_initial_ms = 100\n"
         << "[[model]]\nname = \"peer-model\"\nblock_size = 4\n"
-        << "[[publisher]]\npod = \"py\"\nmodel = \"peer-model\"\nendpoint = \"tcp://127.0.0.1:"
-        << port << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << port + 1 << "\"\n";
+        << "[[publisher]]\npod = \"py\"\nmodel = \"peer-model\"\nendpoint = \""
+        << pub_ep << "\"\nreplay_endpoint = \"" << replay_ep << "\"\n";
   }
-  Process peer(
-      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_peer.py",
-       std::to_string(port), dir + "/expected.txt"},
-      dir + "/peer.log");
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir + "/kvidx.toml"},
                  dir + "/worker.log");
-  ASSERT_EQ(peer.Wait(std::chrono::milliseconds(60000)), 0) << peer.Log();
+  ASSERT_FALSE(WaitForFile(dir + "/expected.txt", std::chrono::milliseconds(60000)).empty())
+      << peer.Log();
   std::set<uint64_t> want;
   {
     std::ifstream in(dir + "/expected.txt");

@@ -37,11 +37,9 @@ class QueryTest : public ::testing::Test {
     env->segment = "kvidx-query-" + std::to_string(getpid());
     index::Segment::Remove(env->segment);
     index::Segment::Remove(env->segment + ".control");
-    int base = PortBase(0);
-    env->grpc_addr = "127.0.0.1:" + std::to_string(base + 15);
     env->sim = std::make_unique<Process>(
         std::vector<std::string>{BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port",
-                                 std::to_string(base), "--requests", "100000", "--rate", "150",
+                                 "0", "--requests", "100000", "--rate", "150",
                                  "--cache-blocks", "500", "--config-out", env->dir + "/sim.toml",
                                  "--prompts-out", env->dir + "/prompts.txt", "--model", "qm",
                                  "--start-delay-ms", "300"},
@@ -56,7 +54,7 @@ class QueryTest : public ::testing::Test {
     out << "[segment]\nname = \"" << env->segment
         << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
-        << "[query]\nlisten = \"" << env->grpc_addr << "\"\nmetrics_listen = \"off\"\n"
+        << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\n"
         << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n"
         << ss.str();
     out.close();
@@ -69,8 +67,12 @@ class QueryTest : public ::testing::Test {
                                  "--worker", "1"},
         env->dir + "/w1.log");
     env->query = std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", env->config},
+        std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", env->config,
+                                 "--port-file", env->dir + "/query.port"},
         env->dir + "/query.log");
+    std::string port = WaitForFile(env->dir + "/query.port", std::chrono::milliseconds(30000));
+    ASSERT_FALSE(port.empty()) << env->query->Log();
+    env->grpc_addr = "127.0.0.1:" + std::to_string(std::stoi(port));
     env->stub =
         KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
     // Wait until the server answers and the index has content and sample prompts exist.
@@ -292,16 +294,17 @@ TEST_F(QueryTest, WatchEventsSeesEventsAppliedAfterItStarted) {
 
 TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   // A second simulated engine that kvidx does not know yet.
-  int port = PortBase(1);
   Process extra({BuildPath("tools/kvidx-sim"), "--pods", "1", "--pod-prefix", "extra-",
-                 "--base-port", std::to_string(port), "--requests", "100000", "--rate", "100",
-                 "--model", "qm", "--start-delay-ms", "100"},
+                 "--base-port", "0", "--requests", "100000", "--rate", "100", "--model", "qm",
+                 "--start-delay-ms", "100", "--config-out", env->dir + "/extra.toml"},
                 env->dir + "/extra.log");
+  std::string extra_toml = WaitForFile(env->dir + "/extra.toml", std::chrono::milliseconds(30000));
+  ASSERT_FALSE(extra_toml.empty()) << extra.Log();
   v1::RegisterPublisherRequest reg;
   reg.set_pod("extra-0");
   reg.set_model("qm");
-  reg.set_endpoint("tcp://127.0.0.1:" + std::to_string(port));
-  reg.set_replay_endpoint("tcp://127.0.0.1:" + std::to_string(port + 1));
+  reg.set_endpoint(TomlString(extra_toml, "endpoint"));
+  reg.set_replay_endpoint(TomlString(extra_toml, "replay_endpoint"));
   reg.set_topic("kv-events");
   reg.set_dialect("vllm");
   v1::Pod pod;
@@ -382,16 +385,16 @@ TEST_F(QueryTest, PythonClientRunsALookupAndReadsStats) {
 // A sequence-id publisher registered at run time; its sequences are read back through the
 // owning worker.
 TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
-  int port = PortBase(1) + 8;
   Process peer(
       {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/seqid_peer.py",
-       std::to_string(port)},
+       env->dir + "/seqid.ports"},
       env->dir + "/seqid.log");
+  auto [pub_ep, replay_ep] = PeerEndpoints(env->dir + "/seqid.ports");
   v1::RegisterPublisherRequest reg;
   reg.set_pod("seq-pod");
   reg.set_model("qm");
-  reg.set_endpoint("tcp://127.0.0.1:" + std::to_string(port));
-  reg.set_replay_endpoint("tcp://127.0.0.1:" + std::to_string(port + 1));
+  reg.set_endpoint(pub_ep);
+  reg.set_replay_endpoint(replay_ep);
   reg.set_dialect("seqid");
   v1::Pod pod;
   {

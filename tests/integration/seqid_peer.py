@@ -2,20 +2,24 @@
 """A publisher of the sequence-id dialect (wire.md §9), written from the spec: PUB + ROUTER
 replay, three-frame messages, payloads {"events": [...]} packed with python3-msgpack.
 
-usage: seqid_peer.py PORT     (runs until killed, serving replays)
+usage: seqid_peer.py PORTS_FILE   (binds free ports, writes "PUB ROUTER" there, then runs until
+                                   killed, serving replays)
 """
+import os
 import sys
-import time
 
 import msgpack
 import zmq
 
-port = int(sys.argv[1])
+ports_path = sys.argv[1]
 ctx = zmq.Context()
 pub = ctx.socket(zmq.PUB)
-pub.bind("tcp://127.0.0.1:%d" % port)
+pub_port = pub.bind_to_random_port("tcp://127.0.0.1")
 router = ctx.socket(zmq.ROUTER)
-router.bind("tcp://127.0.0.1:%d" % (port + 1))
+router_port = router.bind_to_random_port("tcp://127.0.0.1")
+with open(ports_path + ".tmp", "w") as f:
+    f.write("%d %d\n" % (pub_port, router_port))
+os.rename(ports_path + ".tmp", ports_path)
 END = b"\xff" * 8
 
 batches = [
@@ -28,7 +32,6 @@ batches = [
                  "finished": True}]},
 ]
 history = [(i, msgpack.packb(b, use_bin_type=True)) for i, b in enumerate(batches)]
-time.sleep(0.3)
 for seq, payload in history:
     pub.send_multipart([b"seq", seq.to_bytes(8, "big"), payload])
 while True:

@@ -77,11 +77,14 @@ SimEngine::SimEngine(zmq::context_t& ctx, EngineOptions options)
     : options_(std::move(options)), pub_(ctx, zmq::socket_type::pub), rng_(options_.seed) {
   pub_.set(zmq::sockopt::sndhwm, 100000);
   pub_.set(zmq::sockopt::linger, 0);
+  // An endpoint with port "*" takes a free port; the options then name the bound one.
   pub_.bind(options_.pub_endpoint);
+  options_.pub_endpoint = pub_.get(zmq::sockopt::last_endpoint);
   if (!options_.replay_endpoint.empty()) {
     router_ = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::router);
     router_->set(zmq::sockopt::linger, 0);
     router_->bind(options_.replay_endpoint);
+    options_.replay_endpoint = router_->get(zmq::sockopt::last_endpoint);
   }
 }
 

@@ -244,9 +244,12 @@ int main(int argc, char** argv) {
         kvidx::sim::EngineOptions o;
         o.pod = a.pod_prefix + std::to_string(p);
         o.dp_rank = r;
-        o.pub_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i);
-        if (a.replay)
-          o.replay_endpoint = "tcp://" + a.host + ":" + std::to_string(a.base_port + 2 * i + 1);
+        // --base-port 0: every socket binds a free port (tests); the config names them.
+        auto port = [&](uint32_t k) {
+          return a.base_port == 0 ? std::string("*") : std::to_string(a.base_port + k);
+        };
+        o.pub_endpoint = "tcp://" + a.host + ":" + port(2 * i);
+        if (a.replay) o.replay_endpoint = "tcp://" + a.host + ":" + port(2 * i + 1);
         o.topic = a.topic;
         o.encoding = encodings[i % encodings.size()];
         o.replay_with_topic = a.replay_with_topic;
@@ -255,15 +258,20 @@ int main(int argc, char** argv) {
         o.faults = a.faults;
         o.seed = a.seed * 1000 + i;
         engines.push_back(std::make_unique<kvidx::sim::SimEngine>(ctx, o));
+        o.pub_endpoint = engines.back()->options().pub_endpoint;
+        o.replay_endpoint = engines.back()->options().replay_endpoint;
         toml += "\n[[publisher]]\npod = \"" + o.pod + "\"\ndp_rank = " + std::to_string(r) +
                 "\nmodel = \"" + a.model + "\"\nendpoint = \"" + o.pub_endpoint +
                 "\"\nreplay_endpoint = \"" + o.replay_endpoint + "\"\ntopic = \"" + a.topic +
                 "\"\ndialect = \"" + kvidx::sim::DialectFor(o.encoding) + "\"\n";
       }
     }
-    if (!a.config_out.empty()) {
-      std::ofstream out(a.config_out);
-      out << toml;
+    if (!a.config_out.empty()) {  // whole or absent: readers wait for the name
+      {
+        std::ofstream out(a.config_out + ".tmp");
+        out << toml;
+      }
+      std::rename((a.config_out + ".tmp").c_str(), a.config_out.c_str());
     }
     std::fprintf(stderr, "kvidx-sim: %zu engines on %s:%u.., %s, workload %s\n", engines.size(),
                  a.host.c_str(), a.base_port,
@@ -302,11 +310,14 @@ int main(int argc, char** argv) {
         std::vector<uint32_t> all;
         for (const auto& b : prompt) all.insert(all.end(), b.tokens.begin(), b.tokens.end());
         sample_prompts[ids[0]] = all;
-        std::ofstream out(a.prompts_out);
-        for (auto& [first, tokens] : sample_prompts) {
-          for (size_t i = 0; i < tokens.size(); ++i) out << (i ? "," : "") << tokens[i];
-          out << "\n";
+        {
+          std::ofstream out(a.prompts_out + ".tmp");
+          for (auto& [first, tokens] : sample_prompts) {
+            for (size_t i = 0; i < tokens.size(); ++i) out << (i ? "," : "") << tokens[i];
+            out << "\n";
+          }
         }
+        std::rename((a.prompts_out + ".tmp").c_str(), a.prompts_out.c_str());
       }
       // Prefix affinity: most requests of a prefix go to its home engine.
       uint64_t home = XXH3_64bits(&ids[0], sizeof(uint64_t)) % engines.size();
