@@ -51,7 +51,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr uint32_t kNil = 0xFFFFFFFFu;
 
 enum Tier : uint8_t { kGpu = 0, kCpu = 1, kDisk = 2 };
@@ -206,6 +206,20 @@ struct alignas(64) PublisherSlot {
   uint64_t events;
   uint64_t decode_errors;
   ApplyJournal journal;
+  // Stream continuity (ingest/stream_machine.h): the payload digests of the last applied
+  // batches, slot seq % 16; entry i is valid if bit i of digest_valid is set. A restarted worker
+  // checks the engine against them before it applies anything.
+  uint64_t digest_seq[16];
+  uint64_t digest[16];
+  uint32_t digest_valid;
+  uint32_t stream_state;  // ingest::StreamState
+  uint32_t reachable;     // the engine answered within unreachable_after_ms
+  uint32_t resync_pending;  // a resync began: a successor finishes it before anything else
+  int64_t last_heard_wall_ns;  // last message of any kind from the engine
+  uint64_t probes;             // idle probes (not counted as replays)
+  uint64_t restarts;           // engine restarts detected
+  uint64_t unverifiable_gaps;  // continuity that could not be checked: residencies dropped
+  uint64_t stale_drops;        // residencies dropped after drop_after_ms unreachable
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same

@@ -116,6 +116,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "reconnect_max_ms", &c.reconnect_max_ms, where);
     KVIDX_READ(*s, "replay_timeout_ms", &c.replay_timeout_ms, where);
     KVIDX_READ(*s, "idle_probe_ms", &c.idle_probe_ms, where);
+    KVIDX_READ(*s, "unreachable_after_ms", &c.unreachable_after_ms, where);
+    KVIDX_READ(*s, "drop_after_ms", &c.drop_after_ms, where);
     KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
     KVIDX_READ(*s, "max_payload_bytes", &c.max_payload_bytes, where);
     KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);

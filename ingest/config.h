@@ -45,6 +45,10 @@ struct Config {
   uint32_t reconnect_max_ms = 30000;
   uint32_t replay_timeout_ms = 2000;
   uint32_t idle_probe_ms = 1000;
+  // Freshness: an engine silent this long (no batch, no answer to the idle probe) is reported
+  // unreachable; after drop_after_ms its residencies are dropped (0: never).
+  uint32_t unreachable_after_ms = 10000;
+  uint32_t drop_after_ms = 300000;
   uint32_t poll_timeout_ms = 100;
   int32_t rcvhwm = 100000;  // the engines' PUB default
   uint64_t max_payload_bytes = 64u << 20;

@@ -1,6 +1,9 @@
 #include "ingest/publisher_link.h"
 
+#include <atomic>
 #include <random>
+
+#include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -45,10 +48,19 @@ PublisherLink::~PublisherLink() {
 
 index::PublisherSlot* PublisherLink::slot() { return index_->mutable_publisher_slot(id_); }
 
-std::optional<uint64_t> PublisherLink::Expected() {
-  index::PublisherSlot* s = slot();
-  if (s == nullptr || Ld(s->has_seq) == 0) return std::nullopt;
-  return Ld(s->last_seq) + 1;
+// The machine's persisted state, as the slot holds it.
+StreamPersisted LoadPersisted(const index::PublisherSlot* s) {
+  StreamPersisted p;
+  if (s == nullptr) return p;
+  p.has_seq = Ld(s->has_seq) != 0;
+  p.last_seq = Ld(s->last_seq);
+  uint32_t valid = Ld(s->digest_valid);
+  for (int i = 0; i < kDigestRing; ++i) {
+    p.ring[i].valid = (valid >> i) & 1u;
+    p.ring[i].seq = Ld(s->digest_seq[i]);
+    p.ring[i].digest = Ld(s->digest[i]);
+  }
+  return p;
 }
 
 absl::Status PublisherLink::Start() {
@@ -56,20 +68,26 @@ absl::Status PublisherLink::Start() {
     // Reconnect intervals with jitter, so a fleet of links does not retry in lockstep; libzmq
     // doubles the interval up to the maximum.
     thread_local std::mt19937 rng(std::random_device{}());
-    int ivl = static_cast<int>(options_.reconnect_initial_ms *
+    auto ivl = static_cast<int>(options_.reconnect_initial_ms *
                                (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
+    reconnect_ivl_ms_ = ivl;
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, options_.rcvhwm);
     sub_->set(zmq::sockopt::linger, 0);
-    sub_->set(zmq::sockopt::reconnect_ivl, ivl);
+    sub_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
     sub_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
     sub_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
     sub_->set(zmq::sockopt::subscribe, config_.topic);
-    monitor_endpoint_ =
-        absl::StrCat("inproc://kvidx-mon-", id_, "-", reinterpret_cast<uintptr_t>(this));
-    zmq_socket_monitor(sub_->handle(), monitor_endpoint_.c_str(),
-                       ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED |
-                           ZMQ_EVENT_ACCEPTED);
+    // Unique for the process's life: a link made at the address of one just destroyed must not
+    // reuse its endpoint (the old monitor unbinds asynchronously; the new one would not bind).
+    static std::atomic<uint64_t> monitors{0};
+    monitor_endpoint_ = absl::StrCat("inproc://kvidx-mon-", id_, "-", monitors.fetch_add(1));
+    if (zmq_socket_monitor(sub_->handle(), monitor_endpoint_.c_str(),
+                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                               ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_ACCEPTED) != 0) {
+      return absl::InternalError(absl::StrCat("publisher ", config_.pod, ": socket monitor: ",
+                                              zmq_strerror(zmq_errno())));
+    }
     monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
     monitor_->connect(monitor_endpoint_);
     if (config_.bind) {
@@ -77,24 +95,45 @@ absl::Status PublisherLink::Start() {
     } else {
       sub_->connect(config_.endpoint);
     }
-    if (!config_.replay_endpoint.empty()) {
-      dealer_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
-      dealer_->set(zmq::sockopt::linger, 0);
-      dealer_->set(zmq::sockopt::reconnect_ivl, ivl);
-      dealer_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
-      dealer_->set(zmq::sockopt::rcvhwm, 0);
-      dealer_->set(zmq::sockopt::maxmsgsize,
-                   static_cast<int64_t>(options_.limits.max_payload_bytes));
-      dealer_->connect(config_.replay_endpoint);
-    }
   } catch (const zmq::error_t& e) {
     return absl::UnavailableError(absl::StrCat("publisher ", config_.pod, ": ", e.what()));
   }
-  // Resume: a worker that restarts asks for everything after the last applied batch.
-  if (auto expected = Expected()) {
-    StartReplay(*expected, /*first_contact=*/false);
-  } else {
-    StartReplay(0, /*first_contact=*/true);
+  if (!config_.replay_endpoint.empty()) {
+    absl::Status st = OpenDealer();
+    if (!st.ok()) return st;
+  }
+  StreamOptions so;
+  so.has_replay = dealer_ != nullptr;
+  so.replay_timeout_ns = int64_t{options_.replay_timeout_ms} * 1'000'000;
+  so.idle_probe_ns = int64_t{options_.idle_probe_ms} * 1'000'000;
+  so.max_buffered = options_.max_buffered_batches;
+  so.unreachable_after_ns = int64_t{options_.unreachable_after_ms} * 1'000'000;
+  so.drop_after_ns = int64_t{options_.drop_after_ms} * 1'000'000;
+  if (index::PublisherSlot* s = slot(); s != nullptr && Ld(s->resync_pending) != 0) {
+    KVIDX_LOG_WARN("publisher %s/%u: finishing a resync a dead worker began", config_.pod.c_str(),
+                   config_.dp_rank);
+    FinishResync();
+  }
+  machine_ = std::make_unique<StreamMachine>(so, LoadPersisted(slot()));
+  // Worker start, restart or a new endpoint: nothing is applied before continuity is checked.
+  StreamMachine::Actions out;
+  machine_->Start(MonotonicNanos(), &out);
+  Carry(out);
+  return absl::OkStatus();
+}
+
+absl::Status PublisherLink::OpenDealer() {
+  try {
+    dealer_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+    dealer_->set(zmq::sockopt::linger, 0);
+    dealer_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
+    dealer_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
+    dealer_->set(zmq::sockopt::rcvhwm, 0);
+    dealer_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
+    dealer_->connect(config_.replay_endpoint);
+  } catch (const zmq::error_t& e) {
+    return absl::UnavailableError(
+        absl::StrCat("publisher ", config_.pod, ": replay socket: ", e.what()));
   }
   return absl::OkStatus();
 }
@@ -106,9 +145,15 @@ void PublisherLink::AppendPollItems(std::vector<zmq::pollitem_t>* items) {
 }
 
 void PublisherLink::Handle(const zmq::pollitem_t* items) {
-  if (items[1].revents & ZMQ_POLLIN) OnMonitor();
+  // Connect events first, whatever poll reported: a new connection's monitor event is queued
+  // before its first message can arrive (the handshake comes between), so a batch of a new
+  // engine process is never taken before the continuity check its connection starts.
+  OnMonitor();
   if (dealer_ && (items[2].revents & ZMQ_POLLIN)) OnDealer();
-  if (items[0].revents & ZMQ_POLLIN) OnSub();
+  if (items[0].revents & ZMQ_POLLIN) {
+    OnMonitor();
+    OnSub();
+  }
 }
 
 void PublisherLink::OnMonitor() {
@@ -124,17 +169,23 @@ void PublisherLink::OnMonitor() {
     if (s == nullptr) continue;
     switch (event) {
       case ZMQ_EVENT_CONNECTED:
-      case ZMQ_EVENT_ACCEPTED:
+      case ZMQ_EVENT_ACCEPTED: {
         St(s->connected, 1u);
         St(s->connected_since_wall_ns, WallNanos());
         AddRelaxed(s->connects, uint64_t{1});
-        KVIDX_LOG_INFO("publisher %s/%u: connected", config_.pod.c_str(), config_.dp_rank);
+        StreamMachine::Actions out;
+        machine_->Connected(MonotonicNanos(), &out);
+        Carry(out);
         break;
-      case ZMQ_EVENT_DISCONNECTED:
+      }
+      case ZMQ_EVENT_DISCONNECTED: {
         St(s->connected, 0u);
         AddRelaxed(s->disconnects, uint64_t{1});
-        KVIDX_LOG_WARN("publisher %s/%u: disconnected", config_.pod.c_str(), config_.dp_rank);
+        StreamMachine::Actions out;
+        machine_->Disconnected(MonotonicNanos(), &out);
+        Carry(out);
         break;
+      }
       case ZMQ_EVENT_CONNECT_RETRIED:
         AddRelaxed(s->connect_retries, uint64_t{1});
         break;
@@ -159,17 +210,20 @@ void PublisherLink::OnSub() {
 }
 
 void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
-  last_activity_ns_ = MonotonicNanos();
   index::SegmentHeader* h = index_->mutable_header();
   if (parts.size() == 3 && parts[1].size() == 8) {
-    HandleSequenced(ReadSeq(parts[1]), Bytes(parts[2]), /*from_replay=*/false);
+    std::span<const uint8_t> payload = Bytes(parts[2]);
+    StreamMachine::Actions out;
+    machine_->Live(ReadSeq(parts[1]), XXH3_64bits(payload.data(), payload.size()), payload.data(),
+                   payload.size(), MonotonicNanos(), &out);
+    Carry(out);
     return;
   }
   // wire.md §10: publishers of the map dialects may send the payload alone; sequence checking
   // is then off for them.
   if (parts.size() == 1 && config_.dialect != Dialect::kVllm &&
       config_.dialect != Dialect::kSglang) {
-    ApplyBatch(std::nullopt, Bytes(parts[0]));
+    ApplyBatch(std::nullopt, 0, Bytes(parts[0]));
     return;
   }
   AddRelaxed(h->garbage_frames, uint64_t{1});
@@ -178,60 +232,81 @@ void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
                   parts.size());
 }
 
-void PublisherLink::HandleSequenced(uint64_t seq, std::span<const uint8_t> payload,
-                                    bool from_replay) {
+void PublisherLink::Carry(StreamMachine::Actions& actions) {
   index::PublisherSlot* s = slot();
-  if (s == nullptr) return;
-  if (replaying_ && !from_replay) {
-    if (buffered_.size() >= options_.max_buffered_batches) {
-      // The replay is too slow to catch up: give up on this replay.
-      Resync("live buffer overflowed during a replay");
-      replaying_ = false;
-      St(s->gap_open, 0u);
-      buffered_.clear();
-    } else {
-      buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
-      return;
+  for (StreamAction& a : actions) {
+    switch (a.kind) {
+      case StreamAction::kApply:
+        ApplyBatch(a.seq, machine_->persisted().ring[a.seq % kDigestRing].digest, a.payload);
+        break;
+      case StreamAction::kResync:
+        Resync(a.reason);
+        break;
+      case StreamAction::kResetReplay:
+        // A new socket: no reply to an earlier request can reach it.
+        dealer_.reset();
+        if (absl::Status st = OpenDealer(); !st.ok())
+          KVIDX_LOG_ERROR("%s", std::string(st.message()).c_str());
+        break;
+      case StreamAction::kRequestReplay:
+        SendReplayRequest(a.seq);
+        break;
+      case StreamAction::kState: {
+        if (s != nullptr) {
+          St(s->stream_state, static_cast<uint32_t>(a.state));
+          St(s->gap_open, static_cast<uint32_t>(a.state == StreamState::kReplaying ||
+                                                a.state == StreamState::kStarting));
+          St(s->reachable, static_cast<uint32_t>(a.state != StreamState::kUnreachable));
+        }
+        // One line per state change, at most one a second per publisher (the rest counted).
+        int64_t now = MonotonicNanos();
+        if (now - last_state_log_ns_ >= 1'000'000'000 || a.state == StreamState::kUnreachable) {
+          KVIDX_LOG_INFO("publisher %s/%u: %s (%s)%s", config_.pod.c_str(), config_.dp_rank,
+                         StreamStateName(a.state), a.reason,
+                         suppressed_logs_ != 0
+                             ? absl::StrCat(" [", suppressed_logs_, " changes not logged]").c_str()
+                             : "");
+          last_state_log_ns_ = now;
+          suppressed_logs_ = 0;
+        } else {
+          ++suppressed_logs_;
+        }
+        break;
+      }
     }
   }
-  std::optional<uint64_t> expected = Expected();
-  if (!expected && seq > 0 && !from_replay && StartReplay(0, /*first_contact=*/true)) {
-    // First contact in mid-stream: fetch what the engine still has from before this batch.
-    buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
-    return;
-  }
-  if (!expected || seq == *expected) {
-    ApplyBatch(seq, payload);
-    return;
-  }
-  if (seq < *expected) {
-    if (from_replay) return;  // already applied
-    // The engine restarted (sequences start at 0 per process).
-    Resync("sequence went backwards (engine restart)");
-    if (!StartReplay(0, /*first_contact=*/true))
-      ApplyBatch(seq, payload);
-    else
-      buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
-    return;
-  }
-  // seq > expected: a gap.
-  AddRelaxed(s->gaps, uint64_t{1});
-  if (from_replay) {
-    Resync("replay has a hole");
-    ApplyBatch(seq, payload);
-    return;
-  }
-  KVIDX_LOG_WARN("publisher %s/%u: gap, expected %lu got %lu", config_.pod.c_str(), config_.dp_rank,
-                 static_cast<unsigned long>(*expected), static_cast<unsigned long>(seq));
-  if (StartReplay(*expected, /*first_contact=*/false)) {
-    buffered_.emplace_back(seq, std::vector<uint8_t>(payload.begin(), payload.end()));
-    return;
-  }
-  Resync("gap and no replay endpoint");
-  ApplyBatch(seq, payload);
+  actions.clear();
+  MirrorCounters();
 }
 
-void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, std::span<const uint8_t> payload) {
+void PublisherLink::MirrorCounters() {
+  index::PublisherSlot* s = slot();
+  if (s == nullptr || !machine_) return;
+  const StreamCounters& c = machine_->counters();
+  AddRelaxed(s->gaps, c.gaps - mirrored_.gaps);
+  AddRelaxed(s->replays, c.replays + c.retries - mirrored_.replays - mirrored_.retries);
+  AddRelaxed(s->probes, c.probes - mirrored_.probes);
+  AddRelaxed(s->restarts, c.restarts - mirrored_.restarts);
+  AddRelaxed(s->unverifiable_gaps, c.unverifiable - mirrored_.unverifiable);
+  mirrored_ = c;
+  if (machine_->reachable()) St(s->last_heard_wall_ns, WallNanos());
+}
+
+void PublisherLink::SendReplayRequest(uint64_t from) {
+  if (!dealer_) return;
+  uint8_t seq8[8];
+  for (int i = 0; i < 8; ++i) seq8[i] = static_cast<uint8_t>(from >> (56 - 8 * i));
+  try {
+    // Not sent (no peer, queue full): the machine's deadline sends it again on a new socket.
+    if (dealer_->send(zmq::message_t(), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+      dealer_->send(zmq::message_t(seq8, 8), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t& e) {
+    KVIDX_LOG_DEBUG("publisher %s: replay request not sent: %s", config_.pod.c_str(), e.what());
+  }
+}
+
+void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
+                               std::span<const uint8_t> payload) {
   index::PublisherSlot* s = slot();
   if (s == nullptr) return;
   index::SegmentHeader* h = index_->mutable_header();
@@ -279,6 +354,12 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, std::span<const uint
   AddRelaxed(s->batches, uint64_t{1});
   St(s->last_event_wall_ns, WallNanos());
   if (seq) {
+    // The digest first: an entry is only ever consulted for a sequence at or below last_seq.
+    int i = static_cast<int>(*seq % kDigestRing);
+    St(s->digest_seq[i], *seq);
+    St(s->digest[i], digest);
+    St(s->digest_valid, Ld(s->digest_valid) | (1u << i));
+    Barrier();
     St(s->last_seq, *seq);
     St(s->has_seq, 1u);
     Barrier();
@@ -286,31 +367,8 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, std::span<const uint
   }
 }
 
-bool PublisherLink::StartReplay(uint64_t from, bool first_contact) {
-  if (!dealer_) return false;
-  uint8_t seq8[8];
-  for (int i = 0; i < 8; ++i) seq8[i] = static_cast<uint8_t>(from >> (56 - 8 * i));
-  try {
-    dealer_->send(zmq::message_t(), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    dealer_->send(zmq::message_t(seq8, 8), zmq::send_flags::dontwait);
-  } catch (const zmq::error_t& e) {
-    KVIDX_LOG_WARN("publisher %s: replay request failed: %s", config_.pod.c_str(), e.what());
-    return false;
-  }
-  replaying_ = true;
-  replay_first_ = true;
-  first_contact_ = first_contact;
-  replay_from_ = from;
-  replay_deadline_ns_ = MonotonicNanos() + int64_t{options_.replay_timeout_ms} * 1'000'000;
-  if (index::PublisherSlot* s = slot()) {
-    AddRelaxed(s->replays, uint64_t{1});
-    St(s->gap_open, 1u);
-  }
-  return true;
-}
-
 void PublisherLink::OnDealer() {
-  for (int i = 0; i < 1024; ++i) {
+  for (int i = 0; i < 1024 && dealer_; ++i) {
     std::vector<zmq::message_t> parts;
     try {
       if (!zmq::recv_multipart(*dealer_, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
@@ -334,54 +392,36 @@ void PublisherLink::OnDealer() {
       continue;
     }
     uint64_t s = ReadSeq(*seq);
-    if (!replaying_) continue;  // a late reply to a replay already given up on
+    StreamMachine::Actions out;
     if (s == kReplayEndSeq && payload->size() == 0) {
-      FinishReplay(/*got_end=*/true);
-      continue;
+      machine_->ReplayEnd(MonotonicNanos(), &out);
+    } else {
+      if (index::PublisherSlot* ps = slot()) AddRelaxed(ps->replay_batches, uint64_t{1});
+      std::span<const uint8_t> p = Bytes(*payload);
+      machine_->ReplayBatch(s, XXH3_64bits(p.data(), p.size()), p.data(), p.size(),
+                            MonotonicNanos(), &out);
     }
-    if (replay_first_) {
-      replay_first_ = false;
-      if (s > replay_from_ && !first_contact_) {
-        // The engine's buffer no longer reaches back to what we need.
-        AddRelaxed(slot()->gaps, uint64_t{1});
-        Resync("replay starts after the gap");
-      }
-    }
-    if (index::PublisherSlot* ps = slot()) AddRelaxed(ps->replay_batches, uint64_t{1});
-    HandleSequenced(s, Bytes(*payload), /*from_replay=*/true);
-  }
-}
-
-void PublisherLink::FinishReplay(bool got_end) {
-  replaying_ = false;
-  last_activity_ns_ = MonotonicNanos();
-  if (index::PublisherSlot* s = slot()) St(s->gap_open, 0u);
-  if (!got_end) {
-    KVIDX_LOG_WARN("publisher %s/%u: replay ended without its end marker", config_.pod.c_str(),
-                   config_.dp_rank);
-  }
-  std::deque<std::pair<uint64_t, std::vector<uint8_t>>> pending;
-  pending.swap(buffered_);
-  for (auto& [seq, payload] : pending) {
-    std::optional<uint64_t> expected = Expected();
-    if (expected && seq < *expected) continue;  // the replay already covered it
-    if (expected && seq > *expected) {
-      // Still a hole between the replay and the live stream.
-      if (index::PublisherSlot* s = slot()) AddRelaxed(s->gaps, uint64_t{1});
-      Resync(got_end ? "replay did not cover the gap" : "replay timed out");
-    }
-    ApplyBatch(seq, payload);
+    Carry(out);  // may reset the DEALER: the loop ends then
   }
 }
 
 void PublisherLink::Tick(int64_t now_ns) {
-  if (replaying_ && now_ns > replay_deadline_ns_) FinishReplay(/*got_end=*/false);
-  if (!replaying_ && dealer_ && options_.idle_probe_ms != 0 &&
-      now_ns - last_activity_ns_ > int64_t{options_.idle_probe_ms} * 1'000'000) {
-    last_activity_ns_ = now_ns;
-    std::optional<uint64_t> expected = Expected();
-    StartReplay(expected.value_or(0), /*first_contact=*/!expected.has_value());
-  }
+  StreamMachine::Actions out;
+  machine_->Tick(now_ns, &out);
+  Carry(out);
+}
+
+void PublisherLink::FinishResync() {
+  index::PublisherSlot* s = slot();
+  St(s->has_seq, 0u);
+  St(s->digest_valid, 0u);
+  St(s->batch_pending, 0u);
+  Barrier();
+  (void)index_->ClearPublisher(id_);
+  applier_->Forget(id_);
+  AddRelaxed(s->epoch, uint64_t{1});
+  Barrier();
+  St(s->resync_pending, 0u);
 }
 
 void PublisherLink::Resync(const char* why) {
@@ -389,12 +429,15 @@ void PublisherLink::Resync(const char* why) {
   if (s == nullptr) return;
   KVIDX_LOG_WARN("publisher %s/%u: resync (%s): dropping its residencies", config_.pod.c_str(),
                  config_.dp_rank, why);
-  (void)index_->ClearPublisher(id_);
-  applier_->Forget(id_);
-  AddRelaxed(s->epoch, uint64_t{1});
+  // Marked first: a worker that dies anywhere below leaves its successor to finish the resync
+  // (Start) before it trusts anything, so the publisher is never half-cleared but still trusted
+  // nor cleared but resumed as if whole.
+  St(s->resync_pending, 1u);
+  Barrier();
+  FinishResync();
   AddRelaxed(s->resyncs, uint64_t{1});
-  St(s->has_seq, 0u);
-  St(s->batch_pending, 0u);
+  if (std::string_view(why).starts_with("engine unreachable"))
+    AddRelaxed(s->stale_drops, uint64_t{1});
 }
 
 }  // namespace kvidx::ingest

@@ -1,22 +1,18 @@
 // One publisher's ZeroMQ link: a SUB socket on its PUB endpoint (connected, or bound when the
-// engine connects to us), a DEALER on its ROUTER replay endpoint, and the sequence logic that
-// makes the applied stream whole (wire.md §2).
-//
-// Sequence rules, per publisher (state in its PublisherSlot, so a restarted worker resumes):
-// - the next live batch must be last_seq + 1; a batch that jumps ahead is a gap: live batches
-//   are buffered while a replay from last_seq + 1 runs over the DEALER; the replayed batches
-//   and then the buffered ones are applied in order, each once;
-// - a replay that starts later than asked, has holes, or misses its deadline (the ROUTER drops
-//   past its high-water mark, END included) cannot make the stream whole: the publisher's
-//   residencies are dropped, its epoch bumped, and it resyncs from what the engine still has;
-// - a sequence that goes backwards is an engine restart: resync likewise;
-// - a batch that does not decode is counted by reason and skipped (its sequence is consumed).
+// engine connects to us), a DEALER on its ROUTER replay endpoint, and a StreamMachine
+// (ingest/stream_machine.h) that decides, from what the sockets bring, what is applied, what is
+// asked for again and when the publisher's residencies are dropped. The link only feeds the
+// machine and carries out its actions: decode and apply a batch (exactly once across worker
+// crashes, with the segment's batch journal), drop residencies and bump the epoch, reset the
+// DEALER, send a replay request. The machine's persisted state (last applied sequence and the
+// digests of the last applied batches) lives in the publisher's slot, so a restarted worker
+// checks continuity before it applies anything.
+// A batch that does not decode is counted by reason and skipped (its sequence is consumed).
 // Not thread-safe: driven by one worker thread.
 #ifndef KVIDX_INGEST_PUBLISHER_LINK_H
 #define KVIDX_INGEST_PUBLISHER_LINK_H
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +25,7 @@
 #include "ingest/applier.h"
 #include "ingest/config.h"
 #include "ingest/decoder.h"
+#include "ingest/stream_machine.h"
 
 namespace kvidx::ingest {
 
@@ -38,10 +35,14 @@ struct LinkOptions {
   uint32_t replay_timeout_ms = 2000;
   int32_t rcvhwm = 100000;
   size_t max_buffered_batches = 100000;
-  // After this long without a live batch, ask the replay endpoint for anything after the last
+  // After this long without a live batch, check continuity and ask for anything after the last
   // applied batch: a lost *last* batch shows no gap until the next one arrives, which may be
-  // never (0 disables).
+  // never, and a restarted engine may never publish again (0 disables).
   uint32_t idle_probe_ms = 1000;
+  // No message from the engine for this long: reported unreachable; for drop_after_ms its
+  // residencies are dropped (0: never).
+  uint32_t unreachable_after_ms = 10000;
+  uint32_t drop_after_ms = 300000;
   DecodeLimits limits;
 };
 
@@ -65,20 +66,24 @@ class PublisherLink {
 
   index::PublisherId id() const { return id_; }
   const PublisherConfig& config() const { return config_; }
-  bool replaying() const { return replaying_; }
+  bool replaying() const { return machine_ && machine_->replay_outstanding(); }
+  const StreamMachine* machine() const { return machine_.get(); }
+  // The live socket's endpoint as bound (bind mode with port "*": the port taken).
+  std::string bound_endpoint() { return sub_ ? sub_->get(zmq::sockopt::last_endpoint) : ""; }
 
  private:
   void OnSub();
   void OnDealer();
   void OnMonitor();
   void HandleLive(std::vector<zmq::message_t>& parts);
-  void HandleSequenced(uint64_t seq, std::span<const uint8_t> payload, bool from_replay);
-  void ApplyBatch(std::optional<uint64_t> seq, std::span<const uint8_t> payload);
-  bool StartReplay(uint64_t from, bool first_contact);
-  void FinishReplay(bool got_end);
+  void ApplyBatch(std::optional<uint64_t> seq, uint64_t digest, std::span<const uint8_t> payload);
+  void Carry(StreamMachine::Actions& actions);
+  void SendReplayRequest(uint64_t from);
+  absl::Status OpenDealer();
   void Resync(const char* why);
+  void FinishResync();
+  void MirrorCounters();
   index::PublisherSlot* slot();
-  std::optional<uint64_t> Expected();
 
   zmq::context_t& ctx_;
   index::PrefixIndex* index_;
@@ -91,13 +96,11 @@ class PublisherLink {
   std::unique_ptr<zmq::socket_t> monitor_;
   std::string monitor_endpoint_;
 
-  bool replaying_ = false;
-  bool replay_first_ = false;
-  bool first_contact_ = false;
-  uint64_t replay_from_ = 0;
-  int64_t replay_deadline_ns_ = 0;
-  int64_t last_activity_ns_ = 0;
-  std::deque<std::pair<uint64_t, std::vector<uint8_t>>> buffered_;
+  int reconnect_ivl_ms_ = 0;
+  std::unique_ptr<StreamMachine> machine_;
+  StreamCounters mirrored_;  // machine counters already added to the slot's
+  int64_t last_state_log_ns_ = 0;
+  uint32_t suppressed_logs_ = 0;
 };
 
 }  // namespace kvidx::ingest

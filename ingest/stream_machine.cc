@@ -1,5 +1,7 @@
 #include "ingest/stream_machine.h"
 
+#include <algorithm>
+
 namespace kvidx::ingest {
 
 bool StreamPersisted::Find(uint64_t seq, uint64_t* digest) const {
@@ -125,6 +127,7 @@ void StreamMachine::Request(ReplayWhy why, int64_t now_ns, Actions* out) {
   if (outstanding_) out->push_back(StreamAction{StreamAction::kResetReplay});
   outstanding_ = true;
   ++serial_;
+  reply_any_ = false;
   first_reply_ = true;
   skip_reply_ = false;
   request_from_ = p_.has_seq ? p_.last_seq : 0;
@@ -222,6 +225,7 @@ void StreamMachine::Live(uint64_t seq, uint64_t digest, const uint8_t* data, siz
                          int64_t now_ns, Actions* out) {
   Heard(now_ns, out);
   last_live_ns_ = now_ns;
+  ++c_.live;
   if (!o_.has_replay) {
     if (!p_.has_seq || seq == p_.last_seq + 1) {
       Apply(seq, digest, data, size, out);
@@ -264,12 +268,14 @@ void StreamMachine::ReplayBatch(uint64_t seq, uint64_t digest, const uint8_t* da
     ++c_.stale_replay;
     return;
   }
+  if (first_reply_ && seq < request_from_) {
+    ++c_.stale_replay;  // not an answer to the request: the engine replays from the start
+    return;
+  }
+  reply_max_ = reply_any_ ? std::max(reply_max_, seq) : seq;
+  reply_any_ = true;
   if (skip_reply_) return;
   if (first_reply_) {
-    if (seq < request_from_) {
-      ++c_.stale_replay;  // not an answer to the request: the engine replays from the start
-      return;
-    }
     first_reply_ = false;
     if (p_.has_seq) {
       if (seq == p_.last_seq) {
@@ -319,6 +325,17 @@ void StreamMachine::ReplayEnd(int64_t now_ns, Actions* out) {
 
 void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
   const uint64_t answered = serial_;  // the request whose complete reply just ended
+  if (after_reply) {
+    for (auto it = buffer_.begin(); it != buffer_.end();) {
+      bool foreign = it->second.serial < answered && (!reply_any_ || it->first > reply_max_);
+      if (foreign) {
+        ++c_.stale_live;
+        it = buffer_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   while (!buffer_.empty() && !outstanding_) {
     auto it = buffer_.begin();
     uint64_t seq = it->first;
@@ -330,11 +347,6 @@ void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
     }
     uint64_t next = p_.has_seq ? p_.last_seq + 1 : 0;
     if (seq != next) {
-      if (after_reply && it->second.serial < answered) {
-        ++c_.stale_live;
-        buffer_.erase(it);
-        continue;
-      }
       Request(ReplayWhy::kGap, now_ns, out);  // a hole the engine's buffer may still cover
       return;
     }
@@ -357,6 +369,8 @@ void StreamMachine::Tick(int64_t now_ns, Actions* out) {
     if (p_.has_seq) {
       Resync(ResyncWhy::kUnreachable, out);
       buffer_.clear();
+      // A request still out asked from the old position: replace it with one from 0.
+      if (outstanding_) Request(ReplayWhy::kRetry, now_ns, out);
     }
   }
   if (!outstanding_ && started_ && o_.has_replay && o_.idle_probe_ns > 0 &&

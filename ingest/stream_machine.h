@@ -109,6 +109,7 @@ struct StreamAction {
 };
 
 struct StreamCounters {
+  uint64_t live = 0;              // live batches received
   uint64_t gaps = 0;              // holes in the live stream
   uint64_t replays = 0;           // replay requests, probes excluded
   uint64_t probes = 0;            // idle probes
@@ -163,8 +164,9 @@ class StreamMachine {
   void Heard(int64_t now_ns, Actions* out);
   // Applies buffered batches that now follow the stream; asks for a replay if a hole is left.
   // After a complete reply (`after_reply`), a batch that arrived before that request was sent
-  // and is still beyond a hole cannot be the engine's (it would have been in the reply): it
-  // is a late batch of an earlier process and is dropped.
+  // and lies past the reply's highest sequence cannot be the engine's (the engine had published
+  // it before it answered, so the reply would hold it): it is a late batch of an earlier
+  // process and is dropped.
   void Drain(int64_t now_ns, bool after_reply, Actions* out);
   // A batch at or below the last applied sequence, from the live socket or a replay.
   // Returns false if it revealed a restart (handled).
@@ -185,6 +187,8 @@ class StreamMachine {
   bool dropped_unreachable_ = false;
   uint64_t request_from_ = 0;
   uint64_t serial_ = 0;  // requests sent (the outstanding one is number serial_)
+  bool reply_any_ = false;  // the current reply has brought a batch; reply_max_ is its highest
+  uint64_t reply_max_ = 0;
   int64_t deadline_ns_ = 0;
   int64_t last_heard_ns_ = 0;
   int64_t last_live_ns_ = 0;

@@ -28,6 +28,8 @@ LinkOptions Worker::MakeLinkOptions() const {
   o.reconnect_max_ms = config_.reconnect_max_ms;
   o.replay_timeout_ms = config_.replay_timeout_ms;
   o.idle_probe_ms = config_.idle_probe_ms;
+  o.unreachable_after_ms = config_.unreachable_after_ms;
+  o.drop_after_ms = config_.drop_after_ms;
   o.rcvhwm = config_.rcvhwm;
   o.max_buffered_batches = config_.max_buffered_batches;
   o.limits.max_payload_bytes = config_.max_payload_bytes;

@@ -319,6 +319,10 @@ class Sim {
           return os.str();
         }
       }
+      if (!ring_.empty() && first > ring_.front().first) {
+        os << "stream starts at " << first << " though the engine still holds " << ring_.front().first;
+        return os.str();
+      }
       if (first != 0 && forced_ == 0) {
         os << "stream starts at " << first << " though the engine never lost a batch";
         return os.str();
