@@ -347,6 +347,7 @@ void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
     }
     uint64_t next = p_.has_seq ? p_.last_seq + 1 : 0;
     if (seq != next) {
+      ++c_.gaps;
       Request(ReplayWhy::kGap, now_ns, out);  // a hole the engine's buffer may still cover
       return;
     }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "ingest/decoder.h"
+#include "ingest/stream_machine.h"
 #include "shared/clock.h"
 
 namespace kvidx::query {
@@ -58,6 +59,10 @@ void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness*
   f->set_gap_open(Ld(s.gap_open) != 0);
   f->set_epoch(Ld(s.epoch));
   f->set_connected(Ld(s.connected) != 0);
+  f->set_stream(ingest::StreamStateName(static_cast<ingest::StreamState>(Ld(s.stream_state) & 3)));
+  f->set_reachable(Ld(s.reachable) != 0);
+  int64_t heard = Ld(s.last_heard_wall_ns);
+  f->set_last_heard_age_ms(heard == 0 ? -1 : (now_ns - heard) / 1'000'000);
 }
 
 grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
@@ -155,6 +160,12 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
     FillFreshness(*s, pm->mutable_freshness(), now);
     auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
+      // A pod whose stream is whole and whose engine answers is preferred to a longer match
+      // that kvidx cannot vouch for right now.
+      auto trusted = [](const v1::PodMatch& m) {
+        return m.freshness().reachable() && m.freshness().stream() == "streaming";
+      };
+      if (trusted(a) != trusted(b)) return trusted(a);
       if (a.matched_blocks() != b.matched_blocks()) return a.matched_blocks() > b.matched_blocks();
       if (a.gpu_blocks() != b.gpu_blocks()) return a.gpu_blocks() > b.gpu_blocks();
       int64_t fa = a.freshness().last_event_age_ms(), fb = b.freshness().last_event_age_ms();
@@ -308,6 +319,10 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["replays"] = Ld(s->replays);
   c["replay_batches"] = Ld(s->replay_batches);
   c["resyncs"] = Ld(s->resyncs);
+  c["probes"] = Ld(s->probes);
+  c["restarts"] = Ld(s->restarts);
+  c["unverifiable_gaps"] = Ld(s->unverifiable_gaps);
+  c["stale_drops"] = Ld(s->stale_drops);
   c["connects"] = Ld(s->connects);
   c["disconnects"] = Ld(s->disconnects);
   c["connect_retries"] = Ld(s->connect_retries);

@@ -178,9 +178,7 @@ int Pods(const Opts& o, KvIndex::Stub& stub) {
   for (const auto& p : r.pods()) {
     std::printf("%-16s %3u %-14s %-6u %-9s %10lu %10s %6lu %6lu %8s %s\n", p.pod().c_str(),
                 p.dp_rank(), p.model().c_str(), p.worker(),
-                p.freshness().gap_open()    ? "replaying"
-                : p.freshness().connected() ? "connected"
-                                            : "down",
+                p.freshness().stream().empty() ? "-" : p.freshness().stream().c_str(),
                 (unsigned long)p.pairs(), p.has_seq() ? std::to_string(p.last_seq()).c_str() : "-",
                 (unsigned long)p.counters().at("gaps"), (unsigned long)p.freshness().epoch(),
                 Age(p.freshness().last_event_age_ms()).c_str(), p.endpoint().c_str());
