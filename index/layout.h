@@ -212,9 +212,9 @@ struct alignas(64) PublisherSlot {
   uint64_t digest_seq[16];
   uint64_t digest[16];
   uint32_t digest_valid;
-  uint32_t stream_state;  // ingest::StreamState
-  uint32_t reachable;     // the engine answered within unreachable_after_ms
-  uint32_t resync_pending;  // a resync began: a successor finishes it before anything else
+  uint32_t stream_state;       // ingest::StreamState
+  uint32_t reachable;          // the engine answered within unreachable_after_ms
+  uint32_t resync_pending;     // a resync began: a successor finishes it before anything else
   int64_t last_heard_wall_ns;  // last message of any kind from the engine
   uint64_t probes;             // idle probes (not counted as replays)
   uint64_t restarts;           // engine restarts detected

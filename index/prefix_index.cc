@@ -275,11 +275,13 @@ class StripeWriteGuard {
       repair();
       h_->mu.MarkConsistent();
     }
-    if (g_stripe_write_hook != nullptr) [[unlikely]] g_stripe_write_hook(false);
+    if (g_stripe_write_hook != nullptr) [[unlikely]]
+      g_stripe_write_hook(false);
   }
   ~StripeWriteGuard() {
     if (!ok_) return;
-    if (g_stripe_write_hook != nullptr) [[unlikely]] g_stripe_write_hook(true);
+    if (g_stripe_write_hook != nullptr) [[unlikely]]
+      g_stripe_write_hook(true);
     // Release: every data store above is visible before the even version. The owner is
     // cleared only after, for the same reason it is set before.
     __atomic_store_n(&h_->version, (Ld(h_->version) | 1) + 1, __ATOMIC_RELEASE);

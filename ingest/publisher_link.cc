@@ -1,9 +1,9 @@
 #include "ingest/publisher_link.h"
 
+#include <xxhash.h>
+
 #include <atomic>
 #include <random>
-
-#include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -69,7 +69,7 @@ absl::Status PublisherLink::Start() {
     // doubles the interval up to the maximum.
     thread_local std::mt19937 rng(std::random_device{}());
     auto ivl = static_cast<int>(options_.reconnect_initial_ms *
-                               (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
+                                (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
     reconnect_ivl_ms_ = ivl;
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, options_.rcvhwm);
@@ -85,8 +85,8 @@ absl::Status PublisherLink::Start() {
     if (zmq_socket_monitor(sub_->handle(), monitor_endpoint_.c_str(),
                            ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
                                ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_ACCEPTED) != 0) {
-      return absl::InternalError(absl::StrCat("publisher ", config_.pod, ": socket monitor: ",
-                                              zmq_strerror(zmq_errno())));
+      return absl::InternalError(
+          absl::StrCat("publisher ", config_.pod, ": socket monitor: ", zmq_strerror(zmq_errno())));
     }
     monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
     monitor_->connect(monitor_endpoint_);

@@ -85,10 +85,10 @@ enum class ReplayWhy : uint8_t { kStart, kReconnect, kGap, kProbe, kRetry, kRest
 const char* ReplayWhyName(ReplayWhy w);
 
 enum class ResyncWhy : uint8_t {
-  kRestart,         // the engine restarted: digest mismatch or nothing at the last sequence
-  kUnverifiable,    // the engine no longer has batches that were never applied
-  kUnreachable,     // unreachable longer than drop_after
-  kNoReplay,        // a gap on a publisher without a replay endpoint
+  kRestart,       // the engine restarted: digest mismatch or nothing at the last sequence
+  kUnverifiable,  // the engine no longer has batches that were never applied
+  kUnreachable,   // unreachable longer than drop_after
+  kNoReplay,      // a gap on a publisher without a replay endpoint
 };
 const char* ResyncWhyName(ResyncWhy w);
 
@@ -138,8 +138,8 @@ class StreamMachine {
   void Disconnected(int64_t now_ns, Actions* out);
   void Live(uint64_t seq, uint64_t digest, const uint8_t* data, size_t size, int64_t now_ns,
             Actions* out);
-  void ReplayBatch(uint64_t seq, uint64_t digest, const uint8_t* data, size_t size,
-                   int64_t now_ns, Actions* out);
+  void ReplayBatch(uint64_t seq, uint64_t digest, const uint8_t* data, size_t size, int64_t now_ns,
+                   Actions* out);
   void ReplayEnd(int64_t now_ns, Actions* out);
   // A replay request could not be sent (the socket refused it): retried on the deadline.
   void Tick(int64_t now_ns, Actions* out);
@@ -179,14 +179,14 @@ class StreamMachine {
   StreamPersisted p_;
   StreamCounters c_;
   StreamState state_ = StreamState::kStarting;
-  bool started_ = false;   // a first replay completed since start
+  bool started_ = false;  // a first replay completed since start
   bool outstanding_ = false;
   bool first_reply_ = true;  // the next replay batch is the first of its reply
   bool skip_reply_ = false;  // ignore the rest of this reply (until its end or a reset)
   bool reachable_ = true;
   bool dropped_unreachable_ = false;
   uint64_t request_from_ = 0;
-  uint64_t serial_ = 0;  // requests sent (the outstanding one is number serial_)
+  uint64_t serial_ = 0;     // requests sent (the outstanding one is number serial_)
   bool reply_any_ = false;  // the current reply has brought a batch; reply_max_ is its highest
   uint64_t reply_max_ = 0;
   int64_t deadline_ns_ = 0;

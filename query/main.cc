@@ -3,12 +3,12 @@
 //
 //   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] [--port-file F]
 // --listen HOST:0 takes a free port; --port-file then receives the bound port once serving.
-#include <fstream>
 #include <signal.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>

@@ -179,11 +179,11 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
   EXPECT_TRUE(WIFEXITED(rstatus) && WEXITSTATUS(rstatus) == 0) << rstatus;
   IndexStats st = idx.Stats();
   std::printf(
-      "kills %d (%d parked in a stripe write, %d mid-update in all, reader kept answering across %d abandoned stripes), ops applied "
+      "kills %d (%d parked in a stripe write, %d mid-update in all, reader kept answering across "
+      "%d abandoned stripes), ops applied "
       "%lu, stripe repairs %lu, reader lookups %lu, degraded %lu, longest lookup %.2f ms\n",
       kills, parked_kills, mid_update, reader_kept_going, static_cast<unsigned long>(modelled),
-      static_cast<unsigned long>(st.stripe_repairs),
-      static_cast<unsigned long>(sh->lookups.load()),
+      static_cast<unsigned long>(st.stripe_repairs), static_cast<unsigned long>(sh->lookups.load()),
       static_cast<unsigned long>(sh->degraded.load()), sh->max_ns.load() / 1e6);
   EXPECT_EQ(kills, 60);
   EXPECT_EQ(parked_kills, kills / 2);

@@ -289,7 +289,7 @@ TEST_F(PublisherLinkTest, ReplayThatStartsLateIsAnUnverifiableGap) {
   EXPECT_EQ(slot().epoch, epoch + 1);
   EXPECT_EQ(slot().resyncs, 1u);
   EXPECT_EQ(slot().unverifiable_gaps, 1u);
-  EXPECT_FALSE(Holds(0));  // dropped: what batch 2 removed is unknown
+  EXPECT_FALSE(Holds(0));              // dropped: what batch 2 removed is unknown
   EXPECT_TRUE(HoldsExactly(0, 3, 4));  // rebuilt from what the engine still has
 }
 
@@ -370,7 +370,7 @@ TEST_F(PublisherLinkTest, RegressionB_LateLiveCopyAfterItsReplayIsADuplicate) {
   WarmUp(*link, engine, &n);
   engine.Publish(n, /*lose=*/true);
   engine.Publish(n + 1, /*lose=*/false, /*hold=*/true);  // its live copy comes late
-  engine.Publish(n + 2);                                  // gap: the replay brings n..n+2
+  engine.Publish(n + 2);                                 // gap: the replay brings n..n+2
   ASSERT_TRUE(PumpUntilApplied(*link, engine, n + 2));
   uint64_t dups = link->machine()->counters().duplicates;
   engine.ReleaseHeld();
@@ -392,7 +392,8 @@ TEST_F(PublisherLinkTest, RegressionC_RequestsWhileTheEngineIsDownAreNotTakenLat
   std::string pub_ep = engine->pub_endpoint(), router_ep = engine->router_endpoint();
   engine.reset();  // down: idle probes go unanswered and time out
   uint64_t asked = slot().replays + slot().probes;
-  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().replays + slot().probes >= asked + 3; }));
+  ASSERT_TRUE(
+      PumpUntil(*link, nullptr, [&] { return slot().replays + slot().probes >= asked + 3; }));
   engine = std::make_unique<TestEngine>(ctx_, 1, pub_ep, router_ep);
   for (uint64_t s = 0; s < 6; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 5));
@@ -506,10 +507,11 @@ TEST_F(PublisherLinkTest, UnreachableEngineIsReportedThenDropped) {
   for (uint64_t s = 0; s < 5; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 4));
   EXPECT_EQ(slot().reachable, 1u);
-  EXPECT_TRUE(HoldsExactly(0, 0, 4)) << "batches " << slot().batches << " stored "
-      << slot().stored_blocks << " dups " << slot().duplicate_stores << " resyncs "
-      << slot().resyncs << " unverifiable " << slot().unverifiable_gaps << " rejected "
-      << slot().rejected_stores << " orphans " << slot().orphan_blocks;
+  EXPECT_TRUE(HoldsExactly(0, 0, 4))
+      << "batches " << slot().batches << " stored " << slot().stored_blocks << " dups "
+      << slot().duplicate_stores << " resyncs " << slot().resyncs << " unverifiable "
+      << slot().unverifiable_gaps << " rejected " << slot().rejected_stores << " orphans "
+      << slot().orphan_blocks;
 }
 
 TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
@@ -518,8 +520,8 @@ TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
   ASSERT_TRUE(PumpUntil(*link, &engine, [&] {
     return link->machine()->state() == StreamState::kStreaming && slot().connected;
   }));
-  engine.SendRaw({"t", "12345"});                       // two frames
-  engine.SendRaw({"t", "short", "payload"});            // seq not 8 bytes
+  engine.SendRaw({"t", "12345"});             // two frames
+  engine.SendRaw({"t", "short", "payload"});  // seq not 8 bytes
   engine.Publish(0);
   engine.SendRaw({"t", std::string(8, '\0') + "", "\xc1"});  // seq 0 again, not msgpack
   engine.Publish(1);

@@ -126,7 +126,8 @@ class Sim {
           requests_.clear();  // the old socket's queued requests die with it
           break;
         case StreamAction::kRequestReplay:
-          Log("request from " + std::to_string(a.seq) + " (" + ReplayWhyName(a.why) + ") gen " + std::to_string(gen_));
+          Log("request from " + std::to_string(a.seq) + " (" + ReplayWhyName(a.why) + ") gen " +
+              std::to_string(gen_));
           if (!Chance(req_loss_p_)) requests_.push_back({gen_, a.seq});
           break;
         case StreamAction::kState:
@@ -200,8 +201,10 @@ class Sim {
       return;
     }
     Log("live " + std::to_string(f.seq));
-    Run([&](auto* out) { machine_->Live(f.seq, Digest(f.payload), f.payload.data(),
-                                        f.payload.size(), now_, out); },
+    Run(
+        [&](auto* out) {
+          machine_->Live(f.seq, Digest(f.payload), f.payload.data(), f.payload.size(), now_, out);
+        },
         crash_after);
   }
 
@@ -210,12 +213,16 @@ class Sim {
     Frame f = std::move(replies_.front());
     replies_.pop_front();
     if (f.gen != gen_) return;  // sent to a socket that was reset: nobody receives it
-    Log((f.end ? std::string("reply end") : "reply " + std::to_string(f.seq)) + " gen " + std::to_string(f.gen));
+    Log((f.end ? std::string("reply end") : "reply " + std::to_string(f.seq)) + " gen " +
+        std::to_string(f.gen));
     if (f.end) {
       Run([&](auto* out) { machine_->ReplayEnd(now_, out); }, crash_after);
     } else {
-      Run([&](auto* out) { machine_->ReplayBatch(f.seq, Digest(f.payload), f.payload.data(),
-                                                 f.payload.size(), now_, out); },
+      Run(
+          [&](auto* out) {
+            machine_->ReplayBatch(f.seq, Digest(f.payload), f.payload.data(), f.payload.size(),
+                                  now_, out);
+          },
           crash_after);
     }
   }
@@ -320,7 +327,8 @@ class Sim {
         }
       }
       if (!ring_.empty() && first > ring_.front().first) {
-        os << "stream starts at " << first << " though the engine still holds " << ring_.front().first;
+        os << "stream starts at " << first << " though the engine still holds "
+           << ring_.front().first;
         return os.str();
       }
       if (first != 0 && forced_ == 0) {
@@ -386,17 +394,19 @@ TEST(StreamMachineSimTest, ManySeededSchedulesEndExact) {
     probes += sim.counters().probes;
     if (!err.empty()) {
       if (++failures <= 5) {
-        ADD_FAILURE() << "seed " << seed << ": " << err
-                      << "\n  replay it: KVIDX_SIM_SEED=" << seed << " " << "stream_machine_sim_test";
+        ADD_FAILURE() << "seed " << seed << ": " << err << "\n  replay it: KVIDX_SIM_SEED=" << seed
+                      << " "
+                      << "stream_machine_sim_test";
       }
     }
   }
-  std::printf("%lu schedules: %lu failed; resyncs %lu (restarts detected %lu, unverifiable %lu), "
-              "gaps %lu, idle probes %lu\n",
-              static_cast<unsigned long>(n), static_cast<unsigned long>(failures),
-              static_cast<unsigned long>(resyncs), static_cast<unsigned long>(restarts),
-              static_cast<unsigned long>(unverifiable), static_cast<unsigned long>(gaps),
-              static_cast<unsigned long>(probes));
+  std::printf(
+      "%lu schedules: %lu failed; resyncs %lu (restarts detected %lu, unverifiable %lu), "
+      "gaps %lu, idle probes %lu\n",
+      static_cast<unsigned long>(n), static_cast<unsigned long>(failures),
+      static_cast<unsigned long>(resyncs), static_cast<unsigned long>(restarts),
+      static_cast<unsigned long>(unverifiable), static_cast<unsigned long>(gaps),
+      static_cast<unsigned long>(probes));
   EXPECT_EQ(failures, 0u);
 }
 

@@ -109,7 +109,8 @@ inline std::string TomlString(const std::string& text, const std::string& key) {
   while (std::getline(in, line)) {
     if (line.rfind(head, 0) != 0) continue;
     size_t end = line.find('"', head.size());
-    return line.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
+    return line.substr(head.size(),
+                       end == std::string::npos ? std::string::npos : end - head.size());
   }
   return "";
 }

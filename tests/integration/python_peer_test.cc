@@ -32,8 +32,8 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
         << "\"\nblocks = 20000\npairs = 40000\npublishers = 8\nnamespaces = 4\nstripes = 16\n"
         << "[ingest]\nworkers = 1\nreplay_timeout_ms = 1000\nreconnect_initial_ms = 100\n"
         << "[[model]]\nname = \"peer-model\"\nblock_size = 4\n"
-        << "[[publisher]]\npod = \"py\"\nmodel = \"peer-model\"\nendpoint = \""
-        << pub_ep << "\"\nreplay_endpoint = \"" << replay_ep << "\"\n";
+        << "[[publisher]]\npod = \"py\"\nmodel = \"peer-model\"\nendpoint = \"" << pub_ep
+        << "\"\nreplay_endpoint = \"" << replay_ep << "\"\n";
   }
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir + "/kvidx.toml"},
                  dir + "/worker.log");

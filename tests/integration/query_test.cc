@@ -38,11 +38,10 @@ class QueryTest : public ::testing::Test {
     index::Segment::Remove(env->segment);
     index::Segment::Remove(env->segment + ".control");
     env->sim = std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port",
-                                 "0", "--requests", "100000", "--rate", "150",
-                                 "--cache-blocks", "500", "--config-out", env->dir + "/sim.toml",
-                                 "--prompts-out", env->dir + "/prompts.txt", "--model", "qm",
-                                 "--start-delay-ms", "300"},
+        std::vector<std::string>{
+            BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port", "0", "--requests", "100000",
+            "--rate", "150", "--cache-blocks", "500", "--config-out", env->dir + "/sim.toml",
+            "--prompts-out", env->dir + "/prompts.txt", "--model", "qm", "--start-delay-ms", "300"},
         env->dir + "/sim.log");
     WaitFor([] { return access((env->dir + "/sim.toml").c_str(), R_OK) == 0; },
             std::chrono::milliseconds(5000));

@@ -135,7 +135,8 @@ class StreamE2e {
       if (k != "ok") want.insert(std::stoull(k, nullptr, 16));
     }
     std::set<uint64_t> got;
-    if (want.size() < 20) return "seed " + std::to_string(seed_) + " " + when + ": engine holds too few blocks";
+    if (want.size() < 20)
+      return "seed " + std::to_string(seed_) + " " + when + ": engine holds too few blocks";
     if (WaitFor([&] { return (got = IndexKeys()) == want; }, std::chrono::milliseconds(20000))) {
       checked_blocks_ += want.size();
       return "";
@@ -207,11 +208,13 @@ TEST(StreamE2eTest, EngineRestartsWorkerKillsAndMovesEndExactOverManySeeds) {
     ASSERT_EQ(t.ExpectExact(engine, "after an endpoint change"), "");
 
     Counts c = t.Read();
-    std::printf("seed %lu: %lu blocks compared exactly; resyncs %lu (restarts detected %lu, "
-                "unverifiable %lu), gaps %lu, idle probes %lu\n",
-                static_cast<unsigned long>(seed), static_cast<unsigned long>(t.checked_blocks()), static_cast<unsigned long>(c.resyncs),
-                static_cast<unsigned long>(c.restarts), static_cast<unsigned long>(c.unverifiable),
-                static_cast<unsigned long>(c.gaps), static_cast<unsigned long>(c.probes));
+    std::printf(
+        "seed %lu: %lu blocks compared exactly; resyncs %lu (restarts detected %lu, "
+        "unverifiable %lu), gaps %lu, idle probes %lu\n",
+        static_cast<unsigned long>(seed), static_cast<unsigned long>(t.checked_blocks()),
+        static_cast<unsigned long>(c.resyncs), static_cast<unsigned long>(c.restarts),
+        static_cast<unsigned long>(c.unverifiable), static_cast<unsigned long>(c.gaps),
+        static_cast<unsigned long>(c.probes));
     // Forced: two restarts and the move, each a new engine whose blocks are not the old one's.
     EXPECT_EQ(c.resyncs, 3u) << "seed " << seed;
     EXPECT_EQ(c.unverifiable, 0u) << "seed " << seed;
