@@ -784,7 +784,8 @@ std::vector<NamespaceId> PrefixIndex::ActiveNamespaces() const {
 // --- Writes --------------------------------------------------------------------------------
 
 void PrefixIndex::Ack(PublisherSlot& ps, uint64_t op_index) {
-  St(ps.applied_ops, op_index);
+  // Never backwards: resume counts from here.
+  if (op_index > Ld(ps.applied_ops)) St(ps.applied_ops, op_index);
   CompilerBarrier();
   St(ps.journal.op, static_cast<uint32_t>(JournalOp::kNone));
 }

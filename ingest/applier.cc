@@ -77,7 +77,13 @@ absl::Status Applier::Apply(PublisherId p, const EventBatch& batch, uint64_t ski
 
 absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) {
   const uint64_t ops = OpCount(e);
-  if (*skip >= ops && ops > 0) {  // wholly applied before
+  if (ops == 0) {
+    // An empty store or remove changes nothing and takes no part in the resume count: the
+    // skip left by a dead predecessor belongs to the events after it.
+    if (e.kind == EventKind::kRequestFinished) return ApplySeq(p, e, skip);
+    return absl::OkStatus();
+  }
+  if (*skip >= ops) {  // wholly applied before
     *skip -= ops;
     if (e.kind == EventKind::kCleared) Forget(p);
     return absl::OkStatus();

@@ -203,7 +203,9 @@ void Worker::Execute(index::Command& c, char* payload) {
       uint64_t pairs = 0;
       for (index::PublisherId id : index_->ActivePublishers()) {
         const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s == nullptr || pod != s->pod ||
+        // Only this worker's own publishers: another worker may be applying to its own right
+        // now, and the publisher's journal and applied-op counter have one writer, its owner.
+        if (s == nullptr || pod != s->pod || s->worker != worker_ ||
             (c.dp_rank >= 0 && s->dp_rank != uint32_t(c.dp_rank))) {
           continue;
         }

@@ -149,5 +149,31 @@ TEST_F(ApplierTest, UnknownPublisherIsNotFound) {
   EXPECT_TRUE(absl::IsNotFound(applier_->Apply(40, b)));
 }
 
+// Issue 9, defect 2: a worker killed after the first block of [BlockStored([]), BlockStored(
+// [h1, h2])] resumes with skip 1. The empty event must neither crash nor eat the skip.
+TEST_F(ApplierTest, EmptyEventsBeforeAPartlyAppliedOneKeepTheResumeSkip) {
+  for (EventKind empty : {EventKind::kStored, EventKind::kRemoved}) {
+    (void)idx().ClearPublisher(pub_);
+    applier_->Forget(pub_);
+    EventBatch predecessor;  // what the dead worker got to apply: h1 only
+    predecessor.events.push_back(Stored({11}, {5, 6}));
+    ASSERT_TRUE(applier_->Apply(pub_, predecessor).ok());
+    uint64_t dups = idx().publisher_slot(pub_)->duplicate_stores;
+    EventBatch b;
+    Event e;
+    e.kind = empty;
+    e.block_size = 2;
+    b.events.push_back(e);
+    b.events.push_back(Stored({11, 12}, {5, 6, 7, 8}));
+    ASSERT_TRUE(applier_->Apply(pub_, b, /*skip_ops=*/1).ok());
+    EXPECT_EQ(idx().publisher_slot(pub_)->duplicate_stores, dups) << "h1 applied twice";
+    EXPECT_EQ(Matched(base_, {5, 6, 7, 8}), 2u);
+    auto keys = *idx().KeysForTokens(base_, std::vector<uint32_t>{5, 6});
+    auto holders = idx().Holders(keys[0]);
+    ASSERT_EQ(holders.size(), 1u);
+    EXPECT_EQ(holders[0].refs, 1u) << "h1's reference count inflated";
+  }
+}
+
 }  // namespace
 }  // namespace kvidx::ingest

@@ -1,0 +1,86 @@
+// Ingest workers in process, over a real segment and control area: admin commands reach only
+// the publishers the executing worker owns (issue 9, defect 3).
+#include "ingest/worker.h"
+
+#include <thread>
+
+#include "gtest/gtest.h"
+
+#include "tests/common/children.h"
+#include "tests/index/test_util.h"
+
+namespace kvidx::ingest {
+namespace {
+
+TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
+  // A pod whose two DP ranks are owned by different workers.
+  std::string pod;
+  for (int i = 0; pod.empty(); ++i) {
+    std::string cand = "pod-" + std::to_string(i);
+    if (OwnerWorker(cand, 0, 2) != OwnerWorker(cand, 1, 2)) pod = cand;
+  }
+  Config cfg;
+  cfg.segment = kvidx::testing::UniqueSegmentName("worker");
+  cfg.geometry = kvidx::testing::SmallGeometry();
+  cfg.workers = 2;
+  cfg.models.push_back({.name = "m", .block_size = 2});
+  for (uint32_t r = 0; r < 2; ++r) {
+    PublisherConfig pc;
+    pc.pod = pod;
+    pc.dp_rank = r;
+    pc.model = "m";
+    pc.endpoint = "tcp://127.0.0.1:9";  // nothing there: the links just retry
+    pc.dialect = Dialect::kVllm;
+    cfg.publishers.push_back(pc);
+  }
+  index::Segment::Remove(cfg.segment);
+  index::ControlArea::Remove(cfg.segment + ".control");
+  struct Cleanup {
+    std::string name;
+    ~Cleanup() {
+      index::Segment::Remove(name);
+      index::ControlArea::Remove(name + ".control");
+    }
+  } cleanup{cfg.segment};
+  Worker w0(cfg, 0);
+  ASSERT_TRUE(w0.Init().ok());
+  index::PrefixIndex* idx = w0.index();
+  auto ns = *idx->FindNamespace("m", "");
+  index::PublisherId p0 = *idx->FindPublisher(pod, 0), p1 = *idx->FindPublisher(pod, 1);
+  uint32_t owner0 = idx->publisher_slot(p0)->worker;
+  index::PublisherId foreign = owner0 == 0 ? p1 : p0;  // owned by worker 1
+  for (index::PublisherId p : {p0, p1}) {
+    index::StoreRequest req;
+    req.ns = ns;
+    std::vector<uint64_t> hashes = {1, 2};
+    std::vector<uint32_t> tokens = {1, 2, 3, 4};
+    req.engine_hashes = hashes;
+    req.tokens = tokens;
+    req.block_size = 2;
+    ASSERT_TRUE(idx->Store(p, req).ok());
+  }
+  uint64_t foreign_ops = idx->publisher_slot(foreign)->applied_ops;
+
+  auto control = index::ControlArea::Open(cfg.segment + ".control");
+  ASSERT_TRUE(control.ok());
+  index::Command c{};
+  c.op = static_cast<uint32_t>(index::CommandOp::kClearPod);
+  std::snprintf(c.pod, sizeof(c.pod), "%s", pod.c_str());
+  c.dp_rank = -1;  // every rank: the query server sends it to each owning worker
+  c.worker = 0;
+  auto id = (*control)->Post(c);
+  ASSERT_TRUE(id.ok());
+  std::atomic<bool> stop{false};
+  std::thread runner([&] { w0.Run(stop); });
+  auto done = (*control)->Await(*id, 10000);
+  stop = true;
+  runner.join();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->publishers, 1u) << "worker 0 cleared a publisher it does not own";
+  EXPECT_EQ(idx->publisher_slot(foreign)->pairs, 2u);
+  EXPECT_EQ(idx->publisher_slot(foreign)->applied_ops, foreign_ops)
+      << "a non-owner wrote the publisher's applied-op counter";
+}
+
+}  // namespace
+}  // namespace kvidx::ingest
