@@ -898,7 +898,7 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
 }
 
 absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tier,
-                                      uint64_t engine_hash, BlockKey key,
+                                      uint64_t engine_hash, BlockKey key, NamespaceId ns,
                                       std::optional<uint8_t> redo_refs) {
   const uint64_t op_index = Ld(ps.applied_ops) + 1;
   {
@@ -921,6 +921,7 @@ absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tie
     if (!redo_refs) {
       St(ps.journal.tier, static_cast<uint8_t>(tier));
       St(ps.journal.target_refs, target);
+      St(ps.journal.ns, ns);  // a redo that keeps references re-states the mapping in it
       St(ps.journal.op_index, op_index);
       St(ps.journal.block_key, key);
       St(ps.journal.engine_hash, engine_hash);
@@ -1080,7 +1081,7 @@ absl::Status PrefixIndex::Remove(PublisherId p, Tier tier, uint64_t engine_hash,
     Ack(*ps, Ld(ps->applied_ops) + 1);
     return absl::NotFoundError("unknown engine hash");
   }
-  return ApplyRemove(p, *ps, tier, engine_hash, *key, std::nullopt);
+  return ApplyRemove(p, *ps, tier, engine_hash, *key, ns, std::nullopt);
 }
 
 void PrefixIndex::ClearPublisherStripes(PublisherId p) {
@@ -1465,7 +1466,7 @@ absl::Status PrefixIndex::RecoverPublisher(PublisherId p) {
       case JournalOp::kRemove:
         if (j.target_refs == 0) {
           // Drop the residency if the dead writer did not get to it.
-          (void)ApplyRemove(p, *ps, tier, j.engine_hash, j.block_key, uint8_t{0});
+          (void)ApplyRemove(p, *ps, tier, j.engine_hash, j.block_key, j.ns, uint8_t{0});
         } else {
           KVIDX_RETURN_IF_ERROR(
               ApplyStore(p, *ps, tier, j.engine_hash, j.block_key, j.ns, j.target_refs));

@@ -243,7 +243,7 @@ class PrefixIndex {
   absl::Status ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,
                           BlockKey key, NamespaceId ns, std::optional<uint8_t> redo_refs);
   absl::Status ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,
-                           BlockKey key, std::optional<uint8_t> redo_refs);
+                           BlockKey key, NamespaceId ns, std::optional<uint8_t> redo_refs);
   void ClearPublisherStripes(PublisherId p);
   absl::Status EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
                                  BlockKey key);

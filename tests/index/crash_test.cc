@@ -191,5 +191,62 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
   EXPECT_GT(sh->lookups.load(), 1000u);
 }
 
+// Issue 9, defect 6: a remove that keeps references (refs 2 -> 1) is redone after its writer
+// died; the redo re-states the engine-hash mapping in the journal's namespace, which must be
+// the remove's own, not the one of the publisher's last store elsewhere.
+TEST(CrashTest, RedoOfAnInterruptedRemoveUsesItsOwnNamespace) {
+  ScopedSegment seg("crash-ns");
+  PrefixIndex& idx = seg.index();
+  NamespaceId a = *idx.RegisterNamespace({.model = "m", .block_size = 2});
+  NamespaceId b = *idx.RegisterNamespace({.model = "m", .lora_name = "adapter", .block_size = 2});
+  PublisherId p = *idx.RegisterPublisher({.pod = "p", .ns = a});
+  auto store = [&](NamespaceId ns, uint64_t hash, std::vector<uint32_t> tokens) {
+    StoreRequest req;
+    req.ns = ns;
+    std::vector<uint64_t> hashes = {hash};
+    req.engine_hashes = hashes;
+    req.tokens = tokens;
+    req.block_size = 2;
+    return idx.Store(p, req).ok();
+  };
+  const uint64_t h = 77, g = 88;
+  ASSERT_TRUE(store(b, h, {1, 2}));
+  ASSERT_TRUE(store(b, h, {1, 2}));  // two references in namespace b
+  ASSERT_TRUE(store(a, g, {3, 4}));  // the journal's last namespace is now a
+  ASSERT_FALSE(idx.ResolveEngineHash(a, p, h).has_value());
+  // The remove's writer parks after its writes, the stripe still odd, and is killed there.
+  auto* parked = static_cast<std::atomic<int>*>(
+      mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+           -1, 0));
+  ASSERT_NE(parked, MAP_FAILED);
+  new (parked) std::atomic<int>(0);
+  static std::atomic<int>* g_parked;
+  g_parked = parked;
+  ChildGuard w = ForkChild([&] {
+    auto s = Segment::Attach(seg.name(), Segment::Access::kReadWrite);
+    if (!s.ok()) return 2;
+    PrefixIndex wi(s->get());
+    g_stripe_write_hook = [](bool finishing) {
+      if (!finishing) return;
+      g_parked->store(1);
+      for (;;) pause();
+    };
+    (void)wi.Remove(p, kGpu, h, b);
+    return 3;  // never reached
+  });
+  ASSERT_TRUE(WaitFor([&] { return parked->load() == 1; }, std::chrono::seconds(30)));
+  int status = w.Kill();
+  ASSERT_TRUE(WIFSIGNALED(status));
+  munmap(parked, sizeof(std::atomic<int>));
+  ASSERT_TRUE(idx.RecoverPublisher(p).ok());
+  EXPECT_FALSE(idx.ResolveEngineHash(a, p, h).has_value())
+      << "the redo wrote the mapping into another namespace";
+  EXPECT_TRUE(idx.ResolveEngineHash(b, p, h).has_value());
+  auto keys = *idx.KeysForTokens(b, std::vector<uint32_t>{1, 2});
+  auto holders = idx.Holders(keys[0]);
+  ASSERT_EQ(holders.size(), 1u);
+  EXPECT_EQ(holders[0].refs, 1u);
+}
+
 }  // namespace
 }  // namespace kvidx::index
