@@ -186,7 +186,8 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
       s.blocks[n] = key;
       // The key is a content hash, so it doubles as the engine hash (shared across sequences:
       // two sequences holding the same block are two references).
-      (void)index_->StoreBlock(p, index::kGpu, key, key);
+      if (index_->StoreBlock(p, index::kGpu, key, key).ok() && config_.on_applied)
+        config_.on_applied({EventKind::kSeqStored, p, ns, 1, key});
     } else {
       index::BlockKey key = n < s.blocks.size() ? s.blocks[n] : 0;
       if (key == 0) {
@@ -195,7 +196,8 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
       }
       s.blocks[n] = 0;
       --total;
-      (void)index_->Remove(p, index::kGpu, key, ns);
+      if (index_->Remove(p, index::kGpu, key, ns).ok() && config_.on_applied)
+        config_.on_applied({EventKind::kSeqRemoved, p, ns, 1, key});
     }
   }
   return absl::OkStatus();

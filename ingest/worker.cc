@@ -52,7 +52,9 @@ absl::Status Worker::Init() {
   ac.on_applied = [this](const AppliedInfo& a) {
     index::RingEntry e{};
     e.wall_ns = WallNanos();
-    e.kind = a.kind == EventKind::kStored ? 1 : a.kind == EventKind::kRemoved ? 2 : 3;
+    e.kind = a.kind == EventKind::kStored || a.kind == EventKind::kSeqStored     ? 1
+             : a.kind == EventKind::kRemoved || a.kind == EventKind::kSeqRemoved ? 2
+                                                                                 : 3;
     e.publisher = a.publisher;
     e.ns = a.ns;
     e.blocks = a.blocks;
@@ -235,8 +237,21 @@ void Worker::Execute(index::Command& c, char* payload) {
       auto line = [&](int64_t seq_id, const SequenceState& s) {
         uint32_t blocks = 0;
         for (auto k : s.blocks) blocks += k != 0;
+        // One line per sequence: the request id is escaped (\\, \n, \r) so that no byte of it
+        // can end the line.
+        std::string rid;
+        for (char ch : s.request_id) {
+          if (ch == '\\')
+            rid += "\\\\";
+          else if (ch == '\n')
+            rid += "\\n";
+          else if (ch == '\r')
+            rid += "\\r";
+          else
+            rid += ch;
+        }
         out += absl::StrCat(seq_id, " ", s.finished ? 1 : 0, " ", s.succeeded ? 1 : 0, " ", blocks,
-                            " ", s.request_id, "\n");
+                            " ", rid, "\n");
       };
       if (static_cast<index::CommandOp>(c.op) == index::CommandOp::kListSequences) {
         if (seqs != nullptr) {
@@ -281,6 +296,17 @@ void Worker::Execute(index::Command& c, char* payload) {
       for (auto ns : targets) {
         auto dropped = index_->ClearNamespace(ns);
         if (dropped.ok()) blocks += *dropped;
+      }
+      // What this worker keeps in memory about its publishers' blocks (sequence tables,
+      // adapter namespaces) no longer holds for the cleared namespaces.
+      for (index::PublisherId id : index_->ActivePublishers()) {
+        const index::PublisherSlot* s = index_->publisher_slot(id);
+        if (s == nullptr || s->worker != worker_) continue;
+        if (std::find(targets.begin(), targets.end(), static_cast<index::NamespaceId>(s->ns)) ==
+            targets.end()) {
+          continue;
+        }
+        applier_->Forget(id);
       }
       c.blocks = blocks;
       done(absl::OkStatus());

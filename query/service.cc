@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <set>
 #include <sstream>
@@ -552,8 +553,16 @@ bool ParseSequenceLine(const std::string& line, v1::Sequence* s) {
   int finished, succeeded;
   uint32_t blocks;
   if (!(in >> id >> finished >> succeeded >> blocks)) return false;
-  std::string rid;
-  std::getline(in >> std::ws, rid);
+  std::string escaped, rid;
+  std::getline(in >> std::ws, escaped);
+  for (size_t i = 0; i < escaped.size(); ++i) {  // the worker escapes \\, \n and \r
+    if (escaped[i] != '\\' || i + 1 == escaped.size()) {
+      rid += escaped[i];
+      continue;
+    }
+    char e = escaped[++i];
+    rid += e == 'n' ? '\n' : e == 'r' ? '\r' : e;
+  }
   s->set_sequence_id(id);
   s->set_finished(finished != 0);
   s->set_succeeded(succeeded != 0);
@@ -605,7 +614,15 @@ grpc::Status KvIndexService::GetSequence(grpc::ServerContext*, const v1::GetSequ
   if (!std::getline(lines, line) || !ParseSequenceLine(line, resp)) {
     return Error(grpc::StatusCode::INTERNAL, "BAD_WORKER_ANSWER", "unreadable sequence");
   }
-  while (std::getline(lines, line)) resp->add_block_keys(std::stoull(line, nullptr, 16));
+  while (std::getline(lines, line)) {
+    uint64_t key = 0;
+    auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), key, 16);
+    if (ec != std::errc() || end != line.data() + line.size()) {
+      return Error(grpc::StatusCode::INTERNAL, "BAD_WORKER_ANSWER",
+                   "unreadable block key in the worker's answer");
+    }
+    resp->add_block_keys(key);
+  }
   resp->set_pod(req->pod());
   resp->set_dp_rank(req->dp_rank());
   return grpc::Status::OK;

@@ -408,7 +408,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
         grpc::ClientContext ctx;
         seqs.Clear();
         return stub().ListSequences(&ctx, list, &seqs).ok() && seqs.sequences_size() == 2 &&
-               seqs.sequences(0).finished();
+               seqs.sequences(0).finished() && seqs.sequences(1).finished();
       },
       std::chrono::milliseconds(10000)))
       << seqs.DebugString() << peer.Log();
@@ -417,6 +417,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   EXPECT_TRUE(seqs.sequences(0).succeeded());
   EXPECT_EQ(seqs.sequences(0).stored_blocks(), 2u);  // block 2 was removed
   EXPECT_EQ(seqs.sequences(1).stored_blocks(), 1u);
+  EXPECT_EQ(seqs.sequences(1).request_id(), "two\nlines \\n");  // a newline cannot split it
   v1::GetSequenceRequest get;
   get.set_pod("seq-pod");
   get.set_sequence_id(1);
@@ -430,6 +431,14 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   ASSERT_GE(one.block_keys_size(), 2);
   EXPECT_EQ(one.block_keys(0), keys[0]);
   EXPECT_EQ(one.block_keys(1), keys[1]);
+  get.set_sequence_id(2);  // its request id spans two lines on the wire between the processes
+  {
+    grpc::ClientContext ctx;
+    v1::Sequence two;
+    ASSERT_TRUE(stub().GetSequence(&ctx, get, &two).ok());
+    EXPECT_EQ(two.request_id(), "two\nlines \\n");
+    EXPECT_EQ(two.block_keys_size(), 1);
+  }
   get.set_sequence_id(99);
   {
     grpc::ClientContext ctx;

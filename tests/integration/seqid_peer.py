@@ -30,6 +30,8 @@ batches = [
     {"events": [{"sequence_id": 1, "block_numbers": [2]},
                 {"type": "request_finished", "request_id": "req-one", "sequence_id": 1,
                  "finished": True}]},
+    {"events": [{"type": "request_finished", "request_id": "two\nlines \\n", "sequence_id": 2,
+                 "finished": False}]},
 ]
 history = [(i, msgpack.packb(b, use_bin_type=True)) for i, b in enumerate(batches)]
 for seq, payload in history:
