@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -51,11 +53,26 @@ absl::Status Read(const toml::table& t, const char* key, T* out, const std::stri
                    static_cast<uint64_t>(n->source().begin.line), ")"));
 }
 
+// Reads `key` of `tbl` into `field` and records the key as known for that table (`known`, a
+// map in the calling scope): any key of the file that no read names is an error.
 #define KVIDX_READ(tbl, key, field, where)          \
   do {                                              \
+    known[&(tbl)].insert(key);                      \
     absl::Status s_ = Read(tbl, key, field, where); \
     if (!s_.ok()) return s_;                        \
   } while (0)
+
+// The first key of `t` not in `names`, as "FILE:LINE: unknown key 'K' in SECTION".
+absl::Status UnknownKeys(const toml::table& t, const std::set<std::string>& names,
+                         const std::string& origin, const std::string& section) {
+  for (const auto& [k, v] : t) {
+    if (names.count(std::string(k.str())) != 0) continue;
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ":", static_cast<uint64_t>(k.source().begin.line),
+                     ": unknown key '", std::string(k.str()), "' in ", section));
+  }
+  return absl::OkStatus();
+}
 
 void EnvString(const char* name, std::string* out) {
   // Configuration is read at start-up and on SIGHUP, from the one main thread.
@@ -85,6 +102,7 @@ uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers)
 
 absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& origin) {
   Config c;
+  std::map<const toml::table*, std::set<std::string>> known;
   c.geometry = DefaultGeometry();
   toml::table root;
   try {
@@ -140,6 +158,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       KVIDX_READ(*m, "name", &mc.name, where);
       KVIDX_READ(*m, "block_size", &mc.block_size, where);
       KVIDX_READ(*m, "key_by_engine_hash", &mc.key_by_engine_hash, where);
+      known[m].insert("lora_names");
       if (const toml::table* l = (*m)["lora_names"].as_table()) {
         for (const auto& [k, v] : *l) {
           auto name = v.value<std::string>();
@@ -181,10 +200,32 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       c.publishers.push_back(std::move(pc));
     }
   }
+  // A misspelt key would silently run with its default (`replay_endpont = ...` runs without
+  // replay): every key must be one kvidx reads.
+  {
+    absl::Status st = UnknownKeys(root, {"segment", "ingest", "query", "model", "publisher"},
+                                  origin, "the top level");
+    if (!st.ok()) return st;
+    for (const char* section : {"segment", "ingest", "query"}) {
+      if (const toml::table* t = root[section].as_table()) {
+        st = UnknownKeys(*t, known[t], origin, absl::StrCat("[", section, "]"));
+        if (!st.ok()) return st;
+      }
+    }
+    for (const char* section : {"model", "publisher"}) {
+      if (const toml::array* a = root[section].as_array()) {
+        for (const toml::node& n : *a) {
+          const toml::table* t = n.as_table();
+          st = UnknownKeys(*t, known[t], origin, absl::StrCat("[[", section, "]]"));
+          if (!st.ok()) return st;
+        }
+      }
+    }
+  }
   for (const auto& p : c.publishers) {
-    bool known = false;
-    for (const auto& m : c.models) known |= m.name == p.model;
-    if (!known) {
+    bool model_known = false;
+    for (const auto& m : c.models) model_known |= m.name == p.model;
+    if (!model_known) {
       return absl::InvalidArgumentError(absl::StrCat(origin, ": publisher ", p.pod,
                                                      " names model '", p.model,
                                                      "' which has no [[model]] entry"));

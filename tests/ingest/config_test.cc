@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include <fstream>
+
 #include "gtest/gtest.h"
 
 namespace kvidx::ingest {
@@ -75,6 +77,43 @@ TEST(ConfigTest, BadInputIsAClearError) {
                            "d.toml")
                    .ok());
   EXPECT_TRUE(absl::IsNotFound(LoadConfig("/nonexistent/kvidx.toml").status()));
+}
+
+// Issue 9, defect 9: a misspelt key used to run silently with its default.
+TEST(ConfigTest, UnknownKeysAreAnErrorNamingFileLineAndKey) {
+  auto typo = ParseConfig(
+      "[[model]]\nname = \"m\"\n[[publisher]]\npod = \"a\"\nmodel = \"m\"\n"
+      "endpoint = \"tcp://x:1\"\nreplay_endpont = \"tcp://x:2\"\n",
+      "kvidx.toml");
+  ASSERT_FALSE(typo.ok());
+  EXPECT_EQ(typo.status().message(),
+            "kvidx.toml:7: unknown key 'replay_endpont' in [[publisher]]");
+  auto section = ParseConfig("[ingest]\nworkers = 2\nidle_probe = 5\n", "k.toml");
+  ASSERT_FALSE(section.ok());
+  EXPECT_EQ(section.status().message(), "k.toml:3: unknown key 'idle_probe' in [ingest]");
+  auto top = ParseConfig("[segmnet]\nname = \"x\"\n", "t.toml");
+  ASSERT_FALSE(top.ok());
+  EXPECT_EQ(top.status().message(), "t.toml:1: unknown key 'segmnet' in the top level");
+  EXPECT_TRUE(ParseConfig("[[model]]\nname = \"m\"\nlora_names = { 7 = \"sql\" }\n", "ok.toml")
+                  .ok());
+}
+
+// The configuration README.md shows parses, every key of it known.
+TEST(ConfigTest, TheReadmeExampleParses) {
+  std::ifstream in(std::string(KVIDX_SOURCE_ROOT) + "/README.md");
+  std::string line, toml;
+  bool inside = false;
+  while (std::getline(in, line)) {
+    if (line == "```toml") {
+      inside = true;
+      continue;
+    }
+    if (inside && line == "```") break;
+    if (inside) toml += line + "\n";
+  }
+  ASSERT_FALSE(toml.empty());
+  auto c = ParseConfig(toml, "README.md");
+  EXPECT_TRUE(c.ok()) << c.status();
 }
 
 TEST(ConfigTest, EnvironmentOverrides) {
