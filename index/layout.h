@@ -52,6 +52,18 @@ namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
 inline constexpr uint32_t kLayoutVersion = 2;
+
+// Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
+inline constexpr int kLatencyBounds = 15;
+inline constexpr uint64_t kLatencyBoundsUs[kLatencyBounds] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000, 10000000};
+// The bucket of a duration: the first bound it does not exceed, or kLatencyBounds (+Inf).
+inline constexpr int LatencyBucket(int64_t ns) {
+  for (int i = 0; i < kLatencyBounds; ++i) {
+    if (ns <= static_cast<int64_t>(kLatencyBoundsUs[i]) * 1000) return i;
+  }
+  return kLatencyBounds;
+}
 inline constexpr uint32_t kNil = 0xFFFFFFFFu;
 
 enum Tier : uint8_t { kGpu = 0, kCpu = 1, kDisk = 2 };
@@ -110,6 +122,10 @@ struct alignas(64) SegmentHeader {
   uint64_t unknown_events;    // events with a tag no decoder knows (skipped)
   uint64_t batches_applied;
   uint64_t events_applied;
+  // Time to decode and apply one batch, as a histogram (kLatencyBoundsUs; the last bucket is
+  // everything slower), and its sum.
+  uint64_t apply_latency_buckets[16];
+  uint64_t apply_latency_sum_ns;
 };
 
 enum NamespaceFlags : uint32_t {

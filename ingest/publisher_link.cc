@@ -310,6 +310,7 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
   index::PublisherSlot* s = slot();
   if (s == nullptr) return;
   index::SegmentHeader* h = index_->mutable_header();
+  const int64_t t0 = MonotonicNanos();
   EventBatch batch;
   DecodeReason reason = DecodeReason::kOk;
   absl::Status st = DecodeBatch(payload, config_.dialect, &batch, &reason, options_.limits);
@@ -347,6 +348,9 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
                      std::string(ast.message()).c_str());
     }
     AddRelaxed(h->unknown_events, uint64_t{batch.unknown_events});
+    const int64_t took = MonotonicNanos() - t0;
+    AddRelaxed(h->apply_latency_buckets[index::LatencyBucket(took)], uint64_t{1});
+    AddRelaxed(h->apply_latency_sum_ns, static_cast<uint64_t>(took));
     AddRelaxed(h->batches_applied, uint64_t{1});
     AddRelaxed(h->events_applied, uint64_t{batch.events.size()});
     AddRelaxed(s->events, uint64_t{batch.events.size()});

@@ -2,7 +2,8 @@
 // metrics, over a read-only mapping of the index.
 //
 //   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] [--port-file F]
-// --listen HOST:0 takes a free port; --port-file then receives the bound port once serving.
+// --listen HOST:0 takes a free port (and metrics HOST:0 too); --port-file then receives the
+// bound gRPC port and the metrics port, a line each, once serving.
 #include <signal.h>
 
 #include <atomic>
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
     if (!port_file.empty()) {
       {
         std::ofstream out(port_file + ".tmp");
-        out << port << "\n";
+        out << port << "\n" << (m ? m->port() : 0) << "\n";  // gRPC, then metrics (0: off)
       }
       std::rename((port_file + ".tmp").c_str(), port_file.c_str());
     }

@@ -1,108 +1,158 @@
 #include "query/metrics.h"
 
+#include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
-#include <prometheus/gauge.h>
-#include <prometheus/registry.h>
+#include <prometheus/metric_family.h>
 
-#include <chrono>
-#include <map>
+#include <limits>
+#include <string>
+#include <vector>
 
 namespace kvidx::query {
 
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+// Builds every family from the index and the service counters at scrape time: monotonic
+// totals are counters, levels are gauges, latencies are histograms.
+class Snapshot final : public prometheus::Collectable {
+ public:
+  explicit Snapshot(const KvIndexService* service) : service_(service) {}
+
+  std::vector<MetricFamily> Collect() const override {
+    std::vector<MetricFamily> out;
+    v1::StatsResponse s;
+    service_->FillStats(&s);
+    auto add = [&](const std::string& name, const std::string& help, MetricType type, double v,
+                   std::vector<ClientMetric::Label> labels = {}) {
+      MetricFamily* f = nullptr;
+      for (auto& existing : out) {
+        if (existing.name == name) f = &existing;
+      }
+      if (f == nullptr) {
+        out.push_back({name, help, type, {}});
+        f = &out.back();
+      }
+      ClientMetric m;
+      m.label = std::move(labels);
+      if (type == MetricType::Counter)
+        m.counter.value = v;
+      else
+        m.gauge.value = v;
+      f->metric.push_back(std::move(m));
+    };
+    auto gauge = [&](const std::string& name, const std::string& help, double v,
+                     std::vector<ClientMetric::Label> labels = {}) {
+      add(name, help, MetricType::Gauge, v, std::move(labels));
+    };
+    auto counter = [&](const std::string& name, const std::string& help, double v,
+                       std::vector<ClientMetric::Label> labels = {}) {
+      add(name, help, MetricType::Counter, v, std::move(labels));
+    };
+    auto histogram = [&](const std::string& name, const std::string& help,
+                         const uint64_t (&buckets)[index::kLatencyBounds + 1], uint64_t sum_ns) {
+      ClientMetric m;
+      uint64_t cumulative = 0;
+      for (int i = 0; i < index::kLatencyBounds; ++i) {
+        cumulative += buckets[i];
+        m.histogram.bucket.push_back(
+            {cumulative, static_cast<double>(index::kLatencyBoundsUs[i]) / 1e6});
+      }
+      cumulative += buckets[index::kLatencyBounds];
+      m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+      m.histogram.sample_count = cumulative;
+      m.histogram.sample_sum = static_cast<double>(sum_ns) / 1e9;
+      out.push_back({name, help, MetricType::Histogram, {std::move(m)}});
+    };
+    gauge("kvidx_publishers", "Registered publishers", s.publishers());
+    gauge("kvidx_blocks", "Blocks in the index", static_cast<double>(s.blocks()));
+    gauge("kvidx_pairs", "(publisher, block) residencies", static_cast<double>(s.pairs()));
+    gauge("kvidx_pair_capacity", "Residency capacity", static_cast<double>(s.pair_capacity()));
+    gauge("kvidx_occupancy_ratio", "pairs / pair capacity", s.occupancy());
+    gauge("kvidx_segment_bytes", "Bytes of the index segment",
+          static_cast<double>(s.segment_bytes()));
+    gauge("kvidx_bytes_per_pair", "Segment bytes per live pair", s.bytes_per_pair());
+    counter("kvidx_batches_applied_total", "Event batches applied",
+            static_cast<double>(s.batches_applied()));
+    counter("kvidx_events_applied_total", "Events applied", static_cast<double>(s.events_applied()));
+    for (auto& [reason, n] : s.events_rejected()) {
+      counter("kvidx_events_rejected_total", "Batches or events rejected, by reason",
+              static_cast<double>(n), {{"reason", reason}});
+    }
+    counter("kvidx_garbage_frames_total", "Messages that were not batches",
+            static_cast<double>(s.garbage_frames()));
+    counter("kvidx_evictions_total", "Blocks evicted for capacity",
+            static_cast<double>(s.evictions()));
+    counter("kvidx_replays_total", "Replay requests", static_cast<double>(s.replays()));
+    counter("kvidx_gaps_total", "Sequence gaps seen", static_cast<double>(s.gaps()));
+    counter("kvidx_resyncs_total", "Publisher resyncs", static_cast<double>(s.resyncs()));
+    counter("kvidx_stripe_repairs_total", "Stripes repaired after a writer died",
+            static_cast<double>(s.stripe_repairs()));
+    const ServiceCounters& c = service_->counters();
+    counter("kvidx_lookups_total", "Lookup queries answered", static_cast<double>(c.lookups.load()));
+    counter("kvidx_lookup_hits_total", "Lookups that matched a block",
+            static_cast<double>(c.lookup_hits.load()));
+    counter("kvidx_lookup_rpcs_total", "Lookup calls", static_cast<double>(c.lookup_rpcs.load()));
+    counter("kvidx_invalid_arguments_total", "Calls refused as invalid",
+            static_cast<double>(c.invalid_arguments.load()));
+    counter("kvidx_overloaded_total", "Calls refused for load",
+            static_cast<double>(c.overloaded.load()));
+    counter("kvidx_degraded_lookups_total", "Lookups read best-effort",
+            static_cast<double>(c.degraded.load()));
+    gauge("kvidx_healthy", "1 if every worker that owns publishers is alive", s.healthy() ? 1 : 0);
+    for (const auto& w : s.workers()) {
+      std::vector<ClientMetric::Label> l = {{"worker", std::to_string(w.worker())}};
+      gauge("kvidx_worker_lag_ms", "Oldest last-event age among a worker's connected publishers",
+            static_cast<double>(w.max_last_event_age_ms()), l);
+      gauge("kvidx_worker_open_gaps", "Publishers of a worker replaying a gap", w.open_gaps(), l);
+    }
+    uint64_t lookup_buckets[index::kLatencyBounds + 1];
+    for (int i = 0; i <= index::kLatencyBounds; ++i)
+      lookup_buckets[i] = c.lookup_latency_buckets[i].load(std::memory_order_relaxed);
+    histogram("kvidx_lookup_seconds", "Lookup call latency in the server", lookup_buckets,
+              c.lookup_latency_sum_ns.load(std::memory_order_relaxed));
+    const index::SegmentHeader* h = service_->index().header();
+    uint64_t apply_buckets[index::kLatencyBounds + 1];
+    for (int i = 0; i <= index::kLatencyBounds; ++i)
+      apply_buckets[i] = index::Ld(h->apply_latency_buckets[i]);
+    histogram("kvidx_apply_batch_seconds", "Time to decode and apply one event batch",
+              apply_buckets, index::Ld(h->apply_latency_sum_ns));
+    return out;
+  }
+
+ private:
+  const KvIndexService* service_;
+};
+
+}  // namespace
+
 struct Metrics::Impl {
   std::unique_ptr<prometheus::Exposer> exposer;
-  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
-  std::atomic<bool> stop{false};
-  std::thread refresher;
-  const KvIndexService* service = nullptr;
-  std::map<std::string, prometheus::Gauge*> gauges;
-
-  prometheus::Gauge& G(const std::string& name, const std::string& help,
-                       const std::map<std::string, std::string>& labels = {}) {
-    std::string key = name;
-    for (auto& [k, v] : labels) key.append("|").append(k).append("=").append(v);
-    auto it = gauges.find(key);
-    if (it != gauges.end()) return *it->second;
-    auto& family = prometheus::BuildGauge().Name(name).Help(help).Register(*registry);
-    prometheus::Gauge* g = &family.Add(labels);
-    gauges[key] = g;
-    return *g;
-  }
-
-  void Refresh() {
-    v1::StatsResponse s;
-    service->FillStats(&s);
-    G("kvidx_publishers", "Registered publishers").Set(s.publishers());
-    G("kvidx_blocks", "Blocks in the index").Set(static_cast<double>(s.blocks()));
-    G("kvidx_pairs", "(publisher, block) residencies").Set(static_cast<double>(s.pairs()));
-    G("kvidx_pair_capacity", "Residency capacity").Set(static_cast<double>(s.pair_capacity()));
-    G("kvidx_occupancy_ratio", "pairs / pair capacity").Set(s.occupancy());
-    G("kvidx_segment_bytes", "Bytes of the index segment")
-        .Set(static_cast<double>(s.segment_bytes()));
-    G("kvidx_bytes_per_pair", "Segment bytes per live pair").Set(s.bytes_per_pair());
-    G("kvidx_batches_applied_total", "Event batches applied")
-        .Set(static_cast<double>(s.batches_applied()));
-    G("kvidx_events_applied_total", "Events applied").Set(static_cast<double>(s.events_applied()));
-    for (auto& [reason, n] : s.events_rejected()) {
-      G("kvidx_events_rejected_total", "Batches or events rejected, by reason",
-        {{"reason", reason}})
-          .Set(static_cast<double>(n));
-    }
-    G("kvidx_garbage_frames_total", "Messages that were not batches")
-        .Set(static_cast<double>(s.garbage_frames()));
-    G("kvidx_evictions_total", "Blocks evicted for capacity")
-        .Set(static_cast<double>(s.evictions()));
-    G("kvidx_replays_total", "Replay requests").Set(static_cast<double>(s.replays()));
-    G("kvidx_gaps_total", "Sequence gaps seen").Set(static_cast<double>(s.gaps()));
-    G("kvidx_resyncs_total", "Publisher resyncs").Set(static_cast<double>(s.resyncs()));
-    G("kvidx_stripe_repairs_total", "Stripes repaired after a writer died")
-        .Set(static_cast<double>(s.stripe_repairs()));
-    const ServiceCounters& c = service->counters();
-    G("kvidx_lookups_total", "Lookup queries answered").Set(static_cast<double>(c.lookups.load()));
-    G("kvidx_lookup_hits_total", "Lookups that matched a block")
-        .Set(static_cast<double>(c.lookup_hits.load()));
-    G("kvidx_lookup_rpcs_total", "Lookup calls").Set(static_cast<double>(c.lookup_rpcs.load()));
-    G("kvidx_invalid_arguments_total", "Calls refused as invalid")
-        .Set(static_cast<double>(c.invalid_arguments.load()));
-    G("kvidx_overloaded_total", "Calls refused for load")
-        .Set(static_cast<double>(c.overloaded.load()));
-    G("kvidx_degraded_lookups_total", "Lookups read best-effort")
-        .Set(static_cast<double>(c.degraded.load()));
-    G("kvidx_healthy", "1 if every worker that owns publishers is alive").Set(s.healthy() ? 1 : 0);
-    for (const auto& w : s.workers()) {
-      std::map<std::string, std::string> l = {{"worker", std::to_string(w.worker())}};
-      G("kvidx_worker_lag_ms", "Oldest last-event age among a worker's connected publishers", l)
-          .Set(static_cast<double>(w.max_last_event_age_ms()));
-      G("kvidx_worker_open_gaps", "Publishers of a worker replaying a gap", l).Set(w.open_gaps());
-    }
-  }
+  std::shared_ptr<Snapshot> snapshot;
 };
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen,
                                                         const KvIndexService* service) {
   std::unique_ptr<Metrics> m(new Metrics());
   m->impl_ = std::make_unique<Impl>();
-  m->impl_->service = service;
+  m->impl_->snapshot = std::make_shared<Snapshot>(service);
   try {
     m->impl_->exposer = std::make_unique<prometheus::Exposer>(listen);
   } catch (const std::exception& e) {
     return absl::FailedPreconditionError(std::string("metrics on ") + listen + ": " + e.what());
   }
-  m->impl_->exposer->RegisterCollectable(m->impl_->registry);
-  m->impl_->Refresh();
-  Impl* impl = m->impl_.get();
-  impl->refresher = std::thread([impl] {
-    while (!impl->stop.load()) {
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      impl->Refresh();
-    }
-  });
+  m->impl_->exposer->RegisterCollectable(m->impl_->snapshot);
   return m;
 }
 
-Metrics::~Metrics() {
-  impl_->stop = true;
-  if (impl_->refresher.joinable()) impl_->refresher.join();
+int Metrics::port() const {
+  auto ports = impl_->exposer->GetListeningPorts();
+  return ports.empty() ? 0 : ports[0];
 }
+
+Metrics::~Metrics() = default;
 
 }  // namespace kvidx::query

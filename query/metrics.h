@@ -1,5 +1,5 @@
-// Prometheus metrics for kvidx-query: ingest and query counters, occupancy, refreshed from
-// the index and the service counters once a second.
+// Prometheus metrics for kvidx-query, read from the index and the service counters at each
+// scrape: totals as counters, levels as gauges, apply and lookup latencies as histograms.
 #ifndef KVIDX_QUERY_METRICS_H
 #define KVIDX_QUERY_METRICS_H
 
@@ -20,6 +20,7 @@ class Metrics {
   static absl::StatusOr<std::unique_ptr<Metrics>> Start(const std::string& listen,
                                                         const KvIndexService* service);
   ~Metrics();
+  int port() const;  // the port it listens on (as bound: "host:0" takes a free one)
 
  private:
   Metrics() = default;

@@ -188,6 +188,16 @@ grpc::Status KvIndexService::Lookup(grpc::ServerContext*, const v1::LookupReques
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", "too many calls in flight");
   }
   counters_.lookup_rpcs.fetch_add(1, std::memory_order_relaxed);
+  const int64_t t0 = MonotonicNanos();
+  struct Timer {
+    ServiceCounters& c;
+    int64_t t0;
+    ~Timer() {
+      int64_t took = MonotonicNanos() - t0;
+      c.lookup_latency_buckets[index::LatencyBucket(took)].fetch_add(1, std::memory_order_relaxed);
+      c.lookup_latency_sum_ns.fetch_add(static_cast<uint64_t>(took), std::memory_order_relaxed);
+    }
+  } timer{counters_, t0};
   if (static_cast<uint32_t>(req->queries_size()) > config_.max_lookups_per_call) {
     counters_.invalid_arguments.fetch_add(1);
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_QUERIES",

@@ -28,6 +28,9 @@ struct ServiceCounters {
   std::atomic<uint64_t> invalid_arguments{0};
   std::atomic<uint64_t> overloaded{0};
   std::atomic<uint64_t> degraded{0};
+  // Lookup RPC latency (kLatencyBoundsUs buckets, the last one +Inf) and its sum.
+  std::atomic<uint64_t> lookup_latency_buckets[index::kLatencyBounds + 1] = {};
+  std::atomic<uint64_t> lookup_latency_sum_ns{0};
 };
 
 class KvIndexService final : public kvidx::v1::KvIndex::Service {

@@ -1,7 +1,12 @@
 // kvidx-query as a real process, over a real index fed by kvidx-sim and two kvidx-ingest
 // workers, called through gRPC on loopback: every RPC, its error codes, the WatchEvents
 // stream, and the read-only mapping of the index.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+
+#include <cstring>
 
 #include <fstream>
 #include <sstream>
@@ -22,6 +27,7 @@ using v1::KvIndex;
 
 struct Env {
   std::string dir, segment, config, grpc_addr;
+  int metrics_port = 0;
   std::unique_ptr<Process> sim, w0, w1, query;
   std::unique_ptr<KvIndex::Stub> stub;
   std::vector<std::vector<uint32_t>> prompts;
@@ -53,7 +59,7 @@ class QueryTest : public ::testing::Test {
     out << "[segment]\nname = \"" << env->segment
         << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
-        << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\n"
+        << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
         << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n"
         << ss.str();
     out.close();
@@ -71,7 +77,10 @@ class QueryTest : public ::testing::Test {
         env->dir + "/query.log");
     std::string port = WaitForFile(env->dir + "/query.port", std::chrono::milliseconds(30000));
     ASSERT_FALSE(port.empty()) << env->query->Log();
-    env->grpc_addr = "127.0.0.1:" + std::to_string(std::stoi(port));
+    std::istringstream ports(port);
+    int grpc_port = 0;
+    ports >> grpc_port >> env->metrics_port;
+    env->grpc_addr = "127.0.0.1:" + std::to_string(grpc_port);
     env->stub =
         KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
     // Wait until the server answers and the index has content and sample prompts exist.
@@ -454,6 +463,51 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   v1::UnregisterPublisherResponse ur;
   grpc::ClientContext ctx;
   EXPECT_TRUE(stub().UnregisterPublisher(&ctx, un, &ur).ok());
+}
+
+// GET /metrics over a plain socket.
+std::string Scrape(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    (void)!write(fd, req.data(), req.size());
+    char buf[65536];
+    for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+// Issue 9, defect 11: totals are counters, latencies histograms.
+TEST_F(QueryTest, MetricsHaveTheirPrometheusTypes) {
+  ASSERT_GT(env->metrics_port, 0);
+  {
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;
+    auto* q = req.add_queries();
+    q->mutable_namespace_()->set_model("qm");
+    for (uint32_t t : env->prompts.at(0)) q->mutable_tokens()->add_ids(t);
+    v1::LookupResponse resp;
+    ASSERT_TRUE(stub().Lookup(&ctx, req, &resp).ok());
+  }
+  std::string m = Scrape(env->metrics_port);
+  for (const char* line :
+       {"# TYPE kvidx_batches_applied_total counter", "# TYPE kvidx_lookups_total counter",
+        "# TYPE kvidx_resyncs_total counter", "# TYPE kvidx_blocks gauge",
+        "# TYPE kvidx_lookup_seconds histogram", "# TYPE kvidx_apply_batch_seconds histogram",
+        "kvidx_lookup_seconds_bucket{le=\"+Inf\"}", "kvidx_apply_batch_seconds_count "}) {
+    EXPECT_NE(m.find(line), std::string::npos) << line << "\n" << m.substr(0, 2000);
+  }
+  EXPECT_EQ(m.find("# TYPE kvidx_batches_applied_total gauge"), std::string::npos);
+  // Some batches were applied, so the apply histogram counts them.
+  size_t at = m.find("kvidx_apply_batch_seconds_count ");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_GT(std::stod(m.substr(at + std::strlen("kvidx_apply_batch_seconds_count "))), 0.0);
 }
 
 TEST_F(QueryTest, QueryProcessMapsTheIndexReadOnly) {
