@@ -68,8 +68,8 @@ absl::Status UnknownKeys(const toml::table& t, const std::set<std::string>& name
   for (const auto& [k, v] : t) {
     if (names.count(std::string(k.str())) != 0) continue;
     return absl::InvalidArgumentError(
-        absl::StrCat(origin, ":", static_cast<uint64_t>(k.source().begin.line),
-                     ": unknown key '", std::string(k.str()), "' in ", section));
+        absl::StrCat(origin, ":", static_cast<uint64_t>(k.source().begin.line), ": unknown key '",
+                     std::string(k.str()), "' in ", section));
   }
   return absl::OkStatus();
 }

@@ -53,7 +53,7 @@ class Snapshot final : public prometheus::Collectable {
       add(name, help, MetricType::Counter, v, std::move(labels));
     };
     auto histogram = [&](const std::string& name, const std::string& help,
-                         const uint64_t (&buckets)[index::kLatencyBounds + 1], uint64_t sum_ns) {
+                         const uint64_t(&buckets)[index::kLatencyBounds + 1], uint64_t sum_ns) {
       ClientMetric m;
       uint64_t cumulative = 0;
       for (int i = 0; i < index::kLatencyBounds; ++i) {
@@ -77,7 +77,8 @@ class Snapshot final : public prometheus::Collectable {
     gauge("kvidx_bytes_per_pair", "Segment bytes per live pair", s.bytes_per_pair());
     counter("kvidx_batches_applied_total", "Event batches applied",
             static_cast<double>(s.batches_applied()));
-    counter("kvidx_events_applied_total", "Events applied", static_cast<double>(s.events_applied()));
+    counter("kvidx_events_applied_total", "Events applied",
+            static_cast<double>(s.events_applied()));
     for (auto& [reason, n] : s.events_rejected()) {
       counter("kvidx_events_rejected_total", "Batches or events rejected, by reason",
               static_cast<double>(n), {{"reason", reason}});
@@ -92,7 +93,8 @@ class Snapshot final : public prometheus::Collectable {
     counter("kvidx_stripe_repairs_total", "Stripes repaired after a writer died",
             static_cast<double>(s.stripe_repairs()));
     const ServiceCounters& c = service_->counters();
-    counter("kvidx_lookups_total", "Lookup queries answered", static_cast<double>(c.lookups.load()));
+    counter("kvidx_lookups_total", "Lookup queries answered",
+            static_cast<double>(c.lookups.load()));
     counter("kvidx_lookup_hits_total", "Lookups that matched a block",
             static_cast<double>(c.lookup_hits.load()));
     counter("kvidx_lookup_rpcs_total", "Lookup calls", static_cast<double>(c.lookup_rpcs.load()));

@@ -215,9 +215,9 @@ TEST(CrashTest, RedoOfAnInterruptedRemoveUsesItsOwnNamespace) {
   ASSERT_TRUE(store(a, g, {3, 4}));  // the journal's last namespace is now a
   ASSERT_FALSE(idx.ResolveEngineHash(a, p, h).has_value());
   // The remove's writer parks after its writes, the stripe still odd, and is killed there.
-  auto* parked = static_cast<std::atomic<int>*>(
-      mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-           -1, 0));
+  auto* parked =
+      static_cast<std::atomic<int>*>(mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
+                                          MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   ASSERT_NE(parked, MAP_FAILED);
   new (parked) std::atomic<int>(0);
   static std::atomic<int>* g_parked;

@@ -1,7 +1,6 @@
 #include "ingest/config.h"
 
 #include <cstdlib>
-
 #include <fstream>
 
 #include "gtest/gtest.h"
@@ -86,16 +85,15 @@ TEST(ConfigTest, UnknownKeysAreAnErrorNamingFileLineAndKey) {
       "endpoint = \"tcp://x:1\"\nreplay_endpont = \"tcp://x:2\"\n",
       "kvidx.toml");
   ASSERT_FALSE(typo.ok());
-  EXPECT_EQ(typo.status().message(),
-            "kvidx.toml:7: unknown key 'replay_endpont' in [[publisher]]");
+  EXPECT_EQ(typo.status().message(), "kvidx.toml:7: unknown key 'replay_endpont' in [[publisher]]");
   auto section = ParseConfig("[ingest]\nworkers = 2\nidle_probe = 5\n", "k.toml");
   ASSERT_FALSE(section.ok());
   EXPECT_EQ(section.status().message(), "k.toml:3: unknown key 'idle_probe' in [ingest]");
   auto top = ParseConfig("[segmnet]\nname = \"x\"\n", "t.toml");
   ASSERT_FALSE(top.ok());
   EXPECT_EQ(top.status().message(), "t.toml:1: unknown key 'segmnet' in the top level");
-  EXPECT_TRUE(ParseConfig("[[model]]\nname = \"m\"\nlora_names = { 7 = \"sql\" }\n", "ok.toml")
-                  .ok());
+  EXPECT_TRUE(
+      ParseConfig("[[model]]\nname = \"m\"\nlora_names = { 7 = \"sql\" }\n", "ok.toml").ok());
 }
 
 // The configuration README.md shows parses, every key of it known.

@@ -7,7 +7,6 @@
 #include <sys/stat.h>
 
 #include <cstring>
-
 #include <fstream>
 #include <sstream>
 
