@@ -236,6 +236,11 @@ struct alignas(64) PublisherSlot {
   uint64_t restarts;           // engine restarts detected
   uint64_t unverifiable_gaps;  // continuity that could not be checked: residencies dropped
   uint64_t stale_drops;        // residencies dropped after drop_after_ms unreachable
+  // Stored blocks refused because their event's block size is not the namespace's (they could
+  // never match a lookup), and the last such size seen.
+  uint64_t block_size_mismatches;
+  uint32_t mismatched_block_size;
+  uint32_t reserved4;
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "shared/log.h"
 #include "shared/status.h"
 
 namespace kvidx::ingest {
@@ -63,6 +64,27 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   return ns;
 }
 
+bool Applier::BlockSizeFits(PublisherId p, NamespaceId ns, uint32_t block_size, uint64_t ops) {
+  const index::NamespaceSlot* nss = index_->namespace_slot(ns);
+  if (nss == nullptr || block_size == 0 || block_size == nss->block_size) return true;
+  // Keys chained over blocks of another size never equal a router's: storing them would only
+  // fill the index with blocks no lookup can reach (a silent 0 % hit rate). Refuse, count, and
+  // say so once per publisher.
+  PublisherSlot* ps = index_->mutable_publisher_slot(p);
+  if (ps != nullptr) {
+    if (index::Ld(ps->block_size_mismatches) == 0) {
+      KVIDX_LOG_WARN(
+          "publisher %s/%u: events of %u-token blocks for model %s, configured with "
+          "%u-token blocks: refused (fix the model's block_size)",
+          ps->pod, ps->dp_rank, block_size, nss->model, nss->block_size);
+    }
+    index::AddRelaxed(ps->block_size_mismatches, ops);
+    index::St(ps->mismatched_block_size, block_size);
+  }
+  for (uint64_t i = 0; i < ops; ++i) (void)index_->SkipOp(p, &PublisherSlot::rejected_stores);
+  return false;
+}
+
 absl::Status Applier::Apply(PublisherId p, const EventBatch& batch, uint64_t skip_ops) {
   if (index_->publisher_slot(p) == nullptr) {
     return absl::NotFoundError(absl::StrCat("no publisher ", p));
@@ -91,6 +113,10 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
   switch (e.kind) {
     case EventKind::kStored: {
       KVIDX_ASSIGN_OR_RETURN(NamespaceId ns, NamespaceFor(p, e));
+      if (!e.tokens.empty() && !BlockSizeFits(p, ns, e.block_size, ops - *skip)) {
+        *skip = 0;
+        return absl::OkStatus();
+      }
       // A partly applied event (only after a crash): the blocks already stored stay; store the
       // rest with the last stored block as parent.
       size_t from = static_cast<size_t>(*skip);
@@ -165,6 +191,13 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
   NamespaceId ns = static_cast<NamespaceId>(ps->ns);
   const index::NamespaceSlot* nss = index_->namespace_slot(ns);
   if (nss == nullptr) return absl::FailedPreconditionError("namespace gone");
+  if (e.kind == EventKind::kSeqStored && !e.tokens.empty()) {
+    uint64_t left = e.block_numbers.size() > *skip ? e.block_numbers.size() - *skip : 0;
+    if (!BlockSizeFits(p, ns, e.block_size, left)) {
+      *skip = *skip > e.block_numbers.size() ? *skip - e.block_numbers.size() : 0;
+      return absl::OkStatus();
+    }
+  }
   SequenceState& s = seqs[e.sequence_id];
   size_t& total = sequence_blocks_[p];
   for (size_t i = 0; i < e.block_numbers.size(); ++i) {

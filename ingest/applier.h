@@ -68,6 +68,10 @@ class Applier {
   absl::StatusOr<index::NamespaceId> NamespaceFor(index::PublisherId p, const Event& e);
   absl::Status ApplyEvent(index::PublisherId p, const Event& e, uint64_t* skip);
   absl::Status ApplySeq(index::PublisherId p, const Event& e, uint64_t* skip);
+  // False (the event's `ops` operations refused and counted) if `block_size` is not the
+  // namespace's.
+  bool BlockSizeFits(index::PublisherId p, index::NamespaceId ns, uint32_t block_size,
+                     uint64_t ops);
 
   index::PrefixIndex* index_;
   ApplierConfig config_;

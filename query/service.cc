@@ -334,6 +334,8 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["restarts"] = Ld(s->restarts);
   c["unverifiable_gaps"] = Ld(s->unverifiable_gaps);
   c["stale_drops"] = Ld(s->stale_drops);
+  c["block_size_mismatches"] = Ld(s->block_size_mismatches);
+  c["mismatched_block_size"] = Ld(s->mismatched_block_size);
   c["connects"] = Ld(s->connects);
   c["disconnects"] = Ld(s->disconnects);
   c["connect_retries"] = Ld(s->connect_retries);

@@ -175,5 +175,35 @@ TEST_F(ApplierTest, EmptyEventsBeforeAPartlyAppliedOneKeepTheResumeSkip) {
   }
 }
 
+// Issue 9, defect 8: blocks of another size than the namespace's can never match; they are
+// refused and counted, not stored under keys no lookup computes.
+TEST_F(ApplierTest, BlocksOfAnotherSizeAreRefusedAndCounted) {
+  EventBatch b;
+  Event e = Stored({41, 42}, {1, 2, 3, 4, 5, 6, 7, 8});
+  e.block_size = 4;  // the namespace has 2-token blocks
+  b.events.push_back(e);
+  b.events.push_back(Stored({43}, {9, 9}));  // a fitting one in the same batch still applies
+  uint64_t ops = idx().publisher_slot(pub_)->applied_ops;
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  const index::PublisherSlot* s = idx().publisher_slot(pub_);
+  EXPECT_EQ(s->block_size_mismatches, 2u);
+  EXPECT_EQ(s->mismatched_block_size, 4u);
+  EXPECT_EQ(s->applied_ops, ops + 3) << "refused blocks still consume their operations";
+  EXPECT_EQ(s->pairs, 1u);
+  EXPECT_EQ(Matched(base_, {9, 9}), 1u);
+  // The same for the sequence-id form.
+  Event seq;
+  seq.kind = EventKind::kSeqStored;
+  seq.sequence_id = 1;
+  seq.block_numbers = {0};
+  seq.tokens = {1, 2, 3, 4};
+  seq.block_size = 4;
+  EventBatch sb;
+  sb.events.push_back(seq);
+  ASSERT_TRUE(applier_->Apply(pub_, sb).ok());
+  EXPECT_EQ(idx().publisher_slot(pub_)->block_size_mismatches, 3u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->pairs, 1u);
+}
+
 }  // namespace
 }  // namespace kvidx::ingest

@@ -60,6 +60,7 @@ class QueryTest : public ::testing::Test {
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
         << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n"
+        << "[[model]]\nname = \"qm4\"\nblock_size = 4\n\n"  // the sequence-id peer's
         << ss.str();
     out.close();
     env->w0 = std::make_unique<Process>(
@@ -399,7 +400,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   auto [pub_ep, replay_ep] = PeerEndpoints(env->dir + "/seqid.ports");
   v1::RegisterPublisherRequest reg;
   reg.set_pod("seq-pod");
-  reg.set_model("qm");
+  reg.set_model("qm4");  // its blocks have 4 tokens
   reg.set_endpoint(pub_ep);
   reg.set_replay_endpoint(replay_ep);
   reg.set_dialect("seqid");
@@ -434,7 +435,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub().GetSequence(&ctx, get, &one).ok());
   }
-  auto keys = index::ChainBlockKeys(index::NamespaceRoot("qm", ""),
+  auto keys = index::ChainBlockKeys(index::NamespaceRoot("qm4", ""),
                                     std::vector<uint32_t>{11, 12, 13, 14, 15, 16, 17, 18}, 4);
   ASSERT_GE(one.block_keys_size(), 2);
   EXPECT_EQ(one.block_keys(0), keys[0]);
