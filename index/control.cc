@@ -88,8 +88,9 @@ absl::StatusOr<uint64_t> ControlArea::Post(const Command& c) {
   for (int i = 0; i < kCommandSlots; ++i) {
     Command& slot = h_->commands[i];
     uint32_t st = __atomic_load_n(&slot.state, __ATOMIC_ACQUIRE);
-    // A finished command nobody collected for a minute is abandoned (its poster died).
-    bool stale = st != static_cast<uint32_t>(CommandState::kFree) &&
+    // A finished command nobody collected for a minute is abandoned (its poster died or gave
+    // up). A running one is not: its worker still writes into the slot.
+    bool stale = st == static_cast<uint32_t>(CommandState::kDone) &&
                  std::chrono::system_clock::now().time_since_epoch().count() - slot.posted_wall_ns >
                      60'000'000'000LL;
     if (st != static_cast<uint32_t>(CommandState::kFree) && !stale) continue;
@@ -128,11 +129,13 @@ absl::StatusOr<Command> ControlArea::Await(uint64_t id, int timeout_ms, std::str
       if (g.owner_died()) g.Repaired();
       for (int i = 0; i < kCommandSlots; ++i) {
         Command& slot = h_->commands[i];
-        if (slot.id == id && __atomic_load_n(&slot.state, __ATOMIC_ACQUIRE) ==
-                                 static_cast<uint32_t>(CommandState::kPending)) {
-          __atomic_store_n(&slot.state, static_cast<uint32_t>(CommandState::kFree),
-                           __ATOMIC_RELEASE);
-        }
+        if (slot.id != id) continue;
+        uint32_t pending = static_cast<uint32_t>(CommandState::kPending);
+        // Withdrawn only if no worker claimed it; a running command finishes, and its slot is
+        // reclaimed once it is Done and uncollected.
+        __atomic_compare_exchange_n(&slot.state, &pending,
+                                    static_cast<uint32_t>(CommandState::kFree), false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
       }
       return absl::DeadlineExceededError("no ingest worker took the command in time");
     }

@@ -38,7 +38,10 @@ enum class CommandOp : uint32_t {
   kGetSequence = 7,    // result: that line, then one block key (hex) per line
 };
 
-enum class CommandState : uint32_t { kFree = 0, kPending = 1, kDone = 2 };
+// A slot's life: Free -> Pending (posted) -> Running (a worker claimed it) -> Done -> Free
+// (collected). Only a Pending command can be withdrawn; a Running one belongs to its worker
+// until Done, so a slot is never reused while a worker still writes its result.
+enum class CommandState : uint32_t { kFree = 0, kPending = 1, kDone = 2, kRunning = 3 };
 
 inline constexpr uint32_t kAnyWorker = 0xFFFFFFFFu;
 
@@ -139,6 +142,13 @@ void ControlArea::Serve(uint32_t worker, F&& fn) {
     }
     uint32_t target = c.worker == kAnyWorker ? 0 : c.worker;
     if (target != worker) continue;
+    // Claim it: a poster that gave up withdraws only a command still Pending.
+    uint32_t pending = static_cast<uint32_t>(CommandState::kPending);
+    if (!__atomic_compare_exchange_n(&c.state, &pending,
+                                     static_cast<uint32_t>(CommandState::kRunning), false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      continue;
+    }
     c.payload_size = 0;
     c.truncated = 0;
     fn(c, h_->payloads[i]);  // fills code, counters, message, payload
