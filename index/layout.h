@@ -75,7 +75,7 @@ struct Geometry {
   uint64_t blocks = 0;         // distinct blocks
   uint64_t pairs = 0;          // (publisher, tier, block) residencies
   uint64_t holder_chunks = 0;  // 7-holder overflow chunks (0: pairs / 5)
-  uint64_t engine_hashes = 0;  // engine hash -> block key mappings (0: 1.25 x blocks)
+  uint64_t engine_hashes = 0;  // engine hash -> block key mappings (0: max(pairs, 1.25 x blocks))
   uint32_t publishers = 0;
   uint32_t namespaces = 0;
   uint32_t stripes = 0;  // power of two
@@ -241,6 +241,7 @@ struct alignas(64) PublisherSlot {
   uint64_t block_size_mismatches;
   uint32_t mismatched_block_size;
   uint32_t reserved4;
+  uint64_t engine_table_full;  // stores refused: no room to map their engine hash
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same
@@ -317,9 +318,9 @@ struct alignas(64) EngineStripeHeader {
   int32_t owner_pid;
   uint32_t free_nodes;
   uint32_t live_nodes;
-  uint32_t reserved;
-  uint64_t swept;  // stale entries dropped
-  uint64_t full;   // inserts refused: stripe full of live entries
+  uint32_t sweep_cursor;  // next bucket a bounded sweep looks at
+  uint64_t swept;         // stale entries dropped
+  uint64_t full;          // inserts refused: stripe full of live entries
   uint64_t repairs;
 };
 

@@ -888,13 +888,37 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
     bool validated = false;
     if (ReadEngineEntry(engine_hash, ns, scope, &validated) != key || !validated) {
       absl::Status es = EnsureEngineEntry(engine_hash, ns, scope, key);
-      (void)es;  // counted in the engine stripe; the store itself stands
+      if (absl::IsResourceExhausted(es) && !redo_refs) {
+        // Without its mapping, the block's removal could never find it: the residency would
+        // outlive the engine's copy. Take the store back and refuse it (counted).
+        UndoStore(p, ps, tier, key);
+        AddRelaxed(ps.rejected_stores, uint64_t{1});
+        AddRelaxed(ps.engine_table_full, uint64_t{1});
+        return es;  // the caller acknowledges the operation
+      }
     }
   }
   AddRelaxed(ps.stored_blocks, uint64_t{1});
   if (duplicate) AddRelaxed(ps.duplicate_stores, uint64_t{1});
   Ack(ps, op_index);
   return absl::OkStatus();
+}
+
+void PrefixIndex::UndoStore(PublisherId p, PublisherSlot& ps, Tier tier, BlockKey key) {
+  StripeWriter w(this, stripe_for(key));
+  if (!w.ok()) return;
+  uint32_t b = w.Find(key);
+  uint32_t chunk = kNil;
+  HolderSlot* slot = b == kNil ? nullptr : w.FindSlot(b, p, tier, &chunk);
+  if (slot == nullptr) return;
+  uint8_t refs = SlotRefs(Ld(*slot));
+  if (refs > 1) {
+    St(*slot, PackHolder(p, tier, static_cast<uint8_t>(refs - 1)));
+    return;
+  }
+  w.ClearSlot(b, slot, chunk);
+  AddRelaxed(ps.pairs, uint64_t(-1));
+  if (w.Empty(b)) w.DropBlock(b, [](PublisherId) {});
 }
 
 absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tier,
@@ -958,9 +982,15 @@ absl::Status PrefixIndex::EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns
   }
   if (Ld(v.h->free_nodes) == kNil) {
     // Sweep entries whose block is gone. Under this stripe's lock, so an entry whose block a
-    // writer has just stored (before taking this lock) is seen to exist and kept.
-    for (uint32_t b = 0; b < sg_.engine_buckets_per_stripe; ++b) {
-      uint32_t* link = &v.buckets[b];
+    // writer has just stored (before taking this lock) is seen to exist and kept. Bounded: at
+    // most kSweepBuckets buckets per insert, from where the last sweep stopped, so a stripe full
+    // of live entries costs each insert a little, not a pass over the stripe.
+    constexpr uint32_t kSweepBuckets = 64;
+    const uint32_t nb = sg_.engine_buckets_per_stripe;
+    uint32_t cursor = Ld(v.h->sweep_cursor) % nb;
+    for (uint32_t step = 0; step < std::min(nb, kSweepBuckets) && Ld(v.h->free_nodes) == kNil;
+         ++step, cursor = (cursor + 1) % nb) {
+      uint32_t* link = &v.buckets[cursor];
       while (Ld(*link) != kNil) {
         uint32_t i = Ld(*link);
         if (BlockExists(Ld(v.nodes[i].block_key))) {
@@ -974,6 +1004,7 @@ absl::Status PrefixIndex::EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns
         AddRelaxed(v.h->swept, uint64_t{1});
       }
     }
+    St(v.h->sweep_cursor, cursor);
     if (Ld(v.h->free_nodes) == kNil) {
       AddRelaxed(v.h->full, uint64_t{1});
       return absl::ResourceExhaustedError("engine hash table stripe is full");

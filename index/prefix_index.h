@@ -242,6 +242,8 @@ class PrefixIndex {
 
   absl::Status ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,
                           BlockKey key, NamespaceId ns, std::optional<uint8_t> redo_refs);
+  // Takes back one reference a store just added (its engine hash could not be mapped).
+  void UndoStore(PublisherId p, PublisherSlot& ps, Tier tier, BlockKey key);
   absl::Status ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,
                            BlockKey key, NamespaceId ns, std::optional<uint8_t> redo_refs);
   void ClearPublisherStripes(PublisherId p);

@@ -134,7 +134,11 @@ absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
   uint64_t chunks = g.holder_chunks != 0 ? g.holder_chunks : g.pairs / 5;
   uint64_t cps = CeilDiv(chunks, g.stripes);
   cps += cps / 16 + 8;
-  uint64_t engine = g.engine_hashes != 0 ? g.engine_hashes : g.blocks + g.blocks / 4;
+  // One entry per (engine hash, namespace, scope) whose block is live: one per block when the
+  // engines share content hashes, one per pair when each engine hashes with its own seed
+  // (vLLM without PYTHONHASHSEED). The default covers the second case.
+  uint64_t engine =
+      g.engine_hashes != 0 ? g.engine_hashes : std::max<uint64_t>(g.pairs, g.blocks + g.blocks / 4);
   uint32_t es = NextPow2(std::max<uint64_t>(1, std::min<uint64_t>(g.stripes, CeilDiv(engine, 64))));
   uint64_t eps = CeilDiv(engine, es);
   eps += eps / 16 + 8;

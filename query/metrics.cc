@@ -92,6 +92,12 @@ class Snapshot final : public prometheus::Collectable {
     counter("kvidx_resyncs_total", "Publisher resyncs", static_cast<double>(s.resyncs()));
     counter("kvidx_stripe_repairs_total", "Stripes repaired after a writer died",
             static_cast<double>(s.stripe_repairs()));
+    gauge("kvidx_engine_entries", "Engine hash -> block key entries",
+          static_cast<double>(s.engine_entries()));
+    gauge("kvidx_engine_capacity", "Engine hash table capacity",
+          static_cast<double>(s.engine_capacity()));
+    counter("kvidx_engine_table_full_total", "Stores refused: no room to map their engine hash",
+            static_cast<double>(s.engine_table_full()));
     const ServiceCounters& c = service_->counters();
     counter("kvidx_lookups_total", "Lookup queries answered",
             static_cast<double>(c.lookups.load()));

@@ -253,6 +253,9 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
                              : 0);
   resp->set_evictions(s.evicted_blocks);
   resp->set_stripe_repairs(s.stripe_repairs);
+  resp->set_engine_entries(s.engine_entries);
+  resp->set_engine_capacity(s.engine_capacity);
+  resp->set_engine_table_full(s.engine_full);
   uint64_t replays = 0, gaps = 0, resyncs = 0;
   std::map<uint32_t, v1::WorkerLag> lag;
   bool healthy = true;
@@ -335,6 +338,7 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["unverifiable_gaps"] = Ld(s->unverifiable_gaps);
   c["stale_drops"] = Ld(s->stale_drops);
   c["block_size_mismatches"] = Ld(s->block_size_mismatches);
+  c["engine_table_full"] = Ld(s->engine_table_full);
   c["mismatched_block_size"] = Ld(s->mismatched_block_size);
   c["connects"] = Ld(s->connects);
   c["disconnects"] = Ld(s->disconnects);

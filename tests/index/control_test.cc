@@ -43,8 +43,8 @@ TEST(ControlTest, ASlotIsNeverReusedWhileItsWorkerRunsTheCommand) {
       std::snprintf(c.message, sizeof(c.message), "result of %s", what.c_str());
     });
   });
-  ASSERT_TRUE(kvidx::testing::WaitFor([&] { return running.load() == 1; },
-                                      std::chrono::seconds(10)));
+  ASSERT_TRUE(
+      kvidx::testing::WaitFor([&] { return running.load() == 1; }, std::chrono::seconds(10)));
   // The poster gives up while the worker runs it.
   auto late = ca.Await(*id_a, 1);
   EXPECT_TRUE(absl::IsDeadlineExceeded(late.status()));

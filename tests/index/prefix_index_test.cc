@@ -547,5 +547,52 @@ TEST(PrefixIndexManyHoldersTest, ManyPublishersPerBlockMatchTheModel) {
   EXPECT_EQ(idx.Stats().pairs, model.size());
 }
 
+// Issue 9, defect 1: with per-pod engine hashes the engine table needs an entry per pair. When
+// it is full, a store is refused and counted, never kept without the mapping its removal needs.
+TEST(EngineTableTest, FullTableRefusesStoresInsteadOfLosingTheirRemovals) {
+  Geometry g = kvidx::testing::SmallGeometry();
+  g.engine_hashes = 64;  // far fewer than the pairs below
+  kvidx::testing::ScopedSegment seg("engine-full", g);
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 2});
+  std::vector<PublisherId> pods;
+  for (int i = 0; i < 4; ++i) {
+    pods.push_back(*idx.RegisterPublisher(
+        {.pod = "p" + std::to_string(i), .ns = ns, .private_engine_hashes = true}));
+  }
+  uint64_t refused = 0;
+  for (uint32_t blk = 0; blk < 100; ++blk) {
+    for (size_t i = 0; i < pods.size(); ++i) {
+      StoreRequest req;
+      req.ns = ns;
+      std::vector<uint64_t> hashes = {uint64_t{blk} * 1000 + i};  // each pod its own hash
+      std::vector<uint32_t> tokens = {blk, blk + 1};
+      req.engine_hashes = hashes;
+      req.tokens = tokens;
+      auto r = idx.Store(pods[i], req);
+      ASSERT_TRUE(r.ok()) << r.status();
+      refused += r->rejected;
+    }
+  }
+  EXPECT_GT(refused, 0u);
+  uint64_t counted = 0;
+  for (PublisherId p : pods) counted += idx.publisher_slot(p)->engine_table_full;
+  EXPECT_EQ(counted, refused);
+  EXPECT_LE(idx.Stats().engine_entries, idx.Stats().engine_capacity);
+  // Every residency kept can be removed by its engine hash: nothing outlives the engine.
+  for (uint32_t blk = 0; blk < 100; ++blk) {
+    for (size_t i = 0; i < pods.size(); ++i)
+      (void)idx.Remove(pods[i], kGpu, uint64_t{blk} * 1000 + i);
+  }
+  EXPECT_EQ(idx.Dump().size(), 0u) << "residencies whose removal could not be resolved";
+  for (PublisherId p : pods) EXPECT_EQ(idx.publisher_slot(p)->pairs, 0u);
+}
+
+TEST(EngineTableTest, DefaultSizeCoversOneEntryPerPair) {
+  Geometry g = kvidx::testing::SmallGeometry();
+  kvidx::testing::ScopedSegment seg("engine-size", g);
+  EXPECT_GE(seg.index().Stats().engine_capacity, g.pairs);
+}
+
 }  // namespace
 }  // namespace kvidx::index
