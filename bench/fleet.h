@@ -62,6 +62,10 @@ inline index::Geometry GeometryFor(uint64_t blocks, uint64_t pairs, uint32_t pub
   g.publishers = publishers;
   g.namespaces = 4;
   g.stripes = NextPow2(std::max<uint64_t>(64, g.blocks / 2048));
+  // The fleet's engines share content hashes (one entry per block): the table is sized for
+  // that, as a deployment whose engines all hash with a fixed seed would configure it. The
+  // default (one entry per pair) covers engines that hash with their own seeds.
+  g.engine_hashes = g.blocks + g.blocks / 4;
   return g;
 }
 
