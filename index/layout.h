@@ -242,6 +242,9 @@ struct alignas(64) PublisherSlot {
   uint32_t mismatched_block_size;
   uint32_t reserved4;
   uint64_t engine_table_full;  // stores refused: no room to map their engine hash
+  // Stores whose engine hash was mapped to another live block (unchained page hashes, or
+  // another publisher's): the shared mapping is kept, this publisher's goes to its own scope.
+  uint64_t engine_hash_conflicts;
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same

@@ -884,10 +884,23 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
     // Most stores re-state a mapping that is already there; a validated lock-free read proves
     // it (no writer, hence no sweep, was inside the stripe during the read, and any sweep that
     // starts later sees the block stored above), and saves taking the engine stripe's lock.
-    const uint16_t scope = ScopeFor(p);
+    uint16_t scope = ScopeFor(p);
     bool validated = false;
+    if (scope == 0 && Ld(ps.engine_hash_conflicts) != 0 &&
+        ReadEngineEntry(engine_hash, ns, static_cast<uint16_t>(p + 1), nullptr)) {
+      scope = static_cast<uint16_t>(p + 1);  // its own mapping for this hash takes the store
+    }
     if (ReadEngineEntry(engine_hash, ns, scope, &validated) != key || !validated) {
       absl::Status es = EnsureEngineEntry(engine_hash, ns, scope, key);
+      if (absl::IsAlreadyExists(es)) {
+        // The hash names another live block: never change what an existing entry means (its
+        // holders' removals and children resolve through it). This publisher's mapping goes to
+        // its own scope; a conflict within its own scope (the same unchained page at two
+        // positions) cannot be told apart by a removal, and the latest store wins.
+        AddRelaxed(ps.engine_hash_conflicts, uint64_t{1});
+        es = scope == 0 ? EnsureEngineEntry(engine_hash, ns, static_cast<uint16_t>(p + 1), key)
+                        : EnsureEngineEntry(engine_hash, ns, scope, key, /*overwrite=*/true);
+      }
       if (absl::IsResourceExhausted(es) && !redo_refs) {
         // Without its mapping, the block's removal could never find it: the residency would
         // outlive the engine's copy. Take the store back and refuse it (counted).
@@ -967,7 +980,7 @@ absl::Status PrefixIndex::ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tie
 }
 
 absl::Status PrefixIndex::EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
-                                            BlockKey key) {
+                                            BlockKey key, bool overwrite) {
   uint64_t mixed = EngineMix(engine_hash, ns, scope);
   EngineWriter w(this, engine_stripe_for(mixed));
   if (!w.ok()) return absl::InternalError("engine stripe lock unrecoverable");
@@ -976,7 +989,12 @@ absl::Status PrefixIndex::EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns
   for (uint32_t i = Ld(*bucket); i != kNil; i = Ld(v.nodes[i].next)) {
     EngineNode& n = v.nodes[i];
     if (Ld(n.engine_hash) == engine_hash && Ld(n.ns) == ns && Ld(n.scope) == scope) {
-      if (Ld(n.block_key) != key) St(n.block_key, key);
+      BlockKey old = Ld(n.block_key);
+      if (old == key) return absl::OkStatus();
+      // A stale entry (its block is gone) is reused; a live one keeps its meaning unless the
+      // caller says otherwise.
+      if (!overwrite && BlockExists(old)) return absl::AlreadyExistsError("engine hash conflict");
+      St(n.block_key, key);
       return absl::OkStatus();
     }
   }
@@ -1258,7 +1276,16 @@ std::optional<BlockKey> PrefixIndex::ResolveEngineHash(NamespaceId ns, Publisher
   const NamespaceSlot* nss = namespace_slot(ns);
   if (nss == nullptr) return std::nullopt;
   if (Ld(nss->flags) & kKeyByEngineHash) return EngineHashKey(Ld(nss->root), engine_hash);
-  return ReadEngineEntry(engine_hash, ns, ScopeFor(p), nullptr);
+  const uint16_t scope = ScopeFor(p);
+  if (scope == 0 && p != kAnyPublisher) {
+    // A publisher whose store conflicted with a shared mapping has its own for that hash.
+    const PublisherSlot* ps = pub_slot(p);
+    if (ps != nullptr && Ld(ps->engine_hash_conflicts) != 0) {
+      if (auto own = ReadEngineEntry(engine_hash, ns, static_cast<uint16_t>(p + 1), nullptr))
+        return own;
+    }
+  }
+  return ReadEngineEntry(engine_hash, ns, scope, nullptr);
 }
 
 std::optional<BlockKey> PrefixIndex::ReadEngineEntry(uint64_t engine_hash, NamespaceId ns,

@@ -247,8 +247,10 @@ class PrefixIndex {
   absl::Status ApplyRemove(PublisherId p, PublisherSlot& ps, Tier tier, uint64_t engine_hash,
                            BlockKey key, NamespaceId ns, std::optional<uint8_t> redo_refs);
   void ClearPublisherStripes(PublisherId p);
-  absl::Status EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
-                                 BlockKey key);
+  // Maps (engine_hash, ns, scope) to `key`. ALREADY_EXISTS if it maps to another block that is
+  // live (unless `overwrite`); RESOURCE_EXHAUSTED if the stripe has no room.
+  absl::Status EnsureEngineEntry(uint64_t engine_hash, NamespaceId ns, uint16_t scope, BlockKey key,
+                                 bool overwrite = false);
   void Ack(PublisherSlot& ps, uint64_t op_index);
   void NoteEvicted(PublisherId p) const;
 

@@ -594,5 +594,48 @@ TEST(EngineTableTest, DefaultSizeCoversOneEntryPerPair) {
   EXPECT_GE(seg.index().Stats().engine_capacity, g.pairs);
 }
 
+// Issue 9, defect 5: an unchained page hash (SGLang) stored by two pods at different positions
+// used to flip the shared mapping, so the first pod's removal and its children resolved to the
+// second pod's block.
+TEST(EngineTableTest, AMappingNeverChangesWhatALiveEntryMeans) {
+  kvidx::testing::ScopedSegment seg("engine-conflict");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 2});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  PublisherId b = *idx.RegisterPublisher({.pod = "b", .ns = ns});
+  auto store = [&](PublisherId p, std::vector<uint64_t> hashes, std::vector<uint32_t> tokens,
+                   std::optional<uint64_t> parent) {
+    StoreRequest req;
+    req.ns = ns;
+    req.engine_hashes = hashes;
+    req.tokens = tokens;
+    req.parent_engine_hash = parent;
+    ASSERT_TRUE(idx.Store(p, req).ok());
+  };
+  const uint64_t page = 500;  // the same page content, hashed without its prefix
+  store(a, {10, page}, {1, 2, 7, 7}, std::nullopt);  // a: [1 2][7 7]
+  store(b, {20, page}, {3, 4, 7, 7}, std::nullopt);  // b: [3 4][7 7], another key for page
+  auto key_a = idx.KeysForTokens(ns, std::vector<uint32_t>{1, 2, 7, 7})->at(1);
+  auto key_b = idx.KeysForTokens(ns, std::vector<uint32_t>{3, 4, 7, 7})->at(1);
+  ASSERT_NE(key_a, key_b);
+  EXPECT_EQ(idx.ResolveEngineHash(ns, a, page), key_a);
+  EXPECT_EQ(idx.ResolveEngineHash(ns, b, page), key_b);
+  EXPECT_EQ(idx.publisher_slot(b)->engine_hash_conflicts, 1u);
+  // a's child of page chains under a's block.
+  store(a, {11}, {8, 8}, page);
+  EXPECT_EQ(idx.Lookup(*idx.KeysForTokens(ns, std::vector<uint32_t>{1, 2, 7, 7, 8, 8}))
+                .matches.at(0)
+                .blocks,
+            3u);
+  // Each pod's removal of page removes its own block.
+  EXPECT_TRUE(idx.Remove(a, kGpu, page).ok());
+  EXPECT_TRUE(idx.Holders(key_a).empty());
+  ASSERT_EQ(idx.Holders(key_b).size(), 1u);
+  EXPECT_TRUE(idx.Remove(b, kGpu, page).ok());
+  EXPECT_TRUE(idx.Holders(key_b).empty());
+  EXPECT_EQ(idx.publisher_slot(a)->unknown_removes, 0u);
+  EXPECT_EQ(idx.publisher_slot(b)->unknown_removes, 0u);
+}
+
 }  // namespace
 }  // namespace kvidx::index
