@@ -64,6 +64,27 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   return ns;
 }
 
+std::optional<NamespaceId> Applier::FindAdapterNamespace(PublisherId p, uint64_t hash) {
+  // After a worker restart the list of adapter namespaces this publisher stored into is gone;
+  // the segment still knows every namespace of its model.
+  const PublisherSlot* ps = index_->publisher_slot(p);
+  if (ps == nullptr) return std::nullopt;
+  const index::NamespaceSlot* base = index_->namespace_slot(static_cast<NamespaceId>(ps->ns));
+  if (base == nullptr) return std::nullopt;
+  auto& used = namespaces_[p];
+  if (used.empty()) used.push_back(static_cast<NamespaceId>(ps->ns));
+  for (NamespaceId cand : index_->ActiveNamespaces()) {
+    if (std::find(used.begin(), used.end(), cand) != used.end()) continue;
+    const index::NamespaceSlot* nss = index_->namespace_slot(cand);
+    if (nss == nullptr || std::string_view(nss->model) != std::string_view(base->model)) continue;
+    if (index_->ResolveEngineHash(cand, p, hash)) {
+      used.push_back(cand);
+      return cand;
+    }
+  }
+  return std::nullopt;
+}
+
 bool Applier::BlockSizeFits(PublisherId p, NamespaceId ns, uint32_t block_size, uint64_t ops) {
   const index::NamespaceSlot* nss = index_->namespace_slot(ns);
   if (nss == nullptr || block_size == 0 || block_size == nss->block_size) return true;
@@ -151,6 +172,7 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
             break;
           }
         }
+        if (!ns) ns = FindAdapterNamespace(p, e.hashes[i]);
         (void)index_->Remove(p, e.tier, e.hashes[i], ns);  // NOT_FOUND is counted there
       }
       if (config_.on_applied && from < e.hashes.size()) {

@@ -3,13 +3,16 @@
 //
 // One Applier serves one ingest worker; it is not thread-safe (the worker is single-threaded
 // per publisher by design). The sequence tables it keeps live in this process: a worker that
-// restarts resyncs its sequence-id publishers instead of resuming them.
+// restarts resyncs its sequence-id publishers instead of resuming them (PublisherLink::Start).
+// Which adapter namespaces a publisher stored into is rebuilt on demand: a removal whose hash no
+// known namespace maps is looked up in every namespace of the publisher's model.
 #ifndef KVIDX_INGEST_APPLIER_H
 #define KVIDX_INGEST_APPLIER_H
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -68,6 +71,8 @@ class Applier {
   absl::StatusOr<index::NamespaceId> NamespaceFor(index::PublisherId p, const Event& e);
   absl::Status ApplyEvent(index::PublisherId p, const Event& e, uint64_t* skip);
   absl::Status ApplySeq(index::PublisherId p, const Event& e, uint64_t* skip);
+  // The adapter namespace of the publisher's model whose mapping knows `hash`, if any.
+  std::optional<index::NamespaceId> FindAdapterNamespace(index::PublisherId p, uint64_t hash);
   // False (the event's `ops` operations refused and counted) if `block_size` is not the
   // namespace's.
   bool BlockSizeFits(index::PublisherId p, index::NamespaceId ns, uint32_t block_size,

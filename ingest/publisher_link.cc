@@ -114,6 +114,13 @@ absl::Status PublisherLink::Start() {
                    config_.dp_rank);
     FinishResync();
   }
+  if (index::PublisherSlot* s = slot();
+      s != nullptr && config_.dialect == Dialect::kSeqId && Ld(s->has_seq) != 0) {
+    // The sequence-id form's tables (which block numbers of which sequence hold what) live in
+    // the worker that built them: a new worker could not resolve this publisher's removals.
+    // Start it over from the engine's replay instead of resuming.
+    Resync("sequence-id tables are rebuilt from a replay after a worker restart");
+  }
   machine_ = std::make_unique<StreamMachine>(so, LoadPersisted(slot()));
   // Worker start, restart or a new endpoint: nothing is applied before continuity is checked.
   StreamMachine::Actions out;

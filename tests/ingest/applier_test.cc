@@ -205,5 +205,27 @@ TEST_F(ApplierTest, BlocksOfAnotherSizeAreRefusedAndCounted) {
   EXPECT_EQ(idx().publisher_slot(pub_)->pairs, 1u);
 }
 
+// Issue 9, defect 4: a worker restart loses the applier's memory of which adapter namespaces
+// a publisher stored into; removals right after it must still find their blocks.
+TEST_F(ApplierTest, RemovalAfterARestartFindsTheAdapterNamespace) {
+  EventBatch b;
+  Event e = Stored({61, 62}, {1, 2, 3, 4});
+  e.lora_name = "chat";
+  b.events.push_back(e);
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  auto chat = idx().FindNamespace("m", "chat");
+  ASSERT_TRUE(chat);
+  ASSERT_EQ(Matched(*chat, {1, 2, 3, 4}), 2u);
+  Applier restarted(&idx(), ApplierConfig{});  // a new worker: no memory of "chat"
+  EventBatch r;
+  Event rm;
+  rm.kind = EventKind::kRemoved;
+  rm.hashes = {62};
+  r.events.push_back(rm);
+  ASSERT_TRUE(restarted.Apply(pub_, r).ok());
+  EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->unknown_removes, 0u);
+}
+
 }  // namespace
 }  // namespace kvidx::ingest

@@ -85,6 +85,11 @@ class TestEngine {
     }
     SendLive(seq, payload);
   }
+  // Publishes `payload` as batch `seq` (kept in the ring, sent live).
+  void PublishPayload(uint64_t seq, std::vector<uint8_t> payload) {
+    ring_[seq] = payload;
+    SendLive(seq, payload);
+  }
   void ReleaseHeld() {
     for (uint64_t s : held_) SendLive(s, Batch(s, life_));
     held_.clear();
@@ -179,8 +184,10 @@ class PublisherLinkTest : public ::testing::Test {
     return o;
   }
   std::unique_ptr<PublisherLink> MakeLink(const std::string& pub_ep, const std::string& router_ep,
-                                          LinkOptions o, bool bind = false) {
+                                          LinkOptions o, bool bind = false,
+                                          Dialect dialect = Dialect::kAuto) {
     PublisherConfig pc;
+    pc.dialect = dialect;
     pc.pod = "p";
     pc.endpoint = pub_ep;
     pc.replay_endpoint = router_ep;
@@ -512,6 +519,44 @@ TEST_F(PublisherLinkTest, UnreachableEngineIsReportedThenDropped) {
       << slot().duplicate_stores << " resyncs " << slot().resyncs << " unverifiable "
       << slot().unverifiable_gaps << " rejected " << slot().rejected_stores << " orphans "
       << slot().orphan_blocks;
+}
+
+// Issue 9, defect 4: the sequence-id form's tables live in the worker; a restarted worker
+// rebuilds them from a replay instead of resuming without them (its removals would be lost).
+TEST_F(PublisherLinkTest, SequenceIdPublisherIsRebuiltAfterAWorkerRestart) {
+  auto seq_batch = [](std::vector<uint32_t> numbers, std::vector<std::vector<uint32_t>> tokens) {
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    pk.pack_map(1);
+    pk.pack(std::string("events"));
+    pk.pack_array(1);
+    pk.pack_map(tokens.empty() ? 2 : 3);
+    pk.pack(std::string("sequence_id"));
+    pk.pack(1);
+    pk.pack(std::string("block_numbers"));
+    pk.pack(numbers);
+    if (!tokens.empty()) {
+      pk.pack(std::string("block_token_ids"));
+      pk.pack(tokens);
+    }
+    return std::vector<uint8_t>(buf.data(), buf.data() + buf.size());
+  };
+  TestEngine engine(ctx_);
+  auto link =
+      MakeLink(engine.pub_endpoint(), engine.router_endpoint(), Options(), false, Dialect::kSeqId);
+  engine.PublishPayload(0, seq_batch({0}, {{5, 6}}));
+  engine.PublishPayload(1, seq_batch({1}, {{7, 8}}));
+  ASSERT_TRUE(PumpUntilApplied(*link, engine, 1));
+  ASSERT_EQ(idx().Dump().size(), 2u);
+  link.reset();  // the worker dies; its sequence table with it
+  applier_ = std::make_unique<Applier>(&idx(), ApplierConfig{});
+  link =
+      MakeLink(engine.pub_endpoint(), engine.router_endpoint(), Options(), false, Dialect::kSeqId);
+  engine.PublishPayload(2, seq_batch({1}, {}));  // sequence 1 drops block 1
+  ASSERT_TRUE(PumpUntilApplied(*link, engine, 2));
+  EXPECT_EQ(idx().Dump().size(), 1u) << "block 1 of sequence 1 outlived its removal";
+  EXPECT_EQ(slot().unknown_removes, 0u);
+  EXPECT_EQ(slot().resyncs, 1u);
 }
 
 TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
