@@ -26,11 +26,14 @@ TEST(ControlTest, ASlotIsNeverReusedWhileItsWorkerRunsTheCommand) {
   ASSERT_TRUE(area.ok()) << area.status();
   ControlArea& ca = **area;
 
-  Command a{};
-  a.op = static_cast<uint32_t>(CommandOp::kClearAll);
-  a.worker = 0;
-  std::snprintf(a.pod, sizeof(a.pod), "first");
-  auto id_a = ca.Post(a);
+  auto post = [&](const char* pod) {
+    Command c{};
+    c.op = static_cast<uint32_t>(CommandOp::kClearAll);
+    c.worker = 0;
+    std::snprintf(c.pod, sizeof(c.pod), "%s", pod);
+    return ca.Post(c);
+  };
+  auto id_a = post("first");
   ASSERT_TRUE(id_a.ok());
 
   std::atomic<int> running{0};
@@ -49,11 +52,7 @@ TEST(ControlTest, ASlotIsNeverReusedWhileItsWorkerRunsTheCommand) {
   auto late = ca.Await(*id_a, 1);
   EXPECT_TRUE(absl::IsDeadlineExceeded(late.status()));
   // A new command is posted meanwhile.
-  Command b{};
-  b.op = static_cast<uint32_t>(CommandOp::kClearAll);
-  b.worker = 0;
-  std::snprintf(b.pod, sizeof(b.pod), "second");
-  auto id_b = ca.Post(b);
+  auto id_b = post("second");
   ASSERT_TRUE(id_b.ok());
   release = true;
   worker.join();

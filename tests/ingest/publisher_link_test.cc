@@ -247,6 +247,21 @@ class PublisherLinkTest : public ::testing::Test {
       return ::testing::AssertionFailure() << pairs << " pairs, want " << to - from + 1;
     return ::testing::AssertionSuccess();
   }
+  // The engine process stops; it comes back on the ports it had, as life `life`.
+  struct Endpoints {
+    std::string pub, router;
+  };
+  static Endpoints StopEngine(std::unique_ptr<TestEngine>& engine) {
+    Endpoints ep{engine->pub_endpoint(), engine->router_endpoint()};
+    engine.reset();
+    return ep;
+  }
+  std::unique_ptr<TestEngine> StartEngine(const Endpoints& ep, uint32_t life) {
+    return std::make_unique<TestEngine>(ctx_, life, ep.pub, ep.router);
+  }
+  void RestartEngine(std::unique_ptr<TestEngine>& engine, uint32_t life) {
+    engine = StartEngine(StopEngine(engine), life);
+  }
   const index::PublisherSlot& slot() { return *idx().publisher_slot(pub_); }
   index::PrefixIndex& idx() { return seg_.index(); }
 
@@ -324,9 +339,7 @@ TEST_F(PublisherLinkTest, SequenceGoingBackwardsWithOtherContentIsAnEngineRestar
   for (uint64_t s = 0; s < 5; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 4));
   // The process restarts on the same ports: sequences from 0, other content.
-  std::string pub_ep = engine->pub_endpoint(), router_ep = engine->router_endpoint();
-  engine.reset();
-  engine = std::make_unique<TestEngine>(ctx_, 1, pub_ep, router_ep);
+  RestartEngine(engine, 1);
   ASSERT_TRUE(PumpUntil(*link, engine.get(), [&] { return slot().restarts >= 1; }));
   engine->Publish(0);
   engine->Publish(1);
@@ -396,12 +409,11 @@ TEST_F(PublisherLinkTest, RegressionC_RequestsWhileTheEngineIsDownAreNotTakenLat
   auto link = MakeLink(*engine);
   for (uint64_t s = 0; s < 4; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 3));
-  std::string pub_ep = engine->pub_endpoint(), router_ep = engine->router_endpoint();
-  engine.reset();  // down: idle probes go unanswered and time out
+  Endpoints down = StopEngine(engine);  // idle probes go unanswered and time out
   uint64_t asked = slot().replays + slot().probes;
   ASSERT_TRUE(
       PumpUntil(*link, nullptr, [&] { return slot().replays + slot().probes >= asked + 3; }));
-  engine = std::make_unique<TestEngine>(ctx_, 1, pub_ep, router_ep);
+  engine = StartEngine(down, 1);
   for (uint64_t s = 0; s < 6; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 5));
   EXPECT_TRUE(HoldsExactly(1, 0, 5));
@@ -451,9 +463,7 @@ TEST_F(PublisherLinkTest, WorkerDownAcrossAnEngineRestartDropsTheDeadEnginesBloc
   for (uint64_t s = 0; s < 6; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 5));
   link.reset();  // the worker dies
-  std::string pub_ep = engine->pub_endpoint(), router_ep = engine->router_endpoint();
-  engine.reset();
-  engine = std::make_unique<TestEngine>(ctx_, 1, pub_ep, router_ep);
+  RestartEngine(engine, 1);
   for (uint64_t s = 0; s < 12; ++s) engine->Publish(s);  // past the old sequence
   applier_ = std::make_unique<Applier>(&idx(), ApplierConfig{});
   link = MakeLink(*engine);  // the worker restarts
@@ -503,14 +513,13 @@ TEST_F(PublisherLinkTest, UnreachableEngineIsReportedThenDropped) {
   for (uint64_t s = 0; s < 3; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 2));
   EXPECT_EQ(slot().reachable, 1u);
-  std::string pub_ep = engine->pub_endpoint(), router_ep = engine->router_endpoint();
-  engine.reset();
+  Endpoints down = StopEngine(engine);
   ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().reachable == 0u; }));
   EXPECT_EQ(link->machine()->state(), StreamState::kUnreachable);
   EXPECT_GT(idx().Dump().size(), 0u);  // reported, not yet dropped
   ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().stale_drops == 1u; }));
   EXPECT_EQ(idx().Dump().size(), 0u);
-  engine = std::make_unique<TestEngine>(ctx_, 0, pub_ep, router_ep);
+  engine = StartEngine(down, 0);
   for (uint64_t s = 0; s < 5; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 4));
   EXPECT_EQ(slot().reachable, 1u);
