@@ -422,18 +422,32 @@ void PublisherLink::Tick(int64_t now_ns) {
   Carry(out);
 }
 
-void PublisherLink::FinishResync() {
-  index::PublisherSlot* s = slot();
+namespace {
+void FinishResyncOf(index::PrefixIndex* index, Applier* applier, index::PublisherId id) {
+  index::PublisherSlot* s = index->mutable_publisher_slot(id);
+  if (s == nullptr) return;
   St(s->has_seq, 0u);
   St(s->digest_valid, 0u);
   St(s->batch_pending, 0u);
   Barrier();
-  (void)index_->ClearPublisher(id_);
-  applier_->Forget(id_);
+  (void)index->ClearPublisher(id);
+  applier->Forget(id);
   AddRelaxed(s->epoch, uint64_t{1});
   Barrier();
   St(s->resync_pending, 0u);
 }
+}  // namespace
+
+void ResyncPublisher(index::PrefixIndex* index, Applier* applier, index::PublisherId id) {
+  index::PublisherSlot* s = index->mutable_publisher_slot(id);
+  if (s == nullptr) return;
+  St(s->resync_pending, 1u);
+  Barrier();
+  FinishResyncOf(index, applier, id);
+  AddRelaxed(s->resyncs, uint64_t{1});
+}
+
+void PublisherLink::FinishResync() { FinishResyncOf(index_, applier_, id_); }
 
 void PublisherLink::Resync(const char* why) {
   index::PublisherSlot* s = slot();

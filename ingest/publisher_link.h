@@ -48,6 +48,11 @@ struct LinkOptions {
 
 inline constexpr uint64_t kReplayEndSeq = ~uint64_t{0};
 
+// Drops publisher `id`'s residencies and stream state (epoch bumped): its next link starts with
+// a replay from 0. Marked in the slot first, so a worker killed midway leaves its successor to
+// finish it (PublisherLink::Start does).
+void ResyncPublisher(index::PrefixIndex* index, Applier* applier, index::PublisherId id);
+
 class PublisherLink {
  public:
   PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, Applier* applier,

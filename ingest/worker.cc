@@ -101,12 +101,41 @@ absl::Status Worker::RegisterFromConfig() {
 }
 
 absl::Status Worker::Reload(Config config) {
-  uint32_t workers = config_.workers;
+  const uint32_t workers = config_.workers;
+  config.workers = workers;  // ownership does not move at run time
+  auto key = [](const PublisherConfig& p) { return std::make_pair(p.pod, p.dp_rank); };
+  std::map<std::pair<std::string, uint32_t>, const PublisherConfig*> wanted;
+  for (const auto& p : config.publishers) wanted[key(p)] = &p;
+  // The diff, applied by the worker that owns each publisher (every worker rereads the file).
+  for (const auto& old : config_.publishers) {
+    if (OwnerWorker(old.pod, old.dp_rank, workers) != worker_) continue;
+    auto id = index_->FindPublisher(old.pod, old.dp_rank);
+    if (!id) continue;
+    auto it = wanted.find(key(old));
+    if (it == wanted.end()) {
+      // Removed from the file: gone from the index too (registered by RPC it would not have
+      // been in the file).
+      links_.erase(*id);
+      applier_->Forget(*id);
+      absl::Status st = index_->UnregisterPublisher(*id);
+      KVIDX_LOG_INFO("publisher %s/%u: removed from the configuration: %s", old.pod.c_str(),
+                     old.dp_rank, st.ok() ? "unregistered" : st.ToString().c_str());
+      continue;
+    }
+    const PublisherConfig& now = *it->second;
+    // A new model or hash scope changes how its blocks are keyed and mapped: entries made under
+    // the old ones could never be removed. Start the publisher over from its engine's replay.
+    if (now.model != old.model || now.private_engine_hashes != old.private_engine_hashes) {
+      links_.erase(*id);
+      ResyncPublisher(index_.get(), applier_.get(), *id);
+      KVIDX_LOG_INFO("publisher %s/%u: model or hash scope changed: rebuilt from a replay",
+                     now.pod.c_str(), now.dp_rank);
+    }
+  }
   config_ = std::move(config);
-  config_.workers = workers;  // ownership does not move at run time
   KVIDX_RETURN_IF_ERROR(RegisterFromConfig());
   registry_version_ = ~uint64_t{0};
-  SyncLinks();
+  SyncLinks();  // relinks publishers whose endpoints, topic, dialect or bind flag changed
   return absl::OkStatus();
 }
 
@@ -136,7 +165,9 @@ void Worker::SyncLinks() {
     auto w = wanted.find(it->first);
     bool same = w != wanted.end() && w->second.endpoint == it->second->config().endpoint &&
                 w->second.replay_endpoint == it->second->config().replay_endpoint &&
-                w->second.topic == it->second->config().topic;
+                w->second.topic == it->second->config().topic &&
+                w->second.dialect == it->second->config().dialect &&
+                w->second.bind == it->second->config().bind;
     if (!same) {
       KVIDX_LOG_INFO("publisher %s/%u: link closed", it->second->config().pod.c_str(),
                      it->second->config().dp_rank);

@@ -82,5 +82,65 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
       << "a non-owner wrote the publisher's applied-op counter";
 }
 
+// Issue 9, defect 9: a reload applies the file's diff: a publisher removed from it is
+// unregistered, one whose hash scope changed is rebuilt (its old mappings could never resolve
+// a removal again), and a dialect change relinks.
+TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
+  Config cfg;
+  cfg.segment = kvidx::testing::UniqueSegmentName("reload");
+  cfg.geometry = kvidx::testing::SmallGeometry();
+  cfg.workers = 1;
+  cfg.models.push_back({.name = "m", .block_size = 2});
+  for (const char* pod : {"keep", "drop", "rescope"}) {
+    PublisherConfig pc;
+    pc.pod = pod;
+    pc.model = "m";
+    pc.endpoint = "tcp://127.0.0.1:9";
+    pc.dialect = Dialect::kVllm;
+    cfg.publishers.push_back(pc);
+  }
+  index::Segment::Remove(cfg.segment);
+  index::ControlArea::Remove(cfg.segment + ".control");
+  struct Cleanup {
+    std::string name;
+    ~Cleanup() {
+      index::Segment::Remove(name);
+      index::ControlArea::Remove(name + ".control");
+    }
+  } cleanup{cfg.segment};
+  Worker w(cfg, 0);
+  ASSERT_TRUE(w.Init().ok());
+  index::PrefixIndex* idx = w.index();
+  auto ns = *idx->FindNamespace("m", "");
+  for (const char* pod : {"keep", "drop", "rescope"}) {
+    index::StoreRequest req;
+    req.ns = ns;
+    std::vector<uint64_t> hashes = {7};
+    std::vector<uint32_t> tokens = {1, 2};
+    req.engine_hashes = hashes;
+    req.tokens = tokens;
+    ASSERT_TRUE(idx->Store(*idx->FindPublisher(pod, 0), req).ok());
+  }
+  index::PublisherId rescope = *idx->FindPublisher("rescope", 0);
+  uint64_t epoch = idx->publisher_slot(rescope)->epoch;
+  EXPECT_EQ(w.link_count(), 3u);
+
+  Config next = cfg;
+  next.publishers.erase(next.publishers.begin() + 1);  // "drop" leaves the file
+  next.publishers[0].dialect = Dialect::kSglang;       // "keep" changes dialect
+  next.publishers[1].private_engine_hashes = true;     // "rescope" changes hash scope
+  ASSERT_TRUE(w.Reload(next).ok());
+  EXPECT_FALSE(idx->FindPublisher("drop", 0).has_value());
+  EXPECT_EQ(w.link_count(), 2u);
+  const index::PublisherSlot* r = idx->publisher_slot(rescope);
+  EXPECT_EQ(r->pairs, 0u) << "entries mapped in the old scope survived";
+  EXPECT_EQ(r->epoch, epoch + 1);
+  EXPECT_EQ(r->flags & index::kPrivateEngineHashes, index::kPrivateEngineHashes);
+  const index::PublisherSlot* k = idx->publisher_slot(*idx->FindPublisher("keep", 0));
+  EXPECT_STREQ(k->dialect, "sglang");
+  EXPECT_EQ(k->pairs, 1u);  // a dialect change relinks but keeps what is held
+  EXPECT_EQ(idx->Dump().size(), 1u);
+}
+
 }  // namespace
 }  // namespace kvidx::ingest
