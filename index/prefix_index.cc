@@ -901,12 +901,17 @@ absl::Status PrefixIndex::ApplyStore(PublisherId p, PublisherSlot& ps, Tier tier
         es = scope == 0 ? EnsureEngineEntry(engine_hash, ns, static_cast<uint16_t>(p + 1), key)
                         : EnsureEngineEntry(engine_hash, ns, scope, key, /*overwrite=*/true);
       }
-      if (absl::IsResourceExhausted(es) && !redo_refs) {
+      if (absl::IsResourceExhausted(es)) {
         // Without its mapping, the block's removal could never find it: the residency would
-        // outlive the engine's copy. Take the store back and refuse it (counted).
+        // outlive the engine's copy. Take the store back and refuse it (counted). A redo (the
+        // writer died after the store) is taken back the same way and acknowledged here.
         UndoStore(p, ps, tier, key);
         AddRelaxed(ps.rejected_stores, uint64_t{1});
         AddRelaxed(ps.engine_table_full, uint64_t{1});
+        if (redo_refs) {
+          Ack(ps, op_index);
+          return absl::OkStatus();
+        }
         return es;  // the caller acknowledges the operation
       }
     }
@@ -1522,13 +1527,9 @@ absl::Status PrefixIndex::RecoverPublisher(PublisherId p) {
             ApplyStore(p, *ps, tier, j.engine_hash, j.block_key, j.ns, j.target_refs));
         break;
       case JournalOp::kRemove:
-        if (j.target_refs == 0) {
-          // Drop the residency if the dead writer did not get to it.
-          (void)ApplyRemove(p, *ps, tier, j.engine_hash, j.block_key, j.ns, uint8_t{0});
-        } else {
-          KVIDX_RETURN_IF_ERROR(
-              ApplyStore(p, *ps, tier, j.engine_hash, j.block_key, j.ns, j.target_refs));
-        }
+        // Sets the residency to the journal's reference count (dropping it at 0) if the dead
+        // writer did not get to it; the block and its mapping were there before the remove.
+        (void)ApplyRemove(p, *ps, tier, j.engine_hash, j.block_key, j.ns, j.target_refs);
         break;
       case JournalOp::kClear:
         ClearPublisherStripes(p);
