@@ -1177,11 +1177,13 @@ absl::Status PrefixIndex::ClearPublisher(PublisherId p) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> PrefixIndex::ClearNamespace(NamespaceId ns) {
+absl::StatusOr<uint64_t> PrefixIndex::ClearNamespace(NamespaceId ns,
+                                                     const std::function<void()>& progress) {
   if (read_only_) return absl::FailedPreconditionError("index is attached read-only");
   if (namespace_slot(ns) == nullptr) return absl::NotFoundError("no such namespace");
   uint64_t dropped = 0;
   for (uint32_t s = 0; s < header_->geometry.stripes; ++s) {
+    if (progress && s % kProgressStripes == kProgressStripes - 1) progress();
     StripeWriter w(this, stripe(s));
     if (!w.ok()) continue;
     const StripeView& v = w.view();

@@ -20,6 +20,7 @@
 #define KVIDX_INDEX_PREFIX_INDEX_H
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -173,7 +174,11 @@ class PrefixIndex {
   // Drops every residency of `p` (AllBlocksCleared, resync). One applied operation.
   absl::Status ClearPublisher(PublisherId p);
   // Drops every block of namespace `ns`; returns how many.
-  absl::StatusOr<uint64_t> ClearNamespace(NamespaceId ns);
+  // `progress` (may be empty) is called every kProgressStripes stripes: a long clear can keep
+  // a watchdog fed.
+  static constexpr uint32_t kProgressStripes = 8;
+  absl::StatusOr<uint64_t> ClearNamespace(NamespaceId ns,
+                                          const std::function<void()>& progress = {});
 
   // --- Reads (lock-free) -------------------------------------------------------------------
   // For every publisher holding keys[0] (restricted to options.candidates), the number of

@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
     }
     KVIDX_LOG_INFO("worker %ld of %u: %zu publishers, segment %s", worker, config->workers,
                    w.link_count(), config->segment.c_str());
+    w.set_heartbeat([] { sd_notify(0, "WATCHDOG=1"); });
     sd_notify(0, "READY=1");
     w.Run(g_stop, [&] {
       sd_notify(0, "WATCHDOG=1");

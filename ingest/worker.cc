@@ -325,7 +325,7 @@ void Worker::Execute(index::Command& c, char* payload) {
       }
       uint64_t blocks = 0;
       for (auto ns : targets) {
-        auto dropped = index_->ClearNamespace(ns);
+        auto dropped = index_->ClearNamespace(ns, heartbeat_);
         if (dropped.ok()) blocks += *dropped;
       }
       // What this worker keeps in memory about its publishers' blocks (sequence tables,

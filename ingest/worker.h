@@ -33,6 +33,8 @@ class Worker {
   void Run(const std::atomic<bool>& stop, const std::function<void()>& on_tick = {});
 
   index::PrefixIndex* index() { return index_.get(); }
+  // Called during long commands (a clear of every namespace) so that a watchdog stays fed.
+  void set_heartbeat(std::function<void()> f) { heartbeat_ = std::move(f); }
   size_t link_count() const { return links_.size(); }
 
  private:
@@ -51,6 +53,7 @@ class Worker {
   zmq::context_t ctx_;
   std::map<index::PublisherId, std::unique_ptr<PublisherLink>> links_;
   uint64_t registry_version_ = ~uint64_t{0};
+  std::function<void()> heartbeat_;
 };
 
 }  // namespace kvidx::ingest

@@ -637,5 +637,16 @@ TEST(EngineTableTest, AMappingNeverChangesWhatALiveEntryMeans) {
   EXPECT_EQ(idx.publisher_slot(b)->unknown_removes, 0u);
 }
 
+// Issue 9, defect 7 (second half): a long clear keeps the worker's watchdog fed.
+TEST(ClearTest, ClearNamespaceReportsProgress) {
+  kvidx::testing::ScopedSegment seg("clear-progress");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 2});
+  int calls = 0;
+  ASSERT_TRUE(idx.ClearNamespace(ns, [&] { ++calls; }).ok());
+  EXPECT_EQ(calls,
+            static_cast<int>(idx.header()->geometry.stripes / PrefixIndex::kProgressStripes));
+}
+
 }  // namespace
 }  // namespace kvidx::index

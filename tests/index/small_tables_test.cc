@@ -3,10 +3,11 @@
 // enough that eviction, a publisher quota and the engine-hash table all fill up.
 // (Unchained page hashes, SGLang-style, are not in the mix: when one pod holds the same page at
 // two positions, a removal or a child's parent naming that hash is ambiguous by construction;
-// across pods the conflict is handled and tested in prefix_index_test.) Both writers are SIGKILLed at chosen points again and again. After every
-// recovery the index must hold nothing the model of the acknowledged operations does not:
-// every (block, publisher, tier) it holds is in the model with at least as many references
-// (eviction and refused stores may only take away), and each publisher's pair count is exact.
+// across pods the conflict is handled and tested in prefix_index_test.) Both writers are SIGKILLed
+// at chosen points again and again. After every recovery the index must hold nothing the model of
+// the acknowledged operations does not: every (block, publisher, tier) it holds is in the model
+// with at least as many references (eviction and refused stores may only take away), and each
+// publisher's pair count is exact.
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -149,8 +150,8 @@ TEST(SmallTablesTest, TwoKilledWritersNeverLeaveForeignDataWhenEveryTableFills) 
   SubsetModel model(root);
   uint64_t modelled[4] = {0, 0, 0, 0};
 
-  auto* pr = static_cast<Progress*>(mmap(nullptr, sizeof(Progress), PROT_READ | PROT_WRITE,
-                                         MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* pr = static_cast<Progress*>(
+      mmap(nullptr, sizeof(Progress), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   ASSERT_NE(pr, MAP_FAILED);
   struct Unmap {
     Progress* p;
@@ -222,12 +223,13 @@ TEST(SmallTablesTest, TwoKilledWritersNeverLeaveForeignDataWhenEveryTableFills) 
     evicted += idx.publisher_slot(p)->evicted_pairs;
     quota += idx.publisher_slot(p)->quota_evictions;
   }
-  std::printf("ops applied %lu/%lu/%lu/%lu; evicted pairs %lu, quota evictions %lu, engine table "
-              "full %lu (swept %lu), hash conflicts %lu, stripes repaired %lu\n",
-              (unsigned long)modelled[0], (unsigned long)modelled[1], (unsigned long)modelled[2],
-              (unsigned long)modelled[3], (unsigned long)evicted, (unsigned long)quota,
-              (unsigned long)refused, (unsigned long)st.engine_swept, (unsigned long)conflicts,
-              (unsigned long)st.stripe_repairs);
+  std::printf(
+      "ops applied %lu/%lu/%lu/%lu; evicted pairs %lu, quota evictions %lu, engine table "
+      "full %lu (swept %lu), hash conflicts %lu, stripes repaired %lu\n",
+      (unsigned long)modelled[0], (unsigned long)modelled[1], (unsigned long)modelled[2],
+      (unsigned long)modelled[3], (unsigned long)evicted, (unsigned long)quota,
+      (unsigned long)refused, (unsigned long)st.engine_swept, (unsigned long)conflicts,
+      (unsigned long)st.stripe_repairs);
   // The tables did fill: otherwise this test checks nothing it claims to.
   EXPECT_GT(evicted, 0u);
   EXPECT_GT(quota, 0u);
