@@ -21,18 +21,8 @@
 
 namespace kvidx::ingest {
 
-enum class DecodeReason {
-  kOk = 0,
-  kTooLarge,       // payload or an element over the limits
-  kTruncated,      // fewer bytes than the msgpack claims
-  kMalformed,      // not msgpack
-  kTrailingBytes,  // bytes after the batch
-  kBadShape,       // wrong container, missing field, inconsistent lengths
-  kWrongType,      // a field of the wrong type
-  kUnknownTag,     // (strict mode) an event kind this decoder does not know
-  kNumReasons,
-};
-const char* DecodeReasonName(DecodeReason r);
+using wire::DecodeReason;
+using wire::DecodeReasonName;
 
 struct DecodeLimits {
   uint64_t max_payload_bytes = 64u << 20;

@@ -8,21 +8,13 @@
 #include <vector>
 
 #include "index/layout.h"
+#include "wire/vocabulary.h"
 
 namespace kvidx::ingest {
 
-enum class Dialect {
-  kAuto,    // detected from each payload
-  kVllm,    // vLLM KVEventBatch, array or map events, int or bin hashes (last 8 bytes)
-  kSglang,  // SGLang KVEventBatch: bin hashes fold to the first 8 bytes, signed; cache_salt map
-  kAibrix,  // {"events": [{"type": "BLOCK_STORED", ...}]}
-  kSeqId,   // sequence_id / block_numbers / block_token_ids
-  kKvbm,    // NVIDIA KVBM KvbmCacheEvents (Create / Remove / Shutdown)
-};
-
-// Parses "auto", "vllm", "sglang", "aibrix", "seqid", "kvbm".
-std::optional<Dialect> ParseDialect(std::string_view name);
-const char* DialectName(Dialect d);
+using wire::Dialect;
+using wire::DialectName;
+using wire::ParseDialect;
 
 enum class EventKind {
   kStored,     // blocks stored (engine hashes, optional tokens)

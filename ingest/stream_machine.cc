@@ -23,20 +23,6 @@ void StreamPersisted::Reset() {
   ring = {};
 }
 
-const char* StreamStateName(StreamState s) {
-  switch (s) {
-    case StreamState::kStarting:
-      return "starting";
-    case StreamState::kStreaming:
-      return "streaming";
-    case StreamState::kReplaying:
-      return "replaying";
-    case StreamState::kUnreachable:
-      return "unreachable";
-  }
-  return "?";
-}
-
 const char* ReplayWhyName(ReplayWhy w) {
   switch (w) {
     case ReplayWhy::kStart:

@@ -41,6 +41,8 @@
 #include <string>
 #include <vector>
 
+#include "wire/vocabulary.h"
+
 namespace kvidx::ingest {
 
 // Recent applied (sequence, payload digest) pairs, kept in the segment.
@@ -72,13 +74,8 @@ struct StreamOptions {
   int64_t drop_after_ns = 300'000'000'000;
 };
 
-enum class StreamState : uint8_t {
-  kStarting,   // the first replay (first contact or continuity check) has not completed
-  kStreaming,  // live batches are applied as they come
-  kReplaying,  // a replay fills a gap or rechecks continuity; live batches are buffered
-  kUnreachable,
-};
-const char* StreamStateName(StreamState s);
+using wire::StreamState;
+using wire::StreamStateName;
 
 // Why a replay was asked for (counted apart: an idle probe is neither a gap nor a replay).
 enum class ReplayWhy : uint8_t { kStart, kReconnect, kGap, kProbe, kRetry, kRestart };

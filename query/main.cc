@@ -17,9 +17,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <systemd/sd-daemon.h>
 
+#include "config/config.h"
 #include "index/control.h"
 #include "index/segment.h"
-#include "ingest/config.h"
 #include "query/metrics.h"
 #include "query/service.h"
 #include "shared/log.h"
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   }
   kvidx::SetLogTag("query");
   try {
-    auto config = kvidx::ingest::LoadConfig(config_path);
+    auto config = kvidx::config::LoadConfig(config_path);
     if (!config.ok()) {
       KVIDX_LOG_ERROR("%s", config.status().ToString().c_str());
       return 1;

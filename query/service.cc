@@ -12,9 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 
-#include "ingest/decoder.h"
-#include "ingest/stream_machine.h"
 #include "shared/clock.h"
+#include "wire/vocabulary.h"
 
 namespace kvidx::query {
 
@@ -44,7 +43,7 @@ std::string Str(const char* s, size_t cap) { return std::string(s, strnlen(s, ca
 
 }  // namespace
 
-KvIndexService::KvIndexService(const ingest::Config& config,
+KvIndexService::KvIndexService(const config::Config& config,
                                std::unique_ptr<index::Segment> segment,
                                std::unique_ptr<index::ControlArea> control)
     : config_(config),
@@ -60,7 +59,7 @@ void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness*
   f->set_gap_open(Ld(s.gap_open) != 0);
   f->set_epoch(Ld(s.epoch));
   f->set_connected(Ld(s.connected) != 0);
-  f->set_stream(ingest::StreamStateName(static_cast<ingest::StreamState>(Ld(s.stream_state) & 3)));
+  f->set_stream(wire::StreamStateName(static_cast<wire::StreamState>(Ld(s.stream_state) & 3)));
   f->set_reachable(Ld(s.reachable) != 0);
   int64_t heard = Ld(s.last_heard_wall_ns);
   f->set_last_heard_age_ms(heard == 0 ? -1 : (now_ns - heard) / 1'000'000);
@@ -240,9 +239,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_batches_applied(Ld(h->batches_applied));
   resp->set_events_applied(Ld(h->events_applied));
   auto& rejected = *resp->mutable_events_rejected();
-  for (int r = 1; r < static_cast<int>(ingest::DecodeReason::kNumReasons) && r < 8; ++r) {
-    rejected[ingest::DecodeReasonName(static_cast<ingest::DecodeReason>(r))] =
-        Ld(h->decode_errors[r]);
+  for (int r = 1; r < static_cast<int>(wire::DecodeReason::kNumReasons) && r < 8; ++r) {
+    rejected[wire::DecodeReasonName(static_cast<wire::DecodeReason>(r))] = Ld(h->decode_errors[r]);
   }
   rejected["unknown_event"] = Ld(h->unknown_events);
   resp->set_garbage_frames(Ld(h->garbage_frames));
@@ -396,7 +394,7 @@ grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
                  "pod, model and endpoint are required");
   }
   std::string dialect = req->dialect().empty() ? "auto" : req->dialect();
-  if (!ingest::ParseDialect(dialect)) {
+  if (!wire::ParseDialect(dialect)) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "UNKNOWN_DIALECT", dialect);
   }
   if (req->bind()) dialect += "+bind";

@@ -13,10 +13,10 @@
 #include <mutex>
 #include <string>
 
+#include "config/config.h"
 #include "index/control.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
-#include "ingest/config.h"
 #include "kvidx.grpc.pb.h"
 
 namespace kvidx::query {
@@ -35,7 +35,7 @@ struct ServiceCounters {
 
 class KvIndexService final : public kvidx::v1::KvIndex::Service {
  public:
-  KvIndexService(const ingest::Config& config, std::unique_ptr<index::Segment> segment,
+  KvIndexService(const config::Config& config, std::unique_ptr<index::Segment> segment,
                  std::unique_ptr<index::ControlArea> control);
 
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
@@ -75,7 +75,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   grpc::Status RunCommand(const index::Command& c, index::Command* result,
                           std::string* payload = nullptr);
 
-  ingest::Config config_;
+  config::Config config_;
   std::unique_ptr<index::Segment> segment_;
   std::unique_ptr<index::PrefixIndex> index_;
   std::unique_ptr<index::ControlArea> control_;

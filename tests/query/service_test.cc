@@ -60,7 +60,7 @@ class ServiceTest : public ::testing::Test {
   }
 
   std::string name_;
-  ingest::Config config_;
+  config::Config config_;
   std::unique_ptr<index::Segment> segment_;
   std::unique_ptr<index::PrefixIndex> writer_;
   index::NamespaceId ns_;
@@ -110,7 +110,8 @@ TEST_F(ServiceTest, SequenceIdStoresAndRemovesReachTheEventRing) {
   ASSERT_EQ(seen.size(), 3u);
   EXPECT_EQ(seen[0].kind, ingest::EventKind::kSeqStored);
   EXPECT_EQ(seen[2].kind, ingest::EventKind::kSeqRemoved);
-  EXPECT_EQ(seen[2].first_key, writer_->KeysForTokens(ns_, std::vector<uint32_t>{1, 2, 3, 4})->at(1));
+  EXPECT_EQ(seen[2].first_key,
+            writer_->KeysForTokens(ns_, std::vector<uint32_t>{1, 2, 3, 4})->at(1));
 }
 
 }  // namespace

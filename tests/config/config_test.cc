@@ -1,11 +1,11 @@
-#include "ingest/config.h"
+#include "config/config.h"
 
 #include <cstdlib>
 #include <fstream>
 
 #include "gtest/gtest.h"
 
-namespace kvidx::ingest {
+namespace kvidx::config {
 namespace {
 
 constexpr char kSample[] = R"(
@@ -139,4 +139,4 @@ TEST(ConfigTest, OwnerWorkerIsStableAndSpreads) {
 }
 
 }  // namespace
-}  // namespace kvidx::ingest
+}  // namespace kvidx::config

@@ -1,4 +1,4 @@
-#include "ingest/config.h"
+#include "config/config.h"
 
 #include <xxhash.h>
 
@@ -14,7 +14,9 @@
 
 #include "index/control.h"
 
-namespace kvidx::ingest {
+namespace kvidx::config {
+
+using wire::ParseDialect;
 namespace {
 
 // Default geometry: about 1 GiB, enough for ~2 M blocks held by a handful of pods each.
@@ -264,4 +266,4 @@ absl::StatusOr<Config> LoadConfig(const std::string& path) {
   return ParseConfig(ss.str(), path);
 }
 
-}  // namespace kvidx::ingest
+}  // namespace kvidx::config

@@ -1,0 +1,80 @@
+// kvidx configuration: one TOML file (/etc/kvidx/kvidx.toml) with KVIDX_* environment
+// overrides. Shared by kvidx-ingest, kvidx-query and kvidxctl. See README.md, "Configuration".
+#ifndef KVIDX_CONFIG_CONFIG_H
+#define KVIDX_CONFIG_CONFIG_H
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "index/layout.h"
+#include "wire/vocabulary.h"
+
+namespace kvidx::config {
+
+using wire::Dialect;
+
+struct ModelConfig {
+  std::string name;
+  uint32_t block_size = 16;
+  bool key_by_engine_hash = false;            // token-less dialects (KVBM)
+  std::map<int64_t, std::string> lora_names;  // lora_id -> adapter name
+};
+
+struct PublisherConfig {
+  std::string pod;
+  uint32_t dp_rank = 0;
+  std::string model;
+  std::string endpoint;         // the engine's PUB endpoint
+  std::string replay_endpoint;  // the engine's ROUTER endpoint ("" = no replay)
+  std::string topic;            // SUB prefix filter ("" = every topic)
+  Dialect dialect = Dialect::kAuto;
+  bool bind = false;  // the engine connects to us: kvidx binds the SUB socket
+  uint64_t quota_pairs = 0;
+  bool private_engine_hashes = false;
+};
+
+struct Config {
+  std::string segment = "kvidx";
+  index::Geometry geometry;
+  uint32_t segment_mode = 0660;
+
+  uint32_t workers = 2;
+  uint32_t reconnect_initial_ms = 1000;  // AIBrix defaults: 1 s initial, 30 s max
+  uint32_t reconnect_max_ms = 30000;
+  uint32_t replay_timeout_ms = 2000;
+  uint32_t idle_probe_ms = 1000;
+  // Freshness: an engine silent this long (no batch, no answer to the idle probe) is reported
+  // unreachable; after drop_after_ms its residencies are dropped (0: never).
+  uint32_t unreachable_after_ms = 10000;
+  uint32_t drop_after_ms = 300000;
+  uint32_t poll_timeout_ms = 100;
+  int32_t rcvhwm = 100000;  // the engines' PUB default
+  uint64_t max_payload_bytes = 64u << 20;
+  size_t max_buffered_batches = 100000;  // live batches held while a replay runs
+  bool strict_tags = false;
+
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";
+  uint32_t max_tokens = 131072;  // per lookup
+  uint32_t max_lookups_per_call = 4096;
+  uint32_t max_inflight_rpcs = 256;
+
+  std::vector<ModelConfig> models;
+  std::vector<PublisherConfig> publishers;
+};
+
+// Reads `path` (if non-empty) and applies KVIDX_* environment overrides. INVALID_ARGUMENT
+// (with the file, line and key) for bad values; NOT_FOUND if the file is missing.
+absl::StatusOr<Config> LoadConfig(const std::string& path);
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& origin);
+
+// The worker (0..workers-1) that owns a publisher: a stable hash of pod and rank.
+uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);
+
+}  // namespace kvidx::config
+
+#endif  // KVIDX_CONFIG_CONFIG_H
