@@ -150,6 +150,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "max_tokens", &c.max_tokens, where);
     KVIDX_READ(*s, "max_lookups_per_call", &c.max_lookups_per_call, where);
     KVIDX_READ(*s, "max_inflight_rpcs", &c.max_inflight_rpcs, where);
+    KVIDX_READ(*s, "max_request_bytes", &c.max_request_bytes, where);
+    KVIDX_READ(*s, "max_watch_streams", &c.max_watch_streams, where);
+    KVIDX_READ(*s, "min_stats_interval_ms", &c.min_stats_interval_ms, where);
+    KVIDX_READ(*s, "allow_rpc_bind", &c.allow_rpc_bind, where);
   }
   if (const toml::array* models = root["model"].as_array()) {
     for (const toml::node& n : *models) {
@@ -196,6 +200,11 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       if (!d)
         return absl::InvalidArgumentError(absl::StrCat(where, ": unknown dialect '", dialect, "'"));
       pc.dialect = *d;
+      if (pc.bind && pc.endpoint.rfind("ipc:///dev/shm", 0) == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": pod ", pc.pod, " binds ", pc.endpoint,
+                         ": kvidx never binds in /dev/shm, where its segments live"));
+      }
       if (pc.pod.empty() || pc.model.empty() || pc.endpoint.empty()) {
         return absl::InvalidArgumentError(where + ": needs pod, model and endpoint");
       }

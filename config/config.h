@@ -61,7 +61,13 @@ struct Config {
   std::string metrics_listen = "127.0.0.1:9464";
   uint32_t max_tokens = 131072;  // per lookup
   uint32_t max_lookups_per_call = 4096;
-  uint32_t max_inflight_rpcs = 256;
+  uint32_t max_inflight_rpcs = 256;        // every RPC counts, not only Lookup
+  uint64_t max_request_bytes = 64u << 20;  // gRPC refuses larger messages before parsing
+  uint32_t max_watch_streams = 16;         // concurrent WatchEvents streams
+  uint32_t min_stats_interval_ms = 1000;   // a WatchEvents stats interval below this is raised
+  // RegisterPublisher may not make kvidx bind a socket, nor name a non-TCP endpoint (an ipc://
+  // path could be the segment's own name), unless this is set.
+  bool allow_rpc_bind = false;
 
   std::vector<ModelConfig> models;
   std::vector<PublisherConfig> publishers;

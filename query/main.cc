@@ -6,8 +6,10 @@
 // bound gRPC port and the metrics port, a line each, once serving.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <thread>
@@ -96,7 +98,8 @@ int main(int argc, char** argv) {
     int port = 0;
     builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service);
-    builder.SetMaxReceiveMessageSize(64 << 20);
+    builder.SetMaxReceiveMessageSize(
+        static_cast<int>(std::min<uint64_t>(config->max_request_bytes, INT32_MAX)));
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (!server || port == 0) {
       KVIDX_LOG_ERROR("cannot listen on %s", config->listen.c_str());

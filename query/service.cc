@@ -99,7 +99,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     }
     case v1::LookupQuery::kBlockKeys: {
       const auto& k = q.block_keys().keys();
-      if (static_cast<uint32_t>(k.size()) * std::max(1u, bs) > config_.max_tokens) {
+      if (uint64_t{static_cast<uint64_t>(k.size())} * std::max(1u, bs) > config_.max_tokens) {
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
                      absl::StrCat(k.size(), " block keys is more than max_tokens allows"));
       }
@@ -108,7 +108,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     }
     case v1::LookupQuery::kEngineHashes: {
       const auto& h = q.engine_hashes().hashes();
-      if (static_cast<uint32_t>(h.size()) * std::max(1u, bs) > config_.max_tokens) {
+      if (uint64_t{static_cast<uint64_t>(h.size())} * std::max(1u, bs) > config_.max_tokens) {
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
                      absl::StrCat(h.size(), " engine hashes is more than max_tokens allows"));
       }
@@ -179,13 +179,15 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   return grpc::Status::OK;
 }
 
+grpc::Status KvIndexService::Overloaded() {
+  counters_.overloaded.fetch_add(1);
+  return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", "too many calls in flight");
+}
+
 grpc::Status KvIndexService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
                                     v1::LookupResponse* resp) {
   InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) {
-    counters_.overloaded.fetch_add(1);
-    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", "too many calls in flight");
-  }
+  if (!guard.ok()) return Overloaded();
   counters_.lookup_rpcs.fetch_add(1, std::memory_order_relaxed);
   const int64_t t0 = MonotonicNanos();
   struct Timer {
@@ -291,6 +293,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
 
 grpc::Status KvIndexService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
                                    v1::StatsResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   FillStats(resp);
   return grpc::Status::OK;
 }
@@ -346,12 +350,16 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
 
 grpc::Status KvIndexService::ListPods(grpc::ServerContext*, const v1::ListPodsRequest*,
                                       v1::ListPodsResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   for (auto id : index_->ActivePublishers()) FillPod(id, resp->add_pods());
   return grpc::Status::OK;
 }
 
 grpc::Status KvIndexService::GetPod(grpc::ServerContext*, const v1::GetPodRequest* req,
                                     v1::Pod* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   auto id = index_->FindPublisher(req->pod(), req->dp_rank());
   if (!id) {
     return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD",
@@ -389,6 +397,8 @@ bool Copy(char* dst, size_t cap, const std::string& s) {
 grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
                                                const v1::RegisterPublisherRequest* req,
                                                v1::Pod* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   if (req->pod().empty() || req->model().empty() || req->endpoint().empty()) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "MISSING_FIELD",
                  "pod, model and endpoint are required");
@@ -396,6 +406,20 @@ grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
   std::string dialect = req->dialect().empty() ? "auto" : req->dialect();
   if (!wire::ParseDialect(dialect)) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "UNKNOWN_DIALECT", dialect);
+  }
+  if (!config_.allow_rpc_bind) {
+    // An RPC must not make kvidx bind a socket (ipc:// binds unlink the path first: the
+    // segment's own name among them) nor connect to anything but TCP.
+    if (req->bind()) {
+      return Error(grpc::StatusCode::PERMISSION_DENIED, "BIND_NOT_ALLOWED",
+                   "RegisterPublisher may not bind a socket (allow_rpc_bind is off)");
+    }
+    for (const std::string& ep : {req->endpoint(), req->replay_endpoint()}) {
+      if (!ep.empty() && ep.rfind("tcp://", 0) != 0) {
+        return Error(grpc::StatusCode::PERMISSION_DENIED, "ENDPOINT_NOT_ALLOWED",
+                     absl::StrCat("only tcp:// endpoints may be registered by RPC, not ", ep));
+      }
+    }
   }
   if (req->bind()) dialect += "+bind";
   index::Command c{};
@@ -433,6 +457,8 @@ grpc::Status KvIndexService::CommandForPod(const std::string& pod, uint32_t dp_r
 grpc::Status KvIndexService::UnregisterPublisher(grpc::ServerContext*,
                                                  const v1::UnregisterPublisherRequest* req,
                                                  v1::UnregisterPublisherResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   index::Command c;
   grpc::Status found = CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kUnregister, &c);
   if (!found.ok()) return found;
@@ -445,6 +471,8 @@ grpc::Status KvIndexService::UnregisterPublisher(grpc::ServerContext*,
 
 grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest* req,
                                    v1::ClearResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   index::Command c{};
   switch (req->scope_case()) {
     case v1::ClearRequest::kPod: {
@@ -503,6 +531,16 @@ grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest*
 grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
                                          const v1::WatchEventsRequest* req,
                                          grpc::ServerWriter<v1::WatchEvent>* writer) {
+  InflightGuard streams(watch_streams_, static_cast<int>(config_.max_watch_streams));
+  if (!streams.ok()) {
+    counters_.overloaded.fetch_add(1);
+    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS",
+                 absl::StrCat("at most ", config_.max_watch_streams, " WatchEvents streams"));
+  }
+  const int64_t stats_interval_ms =
+      req->stats_interval_ms() == 0
+          ? 0
+          : std::max<int64_t>(req->stats_interval_ms(), config_.min_stats_interval_ms);
   // Start at the rings' current heads: a watcher sees what is applied after it started.
   uint64_t cursor[index::kMaxWorkers];
   for (int w = 0; w < index::kMaxWorkers; ++w) {
@@ -549,8 +587,8 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
         sent = true;
       }
     }
-    if (req->stats_interval_ms() > 0 && MonotonicNanos() >= next_stats) {
-      next_stats = MonotonicNanos() + int64_t{req->stats_interval_ms()} * 1'000'000;
+    if (stats_interval_ms > 0 && MonotonicNanos() >= next_stats) {
+      next_stats = MonotonicNanos() + stats_interval_ms * 1'000'000;
       v1::WatchEvent ev;
       FillStats(ev.mutable_stats());
       if (!writer->Write(ev)) return grpc::Status::OK;
@@ -590,6 +628,8 @@ bool ParseSequenceLine(const std::string& line, v1::Sequence* s) {
 grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
                                            const v1::ListSequencesRequest* req,
                                            v1::ListSequencesResponse* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   index::Command c;
   grpc::Status found =
       CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kListSequences, &c);
@@ -615,6 +655,8 @@ grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
 
 grpc::Status KvIndexService::GetSequence(grpc::ServerContext*, const v1::GetSequenceRequest* req,
                                          v1::Sequence* resp) {
+  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
+  if (!guard.ok()) return Overloaded();
   index::Command c;
   grpc::Status found =
       CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kGetSequence, &c);

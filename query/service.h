@@ -67,6 +67,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   void FillStats(v1::StatsResponse* resp) const;
 
  private:
+  grpc::Status Overloaded();
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
   void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
@@ -81,6 +82,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   std::unique_ptr<index::ControlArea> control_;
   ServiceCounters counters_;
   std::atomic<int> inflight_{0};
+  std::atomic<int> watch_streams_{0};
 };
 
 // gRPC status with a reason (also attached as a kvidx.v1.ErrorDetail).

@@ -96,6 +96,16 @@ TEST(ConfigTest, UnknownKeysAreAnErrorNamingFileLineAndKey) {
       ParseConfig("[[model]]\nname = \"m\"\nlora_names = { 7 = \"sql\" }\n", "ok.toml").ok());
 }
 
+// Issue 10: kvidx never binds where its segments live.
+TEST(ConfigTest, BindingInDevShmIsRefused) {
+  auto c = ParseConfig(
+      "[[model]]\nname = \"m\"\n[[publisher]]\npod = \"a\"\nmodel = \"m\"\n"
+      "endpoint = \"ipc:///dev/shm/kvidx\"\nbind = true\n",
+      "b.toml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("never binds in /dev/shm"), std::string::npos);
+}
+
 // The configuration README.md shows parses, every key of it known.
 TEST(ConfigTest, TheReadmeExampleParses) {
   std::ifstream in(std::string(KVIDX_SOURCE_ROOT) + "/README.md");

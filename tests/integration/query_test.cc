@@ -59,7 +59,8 @@ class QueryTest : public ::testing::Test {
         << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
-        << "max_tokens = 4096\nmax_lookups_per_call = 256\n\n"
+        << "max_tokens = 4096\nmax_lookups_per_call = 256\nmax_watch_streams = 2\n"
+        << "max_request_bytes = 1048576\n\n"
         << "[[model]]\nname = \"qm4\"\nblock_size = 4\n\n"  // the sequence-id peer's
         << ss.str();
     out.close();
@@ -463,6 +464,70 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   v1::UnregisterPublisherResponse ur;
   grpc::ClientContext ctx;
   EXPECT_TRUE(stub().UnregisterPublisher(&ctx, un, &ur).ok());
+}
+
+// Issue 10: an RPC may not make kvidx bind (an ipc:// bind unlinks its path first, the
+// segment's own name among them) nor name anything but a TCP endpoint.
+TEST_F(QueryTest, RegisterPublisherMayNotBindNorNameNonTcpEndpoints) {
+  v1::RegisterPublisherRequest reg;
+  reg.set_pod("intruder");
+  reg.set_model("qm");
+  reg.set_endpoint("ipc:///dev/shm/" + env->segment);
+  reg.set_bind(true);
+  v1::Pod pod;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(Reason(st), "BIND_NOT_ALLOWED");
+  }
+  reg.set_bind(false);
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(Reason(st), "ENDPOINT_NOT_ALLOWED");
+  }
+  EXPECT_EQ(access(("/dev/shm/" + env->segment).c_str(), F_OK), 0) << "the segment's name is gone";
+}
+
+// Issue 10: limits before work. A request over max_request_bytes is refused by gRPC before it is
+// parsed; WatchEvents streams are capped.
+TEST_F(QueryTest, OversizedRequestsAndTooManyWatchersAreRefused) {
+  {
+    v1::LookupRequest req;
+    auto* q = req.add_queries();
+    q->mutable_namespace_()->set_model("qm");
+    for (int i = 0; i < 400000; ++i) q->mutable_tokens()->add_ids(100000 + i);  // > 1 MiB
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub().Lookup(&ctx, req, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // Open streams until one is refused: at most max_watch_streams (2) run at once. (A stream of
+  // an earlier test may still be winding down, so the count accepted here can be lower.)
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::WatchEvent>>> readers;
+  int accepted = 0;
+  grpc::Status refused;
+  for (int i = 0; i < 6; ++i) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    ctxs.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::WatchEventsRequest req;
+    req.set_stats_interval_ms(1);  // raised to min_stats_interval_ms by the server
+    readers.push_back(stub().WatchEvents(ctxs.back().get(), req));
+    v1::WatchEvent ev;
+    if (readers.back()->Read(&ev)) {
+      ++accepted;
+      continue;
+    }
+    refused = readers.back()->Finish();
+    break;
+  }
+  for (auto& c : ctxs) c->TryCancel();
+  EXPECT_GE(accepted, 1);
+  EXPECT_LE(accepted, 2);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(Reason(refused), "TOO_MANY_WATCHERS");
 }
 
 // GET /metrics over a plain socket.
