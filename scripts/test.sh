@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, builds, runs every test (the release build, plus
-# the index's concurrency tests under ThreadSanitizer), and ends with "N passed, N failed"
-# counted in GoogleTest cases. Exits non-zero if anything failed.
+# The test command: installs what is missing, builds, runs every test (the release build; the
+# whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer with LeakSanitizer; the
+# index's concurrency tests under ThreadSanitizer), and ends with "N passed, N failed" counted in
+# GoogleTest cases. Exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh || exit 1
@@ -14,9 +15,18 @@ if [ ! -f build-tsan/build.ninja ]; then
     >/dev/null || exit 1
 fi
 ninja -C build-tsan -j2 tests/index/concurrency_test tests/index/prefix_index_test || exit 1
+# AddressSanitizer + UBSan (+ LeakSanitizer): every test, services and tools included.
+if [ ! -f build-asan/build.ninja ]; then
+  meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dbuildtype=debugoptimized >/dev/null || exit 1
+fi
+ninja -C build-asan -j2 || exit 1
 
 rc=0
 meson test -C build --num-processes 2 --print-errorlogs "$@" || rc=1
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=0" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  meson test -C build-asan --no-rebuild --num-processes 2 --timeout-multiplier 3 \
+  --print-errorlogs "$@" || rc=1
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   meson test -C build-tsan --no-rebuild --print-errorlogs concurrency_test prefix_index_test || rc=1
 # Lint: formatting and clang-tidy's error-level checks (bugprone, analyzer, concurrency,
@@ -43,5 +53,5 @@ else
   rc=1
 fi
 /usr/bin/python3 scripts/summarize_tests.py build/meson-logs/testlog.json \
-  build-tsan/meson-logs/testlog.json "$lint" || rc=1
+  build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json "$lint" || rc=1
 exit $rc

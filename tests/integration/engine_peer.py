@@ -11,6 +11,7 @@ keeps answering replays.
   publish K   serve K requests, one batch each
   restart     a new engine process on the same ports: empty cache and ring, sequence from 0
   move        a new engine process on new ports (the pod moved); ack: "PUB ROUTER" ports
+  lost        ack: how many live batches it has lost on purpose
   holdings    ack: the kvidx block keys (docs/block-keys.md) of every block the cache holds
   quit
 
@@ -152,9 +153,13 @@ class Engine:
         self.ring.append((self.seq, payload))
         if rng.random() >= LOSS:
             self.pub.send_multipart([b"kv", self.seq.to_bytes(8, "big"), payload])
+        else:
+            global lost
+            lost += 1
         self.seq += 1
 
 
+lost = 0  # live batches lost on purpose, all lives
 ctx = zmq.Context()
 engine = Engine(ctx)
 write_whole(os.path.join(DIR, "ports"), "%d %d\n" % (engine.pub_port, engine.router_port))
@@ -177,6 +182,8 @@ while True:
         engine.close()
         engine = Engine(ctx, *ports)
         ack = "%d %d\n" % (engine.pub_port, engine.router_port)
+    elif cmd[0] == "lost":
+        ack = "%d\n" % lost
     elif cmd[0] == "holdings":
         ack = "".join("%016x\n" % k for k in sorted(set(engine.cache.values())))
     elif cmd[0] == "quit":
