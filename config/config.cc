@@ -141,6 +141,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
     KVIDX_READ(*s, "max_payload_bytes", &c.max_payload_bytes, where);
     KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);
+    KVIDX_READ(*s, "max_adapters_per_model", &c.max_adapters_per_model, where);
     KVIDX_READ(*s, "strict_tags", &c.strict_tags, where);
   }
   if (const toml::table* s = root["query"].as_table()) {

@@ -55,6 +55,7 @@ struct Config {
   int32_t rcvhwm = 100000;  // the engines' PUB default
   uint64_t max_payload_bytes = 64u << 20;
   size_t max_buffered_batches = 100000;  // live batches held while a replay runs
+  uint32_t max_adapters_per_model = 64;  // adapter namespaces a model may gain at run time
   bool strict_tags = false;
 
   std::string listen = "127.0.0.1:50051";

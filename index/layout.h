@@ -245,6 +245,10 @@ struct alignas(64) PublisherSlot {
   // Stores whose engine hash was mapped to another live block (unchained page hashes, or
   // another publisher's): the shared mapping is kept, this publisher's goes to its own scope.
   uint64_t engine_hash_conflicts;
+  // Events refused because they named another model than the publisher's, or a new adapter
+  // past max_adapters_per_model.
+  uint64_t foreign_model_events;
+  uint64_t adapter_limit_events;
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same

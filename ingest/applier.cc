@@ -45,13 +45,36 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   }
   const index::NamespaceSlot* base_slot = index_->namespace_slot(base);
   if (base_slot == nullptr) return absl::FailedPreconditionError("publisher's namespace is gone");
-  std::string model = e.model_name.empty() ? std::string(base_slot->model) : e.model_name;
-  if (lora.empty() && model == base_slot->model) return base;
+  // A publisher stays in its lane: its own model (AIBrix events may name it, not another).
+  if (!e.model_name.empty() && e.model_name != std::string_view(base_slot->model)) {
+    if (PublisherSlot* w = index_->mutable_publisher_slot(p))
+      index::AddRelaxed(w->foreign_model_events, uint64_t{1});
+    return absl::PermissionDeniedError(
+        absl::StrCat("event names model '", e.model_name, "', not the publisher's"));
+  }
+  const std::string model(base_slot->model);
+  if (lora.empty()) return base;
   auto found = index_->FindNamespace(model, lora);
   NamespaceId ns;
   if (found) {
     ns = *found;
   } else {
+    // A new adapter namespace: configured adapters always, others up to the limit (a
+    // publisher must not exhaust the namespace table with made-up adapter names).
+    bool configured = false;
+    for (const auto& [id, name] : config_.lora_names) configured |= name == lora;
+    uint32_t adapters = 0;
+    for (index::NamespaceId cand : index_->ActiveNamespaces()) {
+      const index::NamespaceSlot* s = index_->namespace_slot(cand);
+      adapters += s != nullptr && s->lora_name[0] != '\0' && model == s->model;
+    }
+    if (!configured && adapters >= config_.max_adapters_per_model) {
+      if (PublisherSlot* w = index_->mutable_publisher_slot(p))
+        index::AddRelaxed(w->adapter_limit_events, uint64_t{1});
+      return absl::ResourceExhaustedError(
+          absl::StrCat("adapter '", lora, "': model ", model, " has ", adapters,
+                       " adapter namespaces already (max_adapters_per_model)"));
+    }
     index::NamespaceSpec spec;
     spec.model = model;
     spec.lora_name = lora;
@@ -133,7 +156,16 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
   }
   switch (e.kind) {
     case EventKind::kStored: {
-      KVIDX_ASSIGN_OR_RETURN(NamespaceId ns, NamespaceFor(p, e));
+      absl::StatusOr<NamespaceId> nsr = NamespaceFor(p, e);
+      if (!nsr.ok()) {
+        // Refused (another model, too many adapters): its operations are still consumed, so
+        // that a successor's resume count stays right.
+        for (uint64_t i = *skip; i < ops; ++i)
+          (void)index_->SkipOp(p, &PublisherSlot::rejected_stores);
+        *skip = 0;
+        return nsr.status();
+      }
+      const NamespaceId ns = *nsr;
       if (!e.tokens.empty() && !BlockSizeFits(p, ns, e.block_size, ops - *skip)) {
         *skip = 0;
         return absl::OkStatus();

@@ -41,6 +41,9 @@ struct ApplierConfig {
   uint32_t default_block_size = 16;
   // lora_id -> LoRA name, for engines that send only numeric ids; unmapped ids become "lora-<id>".
   std::map<int64_t, std::string> lora_names;
+  // A publisher may open at most this many adapter (LoRA) namespaces of its model beyond the
+  // configured ones (`lora_names`); past it, events for new adapters are refused and counted.
+  uint32_t max_adapters_per_model = 64;
   // At most this many (sequence, block) entries per sequence-id publisher.
   size_t max_sequence_blocks = 1u << 20;
 };

@@ -62,6 +62,7 @@ absl::Status Worker::Init() {
     control_->Append(worker_, e);
   };
   if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
+  ac.max_adapters_per_model = config_.max_adapters_per_model;
   for (const auto& m : config_.models)
     ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
   applier_ = std::make_unique<Applier>(index_.get(), ac);

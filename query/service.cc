@@ -342,6 +342,8 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["block_size_mismatches"] = Ld(s->block_size_mismatches);
   c["engine_table_full"] = Ld(s->engine_table_full);
   c["engine_hash_conflicts"] = Ld(s->engine_hash_conflicts);
+  c["foreign_model_events"] = Ld(s->foreign_model_events);
+  c["adapter_limit_events"] = Ld(s->adapter_limit_events);
   c["mismatched_block_size"] = Ld(s->mismatched_block_size);
   c["connects"] = Ld(s->connects);
   c["disconnects"] = Ld(s->disconnects);

@@ -227,5 +227,52 @@ TEST_F(ApplierTest, RemovalAfterARestartFindsTheAdapterNamespace) {
   EXPECT_EQ(idx().publisher_slot(pub_)->unknown_removes, 0u);
 }
 
+// Issue 10: a publisher stays in its lane: its own model only, and a bounded number of adapter
+// namespaces beyond the configured ones.
+TEST_F(ApplierTest, APublisherStaysInItsModelAndCannotExhaustTheNamespaceTable) {
+  EventBatch other;
+  Event e = Stored({71}, {1, 2});
+  e.model_name = "someone-elses-model";
+  other.events.push_back(e);
+  uint64_t ops = idx().publisher_slot(pub_)->applied_ops;
+  (void)applier_->Apply(pub_, other);
+  EXPECT_FALSE(idx().FindNamespace("someone-elses-model", "").has_value());
+  EXPECT_EQ(idx().publisher_slot(pub_)->foreign_model_events, 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->applied_ops, ops + 1) << "refused ops still count";
+  // Its own model by name is fine.
+  EventBatch own;
+  Event mine = Stored({72}, {3, 4});
+  mine.model_name = "m";
+  own.events.push_back(mine);
+  ASSERT_TRUE(applier_->Apply(pub_, own).ok());
+  EXPECT_EQ(Matched(base_, {3, 4}), 1u);
+  // 10,000 made-up adapter names open at most max_adapters_per_model namespaces (the geometry
+  // has 8 namespace slots: without the cap the table would be full and other models refused).
+  ApplierConfig ac;
+  ac.max_adapters_per_model = 3;
+  ac.lora_names[7] = "sql";  // a configured adapter is always allowed
+  Applier capped(&idx(), ac);
+  for (int i = 0; i < 10000; ++i) {
+    EventBatch b;
+    Event l = Stored({uint64_t(100 + i)}, {5, 6});
+    l.lora_name = "made-up-" + std::to_string(i);
+    b.events.push_back(l);
+    (void)capped.Apply(pub_, b);
+  }
+  EventBatch sql;
+  Event s = Stored({99}, {8, 9});
+  s.lora_id = 7;
+  sql.events.push_back(s);
+  (void)capped.Apply(pub_, sql);
+  size_t adapters = 0;
+  for (auto ns : idx().ActiveNamespaces())
+    adapters += idx().namespace_slot(ns)->lora_name[0] != '\0';
+  EXPECT_EQ(adapters, 4u);  // 3 made-up + the configured one
+  EXPECT_EQ(idx().publisher_slot(pub_)->adapter_limit_events, 9997u);
+  EXPECT_TRUE(idx().FindNamespace("m", "sql").has_value());
+  EXPECT_TRUE(idx().RegisterNamespace({.model = "other", .block_size = 2}).ok())
+      << "the namespace table must still have room for another model";
+}
+
 }  // namespace
 }  // namespace kvidx::ingest
