@@ -43,7 +43,7 @@ else
   record clang-format FAIL
   rc=1
 fi
-tidy_out=$(ls index/*.cc shared/*.cc ingest/*.cc query/*.cc |
+tidy_out=$(ls index/*.cc shared/*.cc wire/*.cc config/*.cc ingest/*.cc query/*.cc |
   xargs -P2 -n1 clang-tidy -p build --quiet 2>/dev/null | grep -E "error:" || true)
 if [ -z "$tidy_out" ]; then
   record clang-tidy OK
