@@ -10,7 +10,7 @@ PKGS=(
   prometheus-cpp-dev libsystemd-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-zmq python3-msgpack python3-grpcio python3-grpc-tools python3-xxhash
-  systemd clang-format clang-tidy
+  systemd clang-format clang-tidy clang libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
