@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   // shared 16-block system prompts.
   std::string seg_name = "kvidx-query-bench-" + std::to_string(getpid());
   kvidx::index::Segment::Remove(seg_name);
-  kvidx::index::Segment::Remove(seg_name + ".control");
+  kvidx::index::Segment::Remove(kvidx::index::ControlName(seg_name));
   kvidx::index::Geometry g;
   g.blocks = a.prompts * 64 + 4096;
   g.pairs = g.blocks * 5;
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);
   kvidx::index::Segment::Remove(seg_name);
-  kvidx::index::Segment::Remove(seg_name + ".control");
+  kvidx::index::Segment::Remove(kvidx::index::ControlName(seg_name));
   unlink(cfg_path.c_str());
   return 0;
 }

@@ -102,6 +102,9 @@ struct ControlHeader {
   EventRing rings[kMaxWorkers];
 };
 
+// The control area's segment name beside index segment `segment` (the one rule for it).
+inline std::string ControlName(const std::string& segment) { return segment + ".control"; }
+
 class ControlArea {
  public:
   // Opens segment `name` read-write, creating it if missing. Any process of the service may

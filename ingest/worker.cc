@@ -45,8 +45,8 @@ absl::Status Worker::Init() {
   KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
                                                                 config_.segment_mode));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
-  KVIDX_ASSIGN_OR_RETURN(
-      control_, index::ControlArea::Open(config_.segment + ".control", config_.segment_mode));
+  KVIDX_ASSIGN_OR_RETURN(control_, index::ControlArea::Open(index::ControlName(config_.segment),
+                                                            config_.segment_mode));
   control_->header()->rings[worker_ % index::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
   ApplierConfig ac;
   ac.on_applied = [this](const AppliedInfo& a) {

@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
       KVIDX_LOG_ERROR("segment %s never appeared", config->segment.c_str());
       return 1;
     }
-    auto control =
-        kvidx::index::ControlArea::Open(config->segment + ".control", config->segment_mode);
+    auto control = kvidx::index::ControlArea::Open(kvidx::index::ControlName(config->segment),
+                                                   config->segment_mode);
     if (!control.ok()) {
       KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
       return 1;

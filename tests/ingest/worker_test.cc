@@ -34,12 +34,12 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
     cfg.publishers.push_back(pc);
   }
   index::Segment::Remove(cfg.segment);
-  index::ControlArea::Remove(cfg.segment + ".control");
+  index::ControlArea::Remove(index::ControlName(cfg.segment));
   struct Cleanup {
     std::string name;
     ~Cleanup() {
       index::Segment::Remove(name);
-      index::ControlArea::Remove(name + ".control");
+      index::ControlArea::Remove(index::ControlName(name));
     }
   } cleanup{cfg.segment};
   Worker w0(cfg, 0);
@@ -61,7 +61,7 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   }
   uint64_t foreign_ops = idx->publisher_slot(foreign)->applied_ops;
 
-  auto control = index::ControlArea::Open(cfg.segment + ".control");
+  auto control = index::ControlArea::Open(index::ControlName(cfg.segment));
   ASSERT_TRUE(control.ok());
   index::Command c{};
   c.op = static_cast<uint32_t>(index::CommandOp::kClearPod);
@@ -100,12 +100,12 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
     cfg.publishers.push_back(pc);
   }
   index::Segment::Remove(cfg.segment);
-  index::ControlArea::Remove(cfg.segment + ".control");
+  index::ControlArea::Remove(index::ControlName(cfg.segment));
   struct Cleanup {
     std::string name;
     ~Cleanup() {
       index::Segment::Remove(name);
-      index::ControlArea::Remove(name + ".control");
+      index::ControlArea::Remove(index::ControlName(name));
     }
   } cleanup{cfg.segment};
   Worker w(cfg, 0);

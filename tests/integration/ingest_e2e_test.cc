@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 
+#include "index/control.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -74,7 +75,7 @@ TestRun Prepare(const std::string& name) {
   r.config = r.dir + "/kvidx.toml";
   r.record = r.dir + "/record.txt";
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(r.segment + ".control");
+  index::Segment::Remove(index::ControlName(r.segment));
   return r;
 }
 
@@ -174,7 +175,7 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   EXPECT_EQ(w0->Wait(), 0);
   EXPECT_EQ(w1->Wait(), 0);
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(r.segment + ".control");
+  index::Segment::Remove(index::ControlName(r.segment));
 }
 
 // The Mooncake conversation trace (../shared/traces) replayed over simulated pods with LRU caches.
@@ -199,7 +200,7 @@ TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(r.segment + ".control");
+  index::Segment::Remove(index::ControlName(r.segment));
 }
 
 TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
@@ -245,7 +246,7 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(r.segment + ".control");
+  index::Segment::Remove(index::ControlName(r.segment));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "index/block_key.h"
+#include "index/control.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
 #include "tests/integration/process.h"
@@ -41,7 +42,7 @@ class QueryTest : public ::testing::Test {
     mkdir(env->dir.c_str(), 0755);
     env->segment = "kvidx-query-" + std::to_string(getpid());
     index::Segment::Remove(env->segment);
-    index::Segment::Remove(env->segment + ".control");
+    index::Segment::Remove(index::ControlName(env->segment));
     env->sim = std::make_unique<Process>(
         std::vector<std::string>{
             BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port", "0", "--requests", "100000",
@@ -107,7 +108,7 @@ class QueryTest : public ::testing::Test {
       p->Signal(SIGTERM);
     for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Wait();
     index::Segment::Remove(env->segment);
-    index::Segment::Remove(env->segment + ".control");
+    index::Segment::Remove(index::ControlName(env->segment));
     delete env;
   }
 
