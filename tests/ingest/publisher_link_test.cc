@@ -19,6 +19,7 @@
 #include <zmq_addon.hpp>
 
 #include "shared/clock.h"
+#include "tests/common/children.h"
 #include "tests/index/test_util.h"
 
 namespace kvidx::ingest {
@@ -133,17 +134,21 @@ class TestEngine {
 
  private:
   static std::string BindRetrying(zmq::socket_t& s, const std::string& ep) {
-    // A restarted engine rebinds its predecessor's port; the old listener closes asynchronously.
-    for (int i = 0; i < 1000; ++i) {
-      try {
-        s.bind(ep);
-        return s.get(zmq::sockopt::last_endpoint);
-      } catch (const zmq::error_t& e) {
-        if (e.num() != EADDRINUSE) throw;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-    }
-    throw std::runtime_error("cannot bind " + ep);
+    // A restarted engine rebinds its predecessor's port; the old listener closes
+    // asynchronously: wait (with a deadline) until the port is free.
+    bool bound = kvidx::testing::WaitFor(
+        [&] {
+          try {
+            s.bind(ep);
+            return true;
+          } catch (const zmq::error_t& e) {
+            if (e.num() != EADDRINUSE) throw;
+            return false;
+          }
+        },
+        std::chrono::milliseconds(10000));
+    if (!bound) throw std::runtime_error("cannot bind " + ep);
+    return s.get(zmq::sockopt::last_endpoint);
   }
   void SendLive(uint64_t seq, const std::vector<uint8_t>& payload) {
     pub_.send(zmq::str_buffer("t"), zmq::send_flags::sndmore);

@@ -12,6 +12,35 @@
 namespace kvidx::ingest {
 namespace {
 
+// A configuration of `workers` workers over a fresh small segment, with `pods` (pod, rank)
+// publishers of model "m" pointing nowhere (their links just retry); the segment and its
+// control area are removed when the returned guard goes.
+struct TestConfig {
+  Config cfg;
+  explicit TestConfig(const char* what, uint32_t workers,
+                      const std::vector<std::pair<std::string, uint32_t>>& pods) {
+    cfg.segment = kvidx::testing::UniqueSegmentName(what);
+    cfg.geometry = kvidx::testing::SmallGeometry();
+    cfg.workers = workers;
+    cfg.models.push_back({.name = "m", .block_size = 2});
+    for (const auto& [pod, rank] : pods) {
+      PublisherConfig pc;
+      pc.pod = pod;
+      pc.dp_rank = rank;
+      pc.model = "m";
+      pc.endpoint = "tcp://127.0.0.1:9";
+      pc.dialect = Dialect::kVllm;
+      cfg.publishers.push_back(pc);
+    }
+    Remove();
+  }
+  ~TestConfig() { Remove(); }
+  void Remove() {
+    index::Segment::Remove(cfg.segment);
+    index::ControlArea::Remove(index::ControlName(cfg.segment));
+  }
+};
+
 TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   // A pod whose two DP ranks are owned by different workers.
   std::string pod;
@@ -19,29 +48,8 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
     std::string cand = "pod-" + std::to_string(i);
     if (OwnerWorker(cand, 0, 2) != OwnerWorker(cand, 1, 2)) pod = cand;
   }
-  Config cfg;
-  cfg.segment = kvidx::testing::UniqueSegmentName("worker");
-  cfg.geometry = kvidx::testing::SmallGeometry();
-  cfg.workers = 2;
-  cfg.models.push_back({.name = "m", .block_size = 2});
-  for (uint32_t r = 0; r < 2; ++r) {
-    PublisherConfig pc;
-    pc.pod = pod;
-    pc.dp_rank = r;
-    pc.model = "m";
-    pc.endpoint = "tcp://127.0.0.1:9";  // nothing there: the links just retry
-    pc.dialect = Dialect::kVllm;
-    cfg.publishers.push_back(pc);
-  }
-  index::Segment::Remove(cfg.segment);
-  index::ControlArea::Remove(index::ControlName(cfg.segment));
-  struct Cleanup {
-    std::string name;
-    ~Cleanup() {
-      index::Segment::Remove(name);
-      index::ControlArea::Remove(index::ControlName(name));
-    }
-  } cleanup{cfg.segment};
+  TestConfig tc("worker", 2, {{pod, 0}, {pod, 1}});
+  const Config& cfg = tc.cfg;
   Worker w0(cfg, 0);
   ASSERT_TRUE(w0.Init().ok());
   index::PrefixIndex* idx = w0.index();
@@ -86,28 +94,8 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
 // unregistered, one whose hash scope changed is rebuilt (its old mappings could never resolve
 // a removal again), and a dialect change relinks.
 TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
-  Config cfg;
-  cfg.segment = kvidx::testing::UniqueSegmentName("reload");
-  cfg.geometry = kvidx::testing::SmallGeometry();
-  cfg.workers = 1;
-  cfg.models.push_back({.name = "m", .block_size = 2});
-  for (const char* pod : {"keep", "drop", "rescope"}) {
-    PublisherConfig pc;
-    pc.pod = pod;
-    pc.model = "m";
-    pc.endpoint = "tcp://127.0.0.1:9";
-    pc.dialect = Dialect::kVllm;
-    cfg.publishers.push_back(pc);
-  }
-  index::Segment::Remove(cfg.segment);
-  index::ControlArea::Remove(index::ControlName(cfg.segment));
-  struct Cleanup {
-    std::string name;
-    ~Cleanup() {
-      index::Segment::Remove(name);
-      index::ControlArea::Remove(index::ControlName(name));
-    }
-  } cleanup{cfg.segment};
+  TestConfig tc("reload", 1, {{"keep", 0}, {"drop", 0}, {"rescope", 0}});
+  const Config& cfg = tc.cfg;
   Worker w(cfg, 0);
   ASSERT_TRUE(w.Init().ok());
   index::PrefixIndex* idx = w.index();
