@@ -5,8 +5,7 @@
 // blocks (log-uniform) across 1, 8 or 64 pods (by share of blocks: 50 / 35 / 15 %), and each
 // group ends in one tail of 4..64 blocks held by one of its pods. Stores go out in batches of 8
 // blocks with a parent hash; 5 % of batches are sent twice (duplicate stores).
-#ifndef KVIDX_BENCH_FLEET_H
-#define KVIDX_BENCH_FLEET_H
+#pragma once
 
 #include <algorithm>
 #include <cmath>
@@ -139,5 +138,3 @@ inline Fleet MakeFleet(uint32_t target_blocks, uint64_t seed = 42) {
 }
 
 }  // namespace kvidx::bench
-
-#endif  // KVIDX_BENCH_FLEET_H

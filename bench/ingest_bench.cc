@@ -266,7 +266,7 @@ std::vector<std::vector<uint8_t>> MakeStream(uint32_t p, uint64_t blocks,
 
 uint64_t AppliedOps(index::PrefixIndex& idx) {
   uint64_t n = 0;
-  for (auto p : idx.ActivePublishers()) n += index::Ld(idx.publisher_slot(p)->applied_ops);
+  for (auto p : idx.ActivePublishers()) n += index::Ld(idx.publisher_slot(p)->index.applied_ops);
   return n;
 }
 
@@ -310,7 +310,7 @@ double EndToEnd(const Args& args, uint32_t workers) {
   double s = (MonotonicNanos() - t0) / 1e9;
   uint64_t applied = AppliedOps(idx);
   uint64_t gaps = 0;
-  for (auto p : idx.ActivePublishers()) gaps += idx.publisher_slot(p)->gaps;
+  for (auto p : idx.ActivePublishers()) gaps += idx.publisher_slot(p)->ingest.gaps;
   std::printf(
       "   %u worker%s: %lu of %lu blocks in %.2f s = %.2f M blocks/s (gaps replayed: %lu)\n",
       workers, workers > 1 ? "s" : " ", static_cast<unsigned long>(applied),

@@ -1,7 +1,6 @@
 // kvidx configuration: one TOML file (/etc/kvidx/kvidx.toml) with KVIDX_* environment
 // overrides. Shared by kvidx-ingest, kvidx-query and kvidxctl. See README.md, "Configuration".
-#ifndef KVIDX_CONFIG_CONFIG_H
-#define KVIDX_CONFIG_CONFIG_H
+#pragma once
 
 #include <cstdint>
 #include <map>
@@ -83,5 +82,3 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);
 
 }  // namespace kvidx::config
-
-#endif  // KVIDX_CONFIG_CONFIG_H

@@ -7,8 +7,7 @@
 //                       seed = key(i-1)),  key(-1) = root(ns)
 //   engine-keyed namespaces (KVBM): key = XXH3_64(engine_hash as u64 little-endian, seed = root)
 // Block keys are pure functions of their inputs: thread-safe, no state.
-#ifndef KVIDX_INDEX_BLOCK_KEY_H
-#define KVIDX_INDEX_BLOCK_KEY_H
+#pragma once
 
 #include <cstdint>
 #include <span>
@@ -39,5 +38,3 @@ std::vector<BlockKey> ChainBlockKeys(BlockKey parent, std::span<const uint32_t> 
                                      uint32_t block_size);
 
 }  // namespace kvidx::index
-
-#endif  // KVIDX_INDEX_BLOCK_KEY_H

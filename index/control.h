@@ -5,8 +5,7 @@
 // Layout: a header, kCommandSlots command slots guarded by one robust mutex, and one
 // single-producer event ring per worker (readers take no lock: each entry carries a sequence
 // number written last with release order; a reader that sees it changed re-reads or skips).
-#ifndef KVIDX_INDEX_CONTROL_H
-#define KVIDX_INDEX_CONTROL_H
+#pragma once
 
 #include <sys/types.h>
 
@@ -160,5 +159,3 @@ void ControlArea::Serve(uint32_t worker, F&& fn) {
 }
 
 }  // namespace kvidx::index
-
-#endif  // KVIDX_INDEX_CONTROL_H

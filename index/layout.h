@@ -9,7 +9,7 @@
 //   +--------------------+ namespaces_offset
 //   | NamespaceSlot[N]   |  model + LoRA name -> root key, block size
 //   +--------------------+ publishers_offset
-//   | PublisherSlot[P]   |  pod + DP rank, sequence/epoch, counters, apply journal
+//   | PublisherSlot[P]   |  identity | index state (journal, counters) | ingest state
 //   +--------------------+ stripes_offset
 //   | Stripe 0           |  StripeHeader | u32 buckets[B] | BlockNode[b] | HolderChunk[c]
 //   | Stripe 1 ...       |  (stripe_stride bytes each; a block key picks its stripe)
@@ -39,8 +39,7 @@
 // loads (bounded walks: a torn read can never loop or index out of bounds), and retry if the
 // version changed. All shared fields are read and written with __atomic builtins so that the
 // races that optimistic reading implies are well defined (and visible to ThreadSanitizer).
-#ifndef KVIDX_INDEX_LAYOUT_H
-#define KVIDX_INDEX_LAYOUT_H
+#pragma once
 
 #include <cstddef>
 #include <cstdint>
@@ -51,7 +50,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 
 // Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
 inline constexpr int kLatencyBounds = 15;
@@ -95,6 +94,24 @@ struct StripeGeometry {
   uint32_t engine_buckets_per_stripe;  // power of two
 };
 
+// Slots for the counts by wire::DecodeReason (the index does not know the reasons; ingest and
+// query static_assert that they fit).
+inline constexpr int kDecodeReasonSlots = 8;
+
+// Segment-wide ingest counters: written by every ingest worker (relaxed atomic adds), read by
+// anyone.
+struct IngestCounters {
+  uint64_t decode_errors[kDecodeReasonSlots];  // by wire::DecodeReason
+  uint64_t garbage_frames;                     // messages that are not [topic, seq8, payload]
+  uint64_t unknown_events;                     // events with a tag no decoder knows (skipped)
+  uint64_t batches_applied;
+  uint64_t events_applied;
+  // Time to decode and apply one batch, as a histogram (kLatencyBoundsUs; the last bucket is
+  // everything slower), and its sum.
+  uint64_t apply_latency_buckets[16];
+  uint64_t apply_latency_sum_ns;
+};
+
 struct alignas(64) SegmentHeader {
   uint64_t magic;
   uint32_t layout_version;
@@ -116,16 +133,7 @@ struct alignas(64) SegmentHeader {
   // Bumped (release) by every registration change, so readers can cache slot lookups.
   uint64_t registry_version;
   uint64_t lookups;  // counted by readers that are allowed to write (not the read-only query)
-  // Ingest counters, added to by every worker (relaxed atomic adds).
-  uint64_t decode_errors[8];  // by ingest::DecodeReason
-  uint64_t garbage_frames;    // messages that are not [topic, seq8, payload]
-  uint64_t unknown_events;    // events with a tag no decoder knows (skipped)
-  uint64_t batches_applied;
-  uint64_t events_applied;
-  // Time to decode and apply one batch, as a histogram (kLatencyBoundsUs; the last bucket is
-  // everything slower), and its sum.
-  uint64_t apply_latency_buckets[16];
-  uint64_t apply_latency_sum_ns;
+  IngestCounters ingest;
 };
 
 enum NamespaceFlags : uint32_t {
@@ -149,6 +157,8 @@ enum PublisherFlags : uint32_t {
   // Engine hashes of this publisher are not content hashes shared with other publishers
   // (e.g. old SGLang's unchained Python hash()): its mappings are kept apart from everyone's.
   kPrivateEngineHashes = 1u << 0,
+  // kvidx binds the SUB socket and the engine connects to it.
+  kBindSubscriber = 1u << 1,
 };
 
 enum class JournalOp : uint32_t { kNone = 0, kStore = 1, kRemove = 2, kClear = 3 };
@@ -168,42 +178,44 @@ struct ApplyJournal {
   uint64_t engine_hash;
 };
 
-struct alignas(64) PublisherSlot {
-  uint32_t state;  // PublisherState
+// A publisher's slot has one part per writer, so that nobody writes another part's fields:
+// - `id`: written by the registry under the admin lock (registration, unregistration).
+// - `index`: written by the index (index/internal/) on behalf of the publisher's one writer:
+//   the applied-operation count and journal that make applying exactly-once, the batch cursor,
+//   and what happened to its stores and removes.
+// - `ingest`: written by the owning ingest worker only: the stream (sequence, continuity,
+//   connection), decoding and refused events.
+// Everyone may read every part (relaxed loads; values are counters and states, each consistent
+// on its own).
+struct PublisherIdentity {
+  uint32_t state;  // PublisherState; release-stored last when a slot is (un)registered
   uint32_t flags;  // PublisherFlags
   uint32_t ns;
   uint32_t dp_rank;
   uint32_t worker;  // owning ingest worker
-  uint32_t connected;
+  uint32_t reserved;
   char pod[64];
   char endpoint[128];
   char replay_endpoint[128];
   char topic[64];
   char dialect[16];
-  uint64_t epoch;
   uint64_t quota_pairs;  // 0: no per-publisher quota
-  // Sequence bookkeeping for ingest: last fully applied batch sequence (valid if has_seq).
-  uint64_t last_seq;
-  uint32_t has_seq;
-  uint32_t clear_pending;  // a ClearPublisher was interrupted; RecoverPublisher finishes it
-  uint64_t applied_ops;    // block operations applied, ever (the journal's op_index space)
-  // The batch being applied: if a worker dies mid-batch, its successor replays batch_seq and
-  // skips the first applied_ops - batch_first_op operations.
+};
+
+// The batch being applied: if a worker dies mid-batch, its successor replays batch_seq and skips
+// the first applied_ops - batch_first_op operations (PrefixIndex::BeginBatch).
+struct BatchCursor {
   uint64_t batch_seq;
   uint64_t batch_first_op;
   uint32_t batch_pending;
-  uint32_t gap_open;  // a gap is being replayed
-  int64_t connected_since_wall_ns;
-  uint64_t connects;
-  uint64_t disconnects;
-  uint64_t connect_retries;
-  uint64_t replay_batches;
-  uint64_t instance_hi;  // KVBM instance id of the current stream (has_instance)
-  uint64_t instance_lo;
-  uint32_t has_instance;
-  uint32_t reserved2;
-  int64_t last_event_wall_ns;
-  uint64_t pairs;  // live residencies (approximate after a crash until recovery)
+  uint32_t reserved;
+};
+
+struct PublisherIndexState {
+  uint64_t applied_ops;  // block operations applied, ever (the journal's op_index space)
+  uint64_t pairs;        // live residencies (approximate after a crash until recovery)
+  ApplyJournal journal;
+  BatchCursor cursor;
   // Counters (monotonic).
   uint64_t stored_blocks;
   uint64_t removed_blocks;
@@ -214,21 +226,42 @@ struct alignas(64) PublisherSlot {
   uint64_t clears;
   uint64_t evicted_pairs;  // residencies of this publisher dropped by eviction
   uint64_t quota_evictions;
-  uint64_t rejected_stores;  // could not be stored (capacity or quota)
+  uint64_t rejected_stores;    // could not be stored (capacity or quota)
+  uint64_t engine_table_full;  // stores refused: no room to map their engine hash
+  // Stores whose engine hash was mapped to another live block (unchained page hashes, or
+  // another publisher's): the shared mapping is kept, this publisher's goes to its own scope.
+  uint64_t engine_hash_conflicts;
+};
+
+struct PublisherIngestState {
+  uint64_t epoch;  // bumped on every resync (and carried over when the slot is reused)
+  // Sequence bookkeeping: last fully applied batch sequence (valid if has_seq).
+  uint64_t last_seq;
+  uint32_t has_seq;
+  uint32_t gap_open;  // a gap is being replayed
+  uint32_t connected;
+  uint32_t has_instance;
+  int64_t connected_since_wall_ns;
+  uint64_t connects;
+  uint64_t disconnects;
+  uint64_t connect_retries;
+  uint64_t replay_batches;
+  uint64_t instance_hi;  // KVBM instance id of the current stream (has_instance)
+  uint64_t instance_lo;
+  int64_t last_event_wall_ns;
   uint64_t gaps;
   uint64_t replays;
   uint64_t resyncs;
   uint64_t batches;
   uint64_t events;
   uint64_t decode_errors;
-  ApplyJournal journal;
   // Stream continuity (ingest/stream_machine.h): the payload digests of the last applied
   // batches, slot seq % 16; entry i is valid if bit i of digest_valid is set. A restarted worker
   // checks the engine against them before it applies anything.
   uint64_t digest_seq[16];
   uint64_t digest[16];
   uint32_t digest_valid;
-  uint32_t stream_state;       // ingest::StreamState
+  uint32_t stream_state;       // wire::StreamState
   uint32_t reachable;          // the engine answered within unreachable_after_ms
   uint32_t resync_pending;     // a resync began: a successor finishes it before anything else
   int64_t last_heard_wall_ns;  // last message of any kind from the engine
@@ -240,15 +273,17 @@ struct alignas(64) PublisherSlot {
   // never match a lookup), and the last such size seen.
   uint64_t block_size_mismatches;
   uint32_t mismatched_block_size;
-  uint32_t reserved4;
-  uint64_t engine_table_full;  // stores refused: no room to map their engine hash
-  // Stores whose engine hash was mapped to another live block (unchained page hashes, or
-  // another publisher's): the shared mapping is kept, this publisher's goes to its own scope.
-  uint64_t engine_hash_conflicts;
+  uint32_t reserved;
   // Events refused because they named another model than the publisher's, or a new adapter
   // past max_adapters_per_model.
   uint64_t foreign_model_events;
   uint64_t adapter_limit_events;
+};
+
+struct alignas(64) PublisherSlot {
+  PublisherIdentity id;
+  PublisherIndexState index;
+  PublisherIngestState ingest;
 };
 
 // A holder slot: bits 0-15 publisher, 16-23 reference count (duplicate stores of the same
@@ -352,5 +387,3 @@ inline T AddRelaxed(T& field, T delta) {
 }
 
 }  // namespace kvidx::index
-
-#endif  // KVIDX_INDEX_LAYOUT_H

@@ -9,8 +9,7 @@
 //
 // The object is standard-layout, holds no pointers, and is initialised in place by Init() by the
 // process that creates the segment; every other process only locks and unlocks it.
-#ifndef KVIDX_INDEX_ROBUST_MUTEX_H
-#define KVIDX_INDEX_ROBUST_MUTEX_H
+#pragma once
 
 #include <pthread.h>
 
@@ -59,5 +58,3 @@ class RobustLockGuard {
 };
 
 }  // namespace kvidx::index
-
-#endif  // KVIDX_INDEX_ROBUST_MUTEX_H

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "index/internal/stripe_layout.h"
 #include "shared/clock.h"
 #include "shared/status.h"
 
@@ -40,24 +41,19 @@ bool IsPow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 void InitStripe(char* p, const StripeGeometry& sg) {
+  const internal::StripeView v = internal::MakeStripeView(p, internal::BlockStripePartsOf(sg));
   auto* h = new (p) StripeHeader{};
   h->mu.Init();
-  auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(StripeHeader)));
-  for (uint32_t i = 0; i < sg.buckets_per_stripe; ++i) buckets[i] = kNil;
-  auto* blocks = reinterpret_cast<BlockNode*>(reinterpret_cast<char*>(buckets) +
-                                              AlignUp(uint64_t{sg.buckets_per_stripe} * 4));
+  for (uint32_t i = 0; i < sg.buckets_per_stripe; ++i) v.buckets[i] = kNil;
   for (uint32_t i = 0; i < sg.blocks_per_stripe; ++i) {
-    blocks[i] = BlockNode{};
-    blocks[i].next = i + 1 < sg.blocks_per_stripe ? i + 1 : kNil;
-    blocks[i].chunk_head = kNil;
-    blocks[i].lru_prev = blocks[i].lru_next = kNil;
+    v.blocks[i] = BlockNode{};
+    v.blocks[i].next = i + 1 < sg.blocks_per_stripe ? i + 1 : kNil;
+    v.blocks[i].chunk_head = kNil;
+    v.blocks[i].lru_prev = v.blocks[i].lru_next = kNil;
   }
-  auto* chunks =
-      reinterpret_cast<HolderChunk*>(reinterpret_cast<char*>(blocks) +
-                                     AlignUp(uint64_t{sg.blocks_per_stripe} * sizeof(BlockNode)));
   for (uint32_t i = 0; i < sg.chunks_per_stripe; ++i) {
-    chunks[i] = HolderChunk{};
-    chunks[i].next = i + 1 < sg.chunks_per_stripe ? i + 1 : kNil;
+    v.chunks[i] = HolderChunk{};
+    v.chunks[i].next = i + 1 < sg.chunks_per_stripe ? i + 1 : kNil;
   }
   h->free_blocks = 0;
   h->free_chunks = sg.chunks_per_stripe > 0 ? 0 : kNil;
@@ -65,15 +61,13 @@ void InitStripe(char* p, const StripeGeometry& sg) {
 }
 
 void InitEngineStripe(char* p, const StripeGeometry& sg) {
+  const internal::EngineView v = internal::MakeEngineView(p, internal::EngineStripePartsOf(sg));
   auto* h = new (p) EngineStripeHeader{};
   h->mu.Init();
-  auto* buckets = reinterpret_cast<uint32_t*>(p + AlignUp(sizeof(EngineStripeHeader)));
-  for (uint32_t i = 0; i < sg.engine_buckets_per_stripe; ++i) buckets[i] = kNil;
-  auto* nodes = reinterpret_cast<EngineNode*>(reinterpret_cast<char*>(buckets) +
-                                              AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4));
+  for (uint32_t i = 0; i < sg.engine_buckets_per_stripe; ++i) v.buckets[i] = kNil;
   for (uint32_t i = 0; i < sg.engine_nodes_per_stripe; ++i) {
-    nodes[i] = EngineNode{};
-    nodes[i].next = i + 1 < sg.engine_nodes_per_stripe ? i + 1 : kNil;
+    v.nodes[i] = EngineNode{};
+    v.nodes[i].next = i + 1 < sg.engine_nodes_per_stripe ? i + 1 : kNil;
   }
   h->free_nodes = 0;
 }
@@ -159,17 +153,51 @@ absl::StatusOr<SegmentLayout> ComputeLayout(const Geometry& g) {
   l.publishers_offset = off;
   off = AlignUp(off + uint64_t{g.publishers} * sizeof(PublisherSlot));
   l.stripes_offset = off;
-  l.stripe_stride = AlignUp(sizeof(StripeHeader)) + AlignUp(uint64_t{sg.buckets_per_stripe} * 4) +
-                    AlignUp(bps * sizeof(BlockNode)) + AlignUp(cps * sizeof(HolderChunk));
+  l.stripe_stride = internal::BlockStripePartsOf(sg).stride;
   off += l.stripe_stride * g.stripes;
   l.engine_stripes_offset = off;
-  l.engine_stripe_stride = AlignUp(sizeof(EngineStripeHeader)) +
-                           AlignUp(uint64_t{sg.engine_buckets_per_stripe} * 4) +
-                           AlignUp(eps * sizeof(EngineNode));
+  l.engine_stripe_stride = internal::EngineStripePartsOf(sg).stride;
   off += l.engine_stripe_stride * es;
   l.total_size = AlignUp(off, 4096);
   return l;
 }
+
+namespace {
+
+// Lays out every structure of a new segment (all but the `ready` flag).
+void InitSegment(char* base, const SegmentLayout& l, const Geometry& geometry) {
+  auto* h = new (base) SegmentHeader{};
+  h->magic = kSegmentMagic;
+  h->layout_version = kLayoutVersion;
+  h->header_size = sizeof(SegmentHeader);
+  h->total_size = l.total_size;
+  h->geometry = geometry;
+  h->stripe_geometry = l.stripe_geometry;
+  h->namespaces_offset = l.namespaces_offset;
+  h->publishers_offset = l.publishers_offset;
+  h->stripes_offset = l.stripes_offset;
+  h->stripe_stride = l.stripe_stride;
+  h->engine_stripes_offset = l.engine_stripes_offset;
+  h->engine_stripe_stride = l.engine_stripe_stride;
+  h->created_wall_ns = WallNanos();
+  h->creator_pid = getpid();
+  h->admin_mu.Init();
+  for (uint32_t i = 0; i < geometry.namespaces; ++i) {
+    new (base + l.namespaces_offset + i * sizeof(NamespaceSlot)) NamespaceSlot{};
+  }
+  for (uint32_t i = 0; i < geometry.publishers; ++i) {
+    new (base + l.publishers_offset + i * sizeof(PublisherSlot)) PublisherSlot{};
+  }
+  for (uint32_t s = 0; s < geometry.stripes; ++s) {
+    InitStripe(base + l.stripes_offset + s * l.stripe_stride, l.stripe_geometry);
+  }
+  for (uint32_t s = 0; s < l.stripe_geometry.engine_stripes; ++s) {
+    InitEngineStripe(base + l.engine_stripes_offset + s * l.engine_stripe_stride,
+                     l.stripe_geometry);
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name,
                                                          const Geometry& geometry, mode_t mode) {
@@ -204,35 +232,8 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name
         absl::StrCat("mmap: ", std::error_code(errno, std::generic_category()).message()));
   }
   char* base = static_cast<char*>(p);
-  auto* h = new (base) SegmentHeader{};
-  h->magic = kSegmentMagic;
-  h->layout_version = kLayoutVersion;
-  h->header_size = sizeof(SegmentHeader);
-  h->total_size = l.total_size;
-  h->geometry = geometry;
-  h->stripe_geometry = l.stripe_geometry;
-  h->namespaces_offset = l.namespaces_offset;
-  h->publishers_offset = l.publishers_offset;
-  h->stripes_offset = l.stripes_offset;
-  h->stripe_stride = l.stripe_stride;
-  h->engine_stripes_offset = l.engine_stripes_offset;
-  h->engine_stripe_stride = l.engine_stripe_stride;
-  h->created_wall_ns = WallNanos();
-  h->creator_pid = getpid();
-  h->admin_mu.Init();
-  for (uint32_t i = 0; i < geometry.namespaces; ++i) {
-    new (base + l.namespaces_offset + i * sizeof(NamespaceSlot)) NamespaceSlot{};
-  }
-  for (uint32_t i = 0; i < geometry.publishers; ++i) {
-    new (base + l.publishers_offset + i * sizeof(PublisherSlot)) PublisherSlot{};
-  }
-  for (uint32_t s = 0; s < geometry.stripes; ++s) {
-    InitStripe(base + l.stripes_offset + s * l.stripe_stride, l.stripe_geometry);
-  }
-  for (uint32_t s = 0; s < l.stripe_geometry.engine_stripes; ++s) {
-    InitEngineStripe(base + l.engine_stripes_offset + s * l.engine_stripe_stride,
-                     l.stripe_geometry);
-  }
+  InitSegment(base, l, geometry);
+  auto* h = reinterpret_cast<SegmentHeader*>(base);
   // Attachers spin on `ready`; the release publishes every initialising store above.
   __atomic_store_n(&h->ready, 1u, __ATOMIC_RELEASE);
   return std::unique_ptr<Segment>(new Segment(name, base, l.total_size, false));

@@ -10,8 +10,7 @@
 //
 // Thread-safety: a Segment is immutable after construction; the memory it maps is shared and
 // its own rules are in layout.h.
-#ifndef KVIDX_INDEX_SEGMENT_H
-#define KVIDX_INDEX_SEGMENT_H
+#pragma once
 
 #include <sys/types.h>
 
@@ -82,5 +81,3 @@ class Segment {
 };
 
 }  // namespace kvidx::index
-
-#endif  // KVIDX_INDEX_SEGMENT_H

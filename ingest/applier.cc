@@ -30,7 +30,7 @@ const std::map<int64_t, SequenceState>* Applier::sequences(PublisherId p) const 
 absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e) {
   const PublisherSlot* ps = index_->publisher_slot(p);
   if (ps == nullptr) return absl::NotFoundError(absl::StrCat("no publisher ", p));
-  NamespaceId base = static_cast<NamespaceId>(ps->ns);
+  NamespaceId base = static_cast<NamespaceId>(ps->id.ns);
   auto& used = namespaces_[p];
   if (used.empty()) used.push_back(base);
   // The common case: the publisher's own model, no adapter.
@@ -47,7 +47,7 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   if (base_slot == nullptr) return absl::FailedPreconditionError("publisher's namespace is gone");
   // A publisher stays in its lane: its own model (AIBrix events may name it, not another).
   if (!e.model_name.empty() && e.model_name != std::string_view(base_slot->model)) {
-    if (PublisherSlot* w = index_->mutable_publisher_slot(p))
+    if (index::PublisherIngestState* w = index_->ingest_state(p))
       index::AddRelaxed(w->foreign_model_events, uint64_t{1});
     return absl::PermissionDeniedError(
         absl::StrCat("event names model '", e.model_name, "', not the publisher's"));
@@ -69,7 +69,7 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
       adapters += s != nullptr && s->lora_name[0] != '\0' && model == s->model;
     }
     if (!configured && adapters >= config_.max_adapters_per_model) {
-      if (PublisherSlot* w = index_->mutable_publisher_slot(p))
+      if (index::PublisherIngestState* w = index_->ingest_state(p))
         index::AddRelaxed(w->adapter_limit_events, uint64_t{1});
       return absl::ResourceExhaustedError(
           absl::StrCat("adapter '", lora, "': model ", model, " has ", adapters,
@@ -92,10 +92,10 @@ std::optional<NamespaceId> Applier::FindAdapterNamespace(PublisherId p, uint64_t
   // the segment still knows every namespace of its model.
   const PublisherSlot* ps = index_->publisher_slot(p);
   if (ps == nullptr) return std::nullopt;
-  const index::NamespaceSlot* base = index_->namespace_slot(static_cast<NamespaceId>(ps->ns));
+  const index::NamespaceSlot* base = index_->namespace_slot(static_cast<NamespaceId>(ps->id.ns));
   if (base == nullptr) return std::nullopt;
   auto& used = namespaces_[p];
-  if (used.empty()) used.push_back(static_cast<NamespaceId>(ps->ns));
+  if (used.empty()) used.push_back(static_cast<NamespaceId>(ps->id.ns));
   for (NamespaceId cand : index_->ActiveNamespaces()) {
     if (std::find(used.begin(), used.end(), cand) != used.end()) continue;
     const index::NamespaceSlot* nss = index_->namespace_slot(cand);
@@ -114,18 +114,19 @@ bool Applier::BlockSizeFits(PublisherId p, NamespaceId ns, uint32_t block_size, 
   // Keys chained over blocks of another size never equal a router's: storing them would only
   // fill the index with blocks no lookup can reach (a silent 0 % hit rate). Refuse, count, and
   // say so once per publisher.
-  PublisherSlot* ps = index_->mutable_publisher_slot(p);
-  if (ps != nullptr) {
-    if (index::Ld(ps->block_size_mismatches) == 0) {
+  const PublisherSlot* ps = index_->publisher_slot(p);
+  index::PublisherIngestState* w = index_->ingest_state(p);
+  if (ps != nullptr && w != nullptr) {
+    if (index::Ld(w->block_size_mismatches) == 0) {
       KVIDX_LOG_WARN(
           "publisher %s/%u: events of %u-token blocks for model %s, configured with "
           "%u-token blocks: refused (fix the model's block_size)",
-          ps->pod, ps->dp_rank, block_size, nss->model, nss->block_size);
+          ps->id.pod, ps->id.dp_rank, block_size, nss->model, nss->block_size);
     }
-    index::AddRelaxed(ps->block_size_mismatches, ops);
-    index::St(ps->mismatched_block_size, block_size);
+    index::AddRelaxed(w->block_size_mismatches, ops);
+    index::St(w->mismatched_block_size, block_size);
   }
-  for (uint64_t i = 0; i < ops; ++i) (void)index_->SkipOp(p, &PublisherSlot::rejected_stores);
+  (void)index_->SkipOps(p, index::SkipReason::kRejected, ops);
   return false;
 }
 
@@ -160,8 +161,7 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
       if (!nsr.ok()) {
         // Refused (another model, too many adapters): its operations are still consumed, so
         // that a successor's resume count stays right.
-        for (uint64_t i = *skip; i < ops; ++i)
-          (void)index_->SkipOp(p, &PublisherSlot::rejected_stores);
+        (void)index_->SkipOps(p, index::SkipReason::kRejected, ops - *skip);
         *skip = 0;
         return nsr.status();
       }
@@ -208,7 +208,7 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
         (void)index_->Remove(p, e.tier, e.hashes[i], ns);  // NOT_FOUND is counted there
       }
       if (config_.on_applied && from < e.hashes.size()) {
-        NamespaceId base = static_cast<NamespaceId>(index_->publisher_slot(p)->ns);
+        NamespaceId base = static_cast<NamespaceId>(index_->publisher_slot(p)->id.ns);
         config_.on_applied({EventKind::kRemoved, p, base,
                             static_cast<uint32_t>(e.hashes.size() - from),
                             index_->ResolveEngineHash(base, p, e.hashes[from]).value_or(0)});
@@ -220,7 +220,7 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
       Forget(p);
       if (config_.on_applied) {
         config_.on_applied({EventKind::kCleared, p,
-                            static_cast<NamespaceId>(index_->publisher_slot(p)->ns), 0, 0});
+                            static_cast<NamespaceId>(index_->publisher_slot(p)->id.ns), 0, 0});
       }
       return index_->ClearPublisher(p);
     case EventKind::kSeqStored:
@@ -242,7 +242,7 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
   }
   const PublisherSlot* ps = index_->publisher_slot(p);
   if (ps == nullptr) return absl::NotFoundError("publisher gone");
-  NamespaceId ns = static_cast<NamespaceId>(ps->ns);
+  NamespaceId ns = static_cast<NamespaceId>(ps->id.ns);
   const index::NamespaceSlot* nss = index_->namespace_slot(ns);
   if (nss == nullptr) return absl::FailedPreconditionError("namespace gone");
   if (e.kind == EventKind::kSeqStored && !e.tokens.empty()) {
@@ -263,7 +263,7 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
     if (e.kind == EventKind::kSeqStored) {
       index::BlockKey parent = n == 0 ? nss->root : (n - 1 < s.blocks.size() ? s.blocks[n - 1] : 0);
       if (parent == 0 || total >= config_.max_sequence_blocks) {
-        (void)index_->SkipOp(p, &PublisherSlot::orphan_blocks);  // block n-1 never stored
+        (void)index_->SkipOps(p, index::SkipReason::kOrphan);  // block n-1 never stored
         continue;
       }
       index::BlockKey key = index::ChainBlockKey(
@@ -278,7 +278,7 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
     } else {
       index::BlockKey key = n < s.blocks.size() ? s.blocks[n] : 0;
       if (key == 0) {
-        (void)index_->SkipOp(p, &PublisherSlot::unknown_removes);
+        (void)index_->SkipOps(p, index::SkipReason::kUnknownRemove);
         continue;
       }
       s.blocks[n] = 0;

@@ -6,8 +6,7 @@
 // restarts resyncs its sequence-id publishers instead of resuming them (PublisherLink::Start).
 // Which adapter namespaces a publisher stored into is rebuilt on demand: a removal whose hash no
 // known namespace maps is looked up in every namespace of the publisher's model.
-#ifndef KVIDX_INGEST_APPLIER_H
-#define KVIDX_INGEST_APPLIER_H
+#pragma once
 
 #include <cstdint>
 #include <functional>
@@ -90,5 +89,3 @@ class Applier {
 };
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_APPLIER_H

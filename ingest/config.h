@@ -1,6 +1,5 @@
 // The configuration, as the ingest side names it (the component is config/).
-#ifndef KVIDX_INGEST_CONFIG_H
-#define KVIDX_INGEST_CONFIG_H
+#pragma once
 
 #include "config/config.h"
 
@@ -14,5 +13,3 @@ using config::ParseConfig;
 using config::PublisherConfig;
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_CONFIG_H

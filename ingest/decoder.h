@@ -9,8 +9,7 @@
 // set, which rejects the batch instead.
 //
 // Thread-safe: no state.
-#ifndef KVIDX_INGEST_DECODER_H
-#define KVIDX_INGEST_DECODER_H
+#pragma once
 
 #include <cstdint>
 #include <span>
@@ -41,5 +40,3 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
                          DecodeReason* reason, const DecodeLimits& limits = {});
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_DECODER_H

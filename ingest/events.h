@@ -1,6 +1,5 @@
 // Decoded KV-cache events, the same for every engine dialect (see ../shared/spec/wire.md).
-#ifndef KVIDX_INGEST_EVENTS_H
-#define KVIDX_INGEST_EVENTS_H
+#pragma once
 
 #include <cstdint>
 #include <optional>
@@ -58,5 +57,3 @@ struct EventBatch {
 uint64_t OpCount(const Event& e);
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_EVENTS_H

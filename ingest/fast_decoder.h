@@ -6,8 +6,7 @@
 // dialect, a map batch, an unknown tag or key type, any malformation), so the general decoder
 // (decoder.cc) stays the one authority on errors and their reasons. Tests check that whenever
 // this path accepts a payload, the general decoder decodes it to the same events.
-#ifndef KVIDX_INGEST_FAST_DECODER_H
-#define KVIDX_INGEST_FAST_DECODER_H
+#pragma once
 
 #include <cstdint>
 #include <span>
@@ -23,5 +22,3 @@ FastResult FastDecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Ev
                            const DecodeLimits& limits);
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_FAST_DECODER_H

@@ -4,8 +4,7 @@
 // Integers that do not fit 64 bits (a u128 up to 39 digits) become a 16-byte big-endian bin,
 // the form the KVBM decoder accepts for u128. Nesting is limited to `max_depth`; strings may
 // use the standard escapes (\uXXXX is emitted as UTF-8). Thread-safe: no state.
-#ifndef KVIDX_INGEST_JSON_TO_MSGPACK_H
-#define KVIDX_INGEST_JSON_TO_MSGPACK_H
+#pragma once
 
 #include <cstdint>
 #include <span>
@@ -19,5 +18,3 @@ bool JsonToMsgpack(std::span<const uint8_t> json, std::vector<uint8_t>* out, std
                    int max_depth = 16);
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_JSON_TO_MSGPACK_H

@@ -31,6 +31,9 @@ std::span<const uint8_t> Bytes(const zmq::message_t& m) {
 
 inline void Barrier() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
+static_assert(static_cast<int>(DecodeReason::kNumReasons) <= index::kDecodeReasonSlots,
+              "the segment has a counter slot for every decode reason");
+
 }  // namespace
 
 PublisherLink::PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, Applier* applier,
@@ -43,13 +46,13 @@ PublisherLink::PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, App
       options_(options) {}
 
 PublisherLink::~PublisherLink() {
-  if (index::PublisherSlot* s = slot()) St(s->connected, 0u);
+  if (index::PublisherIngestState* s = slot()) St(s->connected, 0u);
 }
 
-index::PublisherSlot* PublisherLink::slot() { return index_->mutable_publisher_slot(id_); }
+index::PublisherIngestState* PublisherLink::slot() { return index_->ingest_state(id_); }
 
 // The machine's persisted state, as the slot holds it.
-StreamPersisted LoadPersisted(const index::PublisherSlot* s) {
+StreamPersisted LoadPersisted(const index::PublisherIngestState* s) {
   StreamPersisted p;
   if (s == nullptr) return p;
   p.has_seq = Ld(s->has_seq) != 0;
@@ -109,12 +112,12 @@ absl::Status PublisherLink::Start() {
   so.max_buffered = options_.max_buffered_batches;
   so.unreachable_after_ns = int64_t{options_.unreachable_after_ms} * 1'000'000;
   so.drop_after_ns = int64_t{options_.drop_after_ms} * 1'000'000;
-  if (index::PublisherSlot* s = slot(); s != nullptr && Ld(s->resync_pending) != 0) {
+  if (index::PublisherIngestState* s = slot(); s != nullptr && Ld(s->resync_pending) != 0) {
     KVIDX_LOG_WARN("publisher %s/%u: finishing a resync a dead worker began", config_.pod.c_str(),
                    config_.dp_rank);
     FinishResync();
   }
-  if (index::PublisherSlot* s = slot();
+  if (index::PublisherIngestState* s = slot();
       s != nullptr && config_.dialect == Dialect::kSeqId && Ld(s->has_seq) != 0) {
     // The sequence-id form's tables (which block numbers of which sequence hold what) live in
     // the worker that built them: a new worker could not resolve this publisher's removals.
@@ -172,7 +175,7 @@ void PublisherLink::OnMonitor() {
     if (parts.empty() || parts[0].size() < 2) continue;
     uint16_t event;
     std::memcpy(&event, parts[0].data(), sizeof(event));
-    index::PublisherSlot* s = slot();
+    index::PublisherIngestState* s = slot();
     if (s == nullptr) continue;
     switch (event) {
       case ZMQ_EVENT_CONNECTED:
@@ -217,7 +220,7 @@ void PublisherLink::OnSub() {
 }
 
 void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
-  index::SegmentHeader* h = index_->mutable_header();
+  index::IngestCounters* h = index_->ingest_counters();
   if (parts.size() == 3 && parts[1].size() == 8) {
     std::span<const uint8_t> payload = Bytes(parts[2]);
     StreamMachine::Actions out;
@@ -234,13 +237,13 @@ void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
     return;
   }
   AddRelaxed(h->garbage_frames, uint64_t{1});
-  if (index::PublisherSlot* s = slot()) AddRelaxed(s->decode_errors, uint64_t{1});
+  if (index::PublisherIngestState* s = slot()) AddRelaxed(s->decode_errors, uint64_t{1});
   KVIDX_LOG_DEBUG("publisher %s: dropped a message of %zu frames", config_.pod.c_str(),
                   parts.size());
 }
 
 void PublisherLink::Carry(StreamMachine::Actions& actions) {
-  index::PublisherSlot* s = slot();
+  index::PublisherIngestState* s = slot();
   for (StreamAction& a : actions) {
     switch (a.kind) {
       case StreamAction::kApply:
@@ -287,7 +290,7 @@ void PublisherLink::Carry(StreamMachine::Actions& actions) {
 }
 
 void PublisherLink::MirrorCounters() {
-  index::PublisherSlot* s = slot();
+  index::PublisherIngestState* s = slot();
   if (s == nullptr || !machine_) return;
   const StreamCounters& c = machine_->counters();
   AddRelaxed(s->gaps, c.gaps - mirrored_.gaps);
@@ -314,15 +317,15 @@ void PublisherLink::SendReplayRequest(uint64_t from) {
 
 void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
                                std::span<const uint8_t> payload) {
-  index::PublisherSlot* s = slot();
+  index::PublisherIngestState* s = slot();
   if (s == nullptr) return;
-  index::SegmentHeader* h = index_->mutable_header();
+  index::IngestCounters* h = index_->ingest_counters();
   const int64_t t0 = MonotonicNanos();
   EventBatch batch;
   DecodeReason reason = DecodeReason::kOk;
   absl::Status st = DecodeBatch(payload, config_.dialect, &batch, &reason, options_.limits);
   if (!st.ok()) {
-    AddRelaxed(h->decode_errors[static_cast<int>(reason) & 7], uint64_t{1});
+    AddRelaxed(h->decode_errors[static_cast<int>(reason)], uint64_t{1});
     AddRelaxed(s->decode_errors, uint64_t{1});
     KVIDX_LOG_WARN("publisher %s/%u: batch rejected: %s", config_.pod.c_str(), config_.dp_rank,
                    std::string(st.message()).c_str());
@@ -338,17 +341,7 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
       St(s->has_instance, 1u);
     }
     uint64_t skip = 0;
-    if (seq) {
-      if (Ld(s->batch_pending) && Ld(s->batch_seq) == *seq) {
-        skip = Ld(s->applied_ops) - Ld(s->batch_first_op);  // a predecessor died mid-batch
-      } else {
-        St(s->batch_seq, *seq);
-        St(s->batch_first_op, Ld(s->applied_ops));
-      }
-      Barrier();
-      St(s->batch_pending, 1u);
-      Barrier();
-    }
+    if (seq) skip = index_->BeginBatch(id_, *seq).value_or(0);
     absl::Status ast = applier_->Apply(id_, batch, skip);
     if (!ast.ok()) {
       KVIDX_LOG_WARN("publisher %s: apply: %s", config_.pod.c_str(),
@@ -373,8 +366,7 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
     Barrier();
     St(s->last_seq, *seq);
     St(s->has_seq, 1u);
-    Barrier();
-    St(s->batch_pending, 0u);
+    (void)index_->CommitBatch(id_);
   }
 }
 
@@ -399,7 +391,7 @@ void PublisherLink::OnDealer() {
       payload = &parts[3];
     }
     if (seq == nullptr || seq->size() != 8) {
-      AddRelaxed(index_->mutable_header()->garbage_frames, uint64_t{1});
+      AddRelaxed(index_->ingest_counters()->garbage_frames, uint64_t{1});
       continue;
     }
     uint64_t s = ReadSeq(*seq);
@@ -407,7 +399,7 @@ void PublisherLink::OnDealer() {
     if (s == kReplayEndSeq && payload->size() == 0) {
       machine_->ReplayEnd(MonotonicNanos(), &out);
     } else {
-      if (index::PublisherSlot* ps = slot()) AddRelaxed(ps->replay_batches, uint64_t{1});
+      if (index::PublisherIngestState* ps = slot()) AddRelaxed(ps->replay_batches, uint64_t{1});
       std::span<const uint8_t> p = Bytes(*payload);
       machine_->ReplayBatch(s, XXH3_64bits(p.data(), p.size()), p.data(), p.size(),
                             MonotonicNanos(), &out);
@@ -424,11 +416,11 @@ void PublisherLink::Tick(int64_t now_ns) {
 
 namespace {
 void FinishResyncOf(index::PrefixIndex* index, Applier* applier, index::PublisherId id) {
-  index::PublisherSlot* s = index->mutable_publisher_slot(id);
+  index::PublisherIngestState* s = index->ingest_state(id);
   if (s == nullptr) return;
   St(s->has_seq, 0u);
   St(s->digest_valid, 0u);
-  St(s->batch_pending, 0u);
+  (void)index->ResetBatch(id);
   Barrier();
   (void)index->ClearPublisher(id);
   applier->Forget(id);
@@ -439,7 +431,7 @@ void FinishResyncOf(index::PrefixIndex* index, Applier* applier, index::Publishe
 }  // namespace
 
 void ResyncPublisher(index::PrefixIndex* index, Applier* applier, index::PublisherId id) {
-  index::PublisherSlot* s = index->mutable_publisher_slot(id);
+  index::PublisherIngestState* s = index->ingest_state(id);
   if (s == nullptr) return;
   St(s->resync_pending, 1u);
   Barrier();
@@ -450,7 +442,7 @@ void ResyncPublisher(index::PrefixIndex* index, Applier* applier, index::Publish
 void PublisherLink::FinishResync() { FinishResyncOf(index_, applier_, id_); }
 
 void PublisherLink::Resync(const char* why) {
-  index::PublisherSlot* s = slot();
+  index::PublisherIngestState* s = slot();
   if (s == nullptr) return;
   KVIDX_LOG_WARN("publisher %s/%u: resync (%s): dropping its residencies", config_.pod.c_str(),
                  config_.dp_rank, why);

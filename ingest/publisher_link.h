@@ -9,8 +9,7 @@
 // checks continuity before it applies anything.
 // A batch that does not decode is counted by reason and skipped (its sequence is consumed).
 // Not thread-safe: driven by one worker thread.
-#ifndef KVIDX_INGEST_PUBLISHER_LINK_H
-#define KVIDX_INGEST_PUBLISHER_LINK_H
+#pragma once
 
 #include <cstdint>
 #include <memory>
@@ -88,7 +87,7 @@ class PublisherLink {
   void Resync(const char* why);
   void FinishResync();
   void MirrorCounters();
-  index::PublisherSlot* slot();
+  index::PublisherIngestState* slot();  // this publisher's ingest part, nullptr if gone
 
   zmq::context_t& ctx_;
   index::PrefixIndex* index_;
@@ -109,5 +108,3 @@ class PublisherLink {
 };
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_PUBLISHER_LINK_H

@@ -32,8 +32,7 @@
 //   sends requests to pods that miss.
 // - A publisher without a replay endpoint cannot be checked: its live stream is taken as it
 //   comes and any gap or backwards step drops its residencies.
-#ifndef KVIDX_INGEST_STREAM_MACHINE_H
-#define KVIDX_INGEST_STREAM_MACHINE_H
+#pragma once
 
 #include <array>
 #include <cstdint>
@@ -193,5 +192,3 @@ class StreamMachine {
 };
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_STREAM_MACHINE_H

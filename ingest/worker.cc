@@ -149,14 +149,14 @@ void Worker::SyncLinks() {
   std::map<index::PublisherId, PublisherConfig> wanted;
   for (index::PublisherId id : index_->ActivePublishers()) {
     const index::PublisherSlot* s = index_->publisher_slot(id);
-    if (s == nullptr || s->worker != worker_ || s->endpoint[0] == '\0') continue;
+    if (s == nullptr || s->id.worker != worker_ || s->id.endpoint[0] == '\0') continue;
     PublisherConfig pc;
-    pc.pod = s->pod;
-    pc.dp_rank = s->dp_rank;
-    pc.endpoint = s->endpoint;
-    pc.replay_endpoint = s->replay_endpoint;
-    pc.topic = s->topic;
-    std::string dialect = s->dialect;
+    pc.pod = s->id.pod;
+    pc.dp_rank = s->id.dp_rank;
+    pc.endpoint = s->id.endpoint;
+    pc.replay_endpoint = s->id.replay_endpoint;
+    pc.topic = s->id.topic;
+    std::string dialect = s->id.dialect;
     pc.bind = dialect.size() > 5 && dialect.substr(dialect.size() - 5) == "+bind";
     if (pc.bind) dialect.resize(dialect.size() - 5);
     pc.dialect = ParseDialect(dialect).value_or(Dialect::kAuto);
@@ -239,11 +239,11 @@ void Worker::Execute(index::Command& c, char* payload) {
         const index::PublisherSlot* s = index_->publisher_slot(id);
         // Only this worker's own publishers: another worker may be applying to its own right
         // now, and the publisher's journal and applied-op counter have one writer, its owner.
-        if (s == nullptr || pod != s->pod || s->worker != worker_ ||
-            (c.dp_rank >= 0 && s->dp_rank != uint32_t(c.dp_rank))) {
+        if (s == nullptr || pod != s->id.pod || s->id.worker != worker_ ||
+            (c.dp_rank >= 0 && s->id.dp_rank != uint32_t(c.dp_rank))) {
           continue;
         }
-        pairs += s->pairs;
+        pairs += s->index.pairs;
         applier_->Forget(id);
         absl::Status st = unregister ? index_->UnregisterPublisher(id) : index_->ClearPublisher(id);
         if (!st.ok()) {
@@ -333,8 +333,8 @@ void Worker::Execute(index::Command& c, char* payload) {
       // adapter namespaces) no longer holds for the cleared namespaces.
       for (index::PublisherId id : index_->ActivePublishers()) {
         const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s == nullptr || s->worker != worker_) continue;
-        if (std::find(targets.begin(), targets.end(), static_cast<index::NamespaceId>(s->ns)) ==
+        if (s == nullptr || s->id.worker != worker_) continue;
+        if (std::find(targets.begin(), targets.end(), static_cast<index::NamespaceId>(s->id.ns)) ==
             targets.end()) {
           continue;
         }

@@ -1,7 +1,6 @@
 // An ingest worker: owns the publishers whose stable hash picks it, runs their links in one
 // poll loop, and follows the publisher registry in the segment (config, admin RPCs).
-#ifndef KVIDX_INGEST_WORKER_H
-#define KVIDX_INGEST_WORKER_H
+#pragma once
 
 #include <atomic>
 #include <functional>
@@ -57,5 +56,3 @@ class Worker {
 };
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_INGEST_WORKER_H

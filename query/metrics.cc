@@ -125,9 +125,9 @@ class Snapshot final : public prometheus::Collectable {
     const index::SegmentHeader* h = service_->index().header();
     uint64_t apply_buckets[index::kLatencyBounds + 1];
     for (int i = 0; i <= index::kLatencyBounds; ++i)
-      apply_buckets[i] = index::Ld(h->apply_latency_buckets[i]);
+      apply_buckets[i] = index::Ld(h->ingest.apply_latency_buckets[i]);
     histogram("kvidx_apply_batch_seconds", "Time to decode and apply one event batch",
-              apply_buckets, index::Ld(h->apply_latency_sum_ns));
+              apply_buckets, index::Ld(h->ingest.apply_latency_sum_ns));
     return out;
   }
 

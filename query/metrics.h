@@ -1,7 +1,6 @@
 // Prometheus metrics for kvidx-query, read from the index and the service counters at each
 // scrape: totals as counters, levels as gauges, apply and lookup latencies as histograms.
-#ifndef KVIDX_QUERY_METRICS_H
-#define KVIDX_QUERY_METRICS_H
+#pragma once
 
 #include <atomic>
 #include <memory>
@@ -29,5 +28,3 @@ class Metrics {
 };
 
 }  // namespace kvidx::query
-
-#endif  // KVIDX_QUERY_METRICS_H

@@ -53,15 +53,16 @@ KvIndexService::KvIndexService(const config::Config& config,
 
 void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness* f,
                                    int64_t now_ns) const {
-  int64_t last = Ld(s.last_event_wall_ns);
+  int64_t last = Ld(s.ingest.last_event_wall_ns);
   if (now_ns == 0) now_ns = WallNanos();
   f->set_last_event_age_ms(last == 0 ? -1 : (now_ns - last) / 1'000'000);
-  f->set_gap_open(Ld(s.gap_open) != 0);
-  f->set_epoch(Ld(s.epoch));
-  f->set_connected(Ld(s.connected) != 0);
-  f->set_stream(wire::StreamStateName(static_cast<wire::StreamState>(Ld(s.stream_state) & 3)));
-  f->set_reachable(Ld(s.reachable) != 0);
-  int64_t heard = Ld(s.last_heard_wall_ns);
+  f->set_gap_open(Ld(s.ingest.gap_open) != 0);
+  f->set_epoch(Ld(s.ingest.epoch));
+  f->set_connected(Ld(s.ingest.connected) != 0);
+  f->set_stream(
+      wire::StreamStateName(static_cast<wire::StreamState>(Ld(s.ingest.stream_state) & 3)));
+  f->set_reachable(Ld(s.ingest.reachable) != 0);
+  int64_t heard = Ld(s.ingest.last_heard_wall_ns);
   f->set_last_heard_age_ms(heard == 0 ? -1 : (now_ns - heard) / 1'000'000);
 }
 
@@ -132,8 +133,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   for (const auto& c : q.candidates()) {
     for (index::PublisherId id : index_->ActivePublishers()) {
       const index::PublisherSlot* s = index_->publisher_slot(id);
-      if (s != nullptr && c.pod() == s->pod &&
-          (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->dp_rank)) {
+      if (s != nullptr && c.pod() == s->id.pod &&
+          (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->id.dp_rank)) {
         candidates.push_back(id);
       }
     }
@@ -151,8 +152,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     const index::PublisherSlot* s = index_->publisher_slot(m.publisher);
     if (s == nullptr) continue;
     v1::PodMatch* pm = out->add_matches();
-    pm->set_pod(Str(s->pod, sizeof(s->pod)));
-    pm->set_dp_rank(s->dp_rank);
+    pm->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
+    pm->set_dp_rank(s->id.dp_rank);
     pm->set_matched_blocks(m.blocks);
     pm->set_matched_tokens(uint64_t{m.blocks} * bs);
     pm->set_gpu_blocks(m.tier_blocks[index::kGpu]);
@@ -238,14 +239,15 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
       s.pair_capacity ? static_cast<double>(s.pairs) / static_cast<double>(s.pair_capacity) : 0);
   resp->set_segment_bytes(s.segment_bytes);
   resp->set_bytes_per_pair(s.bytes_per_live_pair);
-  resp->set_batches_applied(Ld(h->batches_applied));
-  resp->set_events_applied(Ld(h->events_applied));
+  resp->set_batches_applied(Ld(h->ingest.batches_applied));
+  resp->set_events_applied(Ld(h->ingest.events_applied));
   auto& rejected = *resp->mutable_events_rejected();
   for (int r = 1; r < static_cast<int>(wire::DecodeReason::kNumReasons) && r < 8; ++r) {
-    rejected[wire::DecodeReasonName(static_cast<wire::DecodeReason>(r))] = Ld(h->decode_errors[r]);
+    rejected[wire::DecodeReasonName(static_cast<wire::DecodeReason>(r))] =
+        Ld(h->ingest.decode_errors[r]);
   }
-  rejected["unknown_event"] = Ld(h->unknown_events);
-  resp->set_garbage_frames(Ld(h->garbage_frames));
+  rejected["unknown_event"] = Ld(h->ingest.unknown_events);
+  resp->set_garbage_frames(Ld(h->ingest.garbage_frames));
   uint64_t lookups = counters_.lookups.load();
   resp->set_lookups(lookups);
   resp->set_hit_rate(lookups ? static_cast<double>(counters_.lookup_hits.load()) /
@@ -262,21 +264,21 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   for (auto id : index_->ActivePublishers()) {
     const index::PublisherSlot* p = index_->publisher_slot(id);
     if (p == nullptr) continue;
-    replays += Ld(p->replays);
-    gaps += Ld(p->gaps);
-    resyncs += Ld(p->resyncs);
+    replays += Ld(p->ingest.replays);
+    gaps += Ld(p->ingest.gaps);
+    resyncs += Ld(p->ingest.resyncs);
     const index::NamespaceSlot* nss =
-        index_->namespace_slot(static_cast<index::NamespaceId>(p->ns));
-    if (nss != nullptr) tokens += Ld(p->pairs) * nss->block_size;
-    v1::WorkerLag& w = lag[p->worker];
-    w.set_worker(p->worker);
+        index_->namespace_slot(static_cast<index::NamespaceId>(p->id.ns));
+    if (nss != nullptr) tokens += Ld(p->index.pairs) * nss->block_size;
+    v1::WorkerLag& w = lag[p->id.worker];
+    w.set_worker(p->id.worker);
     w.set_publishers(w.publishers() + 1);
-    int64_t last = Ld(p->last_event_wall_ns);
-    if (Ld(p->connected) && last != 0) {
+    int64_t last = Ld(p->ingest.last_event_wall_ns);
+    if (Ld(p->ingest.connected) && last != 0) {
       w.set_max_last_event_age_ms(
           std::max(w.max_last_event_age_ms(), (WallNanos() - last) / 1'000'000));
     }
-    if (Ld(p->gap_open)) w.set_open_gaps(w.open_gaps() + 1);
+    if (Ld(p->ingest.gap_open)) w.set_open_gaps(w.open_gaps() + 1);
   }
   // Healthy: every worker that owns publishers has a live process.
   for (auto& [w, l] : lag) {
@@ -302,52 +304,52 @@ grpc::Status KvIndexService::Stats(grpc::ServerContext*, const v1::StatsRequest*
 void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   const index::PublisherSlot* s = index_->publisher_slot(id);
   if (s == nullptr) return;
-  pod->set_pod(Str(s->pod, sizeof(s->pod)));
-  pod->set_dp_rank(s->dp_rank);
+  pod->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
+  pod->set_dp_rank(s->id.dp_rank);
   if (const index::NamespaceSlot* nss =
-          index_->namespace_slot(static_cast<index::NamespaceId>(s->ns))) {
+          index_->namespace_slot(static_cast<index::NamespaceId>(s->id.ns))) {
     pod->set_model(Str(nss->model, sizeof(nss->model)));
   }
-  pod->set_endpoint(Str(s->endpoint, sizeof(s->endpoint)));
-  pod->set_replay_endpoint(Str(s->replay_endpoint, sizeof(s->replay_endpoint)));
-  pod->set_topic(Str(s->topic, sizeof(s->topic)));
-  pod->set_dialect(Str(s->dialect, sizeof(s->dialect)));
-  pod->set_worker(s->worker);
+  pod->set_endpoint(Str(s->id.endpoint, sizeof(s->id.endpoint)));
+  pod->set_replay_endpoint(Str(s->id.replay_endpoint, sizeof(s->id.replay_endpoint)));
+  pod->set_topic(Str(s->id.topic, sizeof(s->id.topic)));
+  pod->set_dialect(Str(s->id.dialect, sizeof(s->id.dialect)));
+  pod->set_worker(s->id.worker);
   FillFreshness(*s, pod->mutable_freshness());
-  pod->set_last_seq(Ld(s->last_seq));
-  pod->set_has_seq(Ld(s->has_seq) != 0);
-  pod->set_pairs(Ld(s->pairs));
-  pod->set_quota_pairs(Ld(s->quota_pairs));
+  pod->set_last_seq(Ld(s->ingest.last_seq));
+  pod->set_has_seq(Ld(s->ingest.has_seq) != 0);
+  pod->set_pairs(Ld(s->index.pairs));
+  pod->set_quota_pairs(Ld(s->id.quota_pairs));
   auto& c = *pod->mutable_counters();
-  c["batches"] = Ld(s->batches);
-  c["events"] = Ld(s->events);
-  c["stored_blocks"] = Ld(s->stored_blocks);
-  c["removed_blocks"] = Ld(s->removed_blocks);
-  c["duplicate_stores"] = Ld(s->duplicate_stores);
-  c["unknown_removes"] = Ld(s->unknown_removes);
-  c["orphan_blocks"] = Ld(s->orphan_blocks);
-  c["unresolved_blocks"] = Ld(s->unresolved_blocks);
-  c["clears"] = Ld(s->clears);
-  c["evicted_pairs"] = Ld(s->evicted_pairs);
-  c["rejected_stores"] = Ld(s->rejected_stores);
-  c["decode_errors"] = Ld(s->decode_errors);
-  c["gaps"] = Ld(s->gaps);
-  c["replays"] = Ld(s->replays);
-  c["replay_batches"] = Ld(s->replay_batches);
-  c["resyncs"] = Ld(s->resyncs);
-  c["probes"] = Ld(s->probes);
-  c["restarts"] = Ld(s->restarts);
-  c["unverifiable_gaps"] = Ld(s->unverifiable_gaps);
-  c["stale_drops"] = Ld(s->stale_drops);
-  c["block_size_mismatches"] = Ld(s->block_size_mismatches);
-  c["engine_table_full"] = Ld(s->engine_table_full);
-  c["engine_hash_conflicts"] = Ld(s->engine_hash_conflicts);
-  c["foreign_model_events"] = Ld(s->foreign_model_events);
-  c["adapter_limit_events"] = Ld(s->adapter_limit_events);
-  c["mismatched_block_size"] = Ld(s->mismatched_block_size);
-  c["connects"] = Ld(s->connects);
-  c["disconnects"] = Ld(s->disconnects);
-  c["connect_retries"] = Ld(s->connect_retries);
+  c["batches"] = Ld(s->ingest.batches);
+  c["events"] = Ld(s->ingest.events);
+  c["stored_blocks"] = Ld(s->index.stored_blocks);
+  c["removed_blocks"] = Ld(s->index.removed_blocks);
+  c["duplicate_stores"] = Ld(s->index.duplicate_stores);
+  c["unknown_removes"] = Ld(s->index.unknown_removes);
+  c["orphan_blocks"] = Ld(s->index.orphan_blocks);
+  c["unresolved_blocks"] = Ld(s->index.unresolved_blocks);
+  c["clears"] = Ld(s->index.clears);
+  c["evicted_pairs"] = Ld(s->index.evicted_pairs);
+  c["rejected_stores"] = Ld(s->index.rejected_stores);
+  c["decode_errors"] = Ld(s->ingest.decode_errors);
+  c["gaps"] = Ld(s->ingest.gaps);
+  c["replays"] = Ld(s->ingest.replays);
+  c["replay_batches"] = Ld(s->ingest.replay_batches);
+  c["resyncs"] = Ld(s->ingest.resyncs);
+  c["probes"] = Ld(s->ingest.probes);
+  c["restarts"] = Ld(s->ingest.restarts);
+  c["unverifiable_gaps"] = Ld(s->ingest.unverifiable_gaps);
+  c["stale_drops"] = Ld(s->ingest.stale_drops);
+  c["block_size_mismatches"] = Ld(s->ingest.block_size_mismatches);
+  c["engine_table_full"] = Ld(s->index.engine_table_full);
+  c["engine_hash_conflicts"] = Ld(s->index.engine_hash_conflicts);
+  c["foreign_model_events"] = Ld(s->ingest.foreign_model_events);
+  c["adapter_limit_events"] = Ld(s->ingest.adapter_limit_events);
+  c["mismatched_block_size"] = Ld(s->ingest.mismatched_block_size);
+  c["connects"] = Ld(s->ingest.connects);
+  c["disconnects"] = Ld(s->ingest.disconnects);
+  c["connect_retries"] = Ld(s->ingest.connect_retries);
 }
 
 grpc::Status KvIndexService::ListPods(grpc::ServerContext*, const v1::ListPodsRequest*,
@@ -450,7 +452,7 @@ grpc::Status KvIndexService::CommandForPod(const std::string& pod, uint32_t dp_r
   if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", pod);
   *c = index::Command{};
   c->op = static_cast<uint32_t>(op);
-  c->worker = index_->publisher_slot(*id)->worker;
+  c->worker = index_->publisher_slot(*id)->id.worker;
   c->dp_rank = static_cast<int32_t>(dp_rank);
   Copy(c->pod, sizeof(c->pod), pod);
   return grpc::Status::OK;
@@ -487,10 +489,10 @@ grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest*
       std::set<uint32_t> owners;
       for (auto id : index_->ActivePublishers()) {
         const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s != nullptr && req->pod().pod() == s->pod &&
-            (c.dp_rank < 0 || uint32_t(c.dp_rank) == s->dp_rank)) {
-          owners.insert(s->worker);
-          resp->set_pairs_cleared(resp->pairs_cleared() + Ld(s->pairs));
+        if (s != nullptr && req->pod().pod() == s->id.pod &&
+            (c.dp_rank < 0 || uint32_t(c.dp_rank) == s->id.dp_rank)) {
+          owners.insert(s->id.worker);
+          resp->set_pairs_cleared(resp->pairs_cleared() + Ld(s->index.pairs));
         }
       }
       if (owners.empty())
@@ -577,8 +579,8 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
           continue;
         }
         if (const index::PublisherSlot* s = index_->publisher_slot(pub)) {
-          a->set_pod(Str(s->pod, sizeof(s->pod)));
-          a->set_dp_rank(s->dp_rank);
+          a->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
+          a->set_dp_rank(s->id.dp_rank);
         }
         if (const index::NamespaceSlot* nss = index_->namespace_slot(ns)) {
           a->set_model(Str(nss->model, sizeof(nss->model)));

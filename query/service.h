@@ -5,8 +5,7 @@
 // Errors: INVALID_ARGUMENT with a reason for bad input (too many tokens, too many queries, no
 // input), RESOURCE_EXHAUSTED past max_inflight_rpcs, NOT_FOUND for unknown pods in GetPod and
 // admin calls, UNAVAILABLE when no ingest worker takes an admin command.
-#ifndef KVIDX_QUERY_SERVICE_H
-#define KVIDX_QUERY_SERVICE_H
+#pragma once
 
 #include <atomic>
 #include <memory>
@@ -89,5 +88,3 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
 grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::string& message);
 
 }  // namespace kvidx::query
-
-#endif  // KVIDX_QUERY_SERVICE_H

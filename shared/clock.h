@@ -1,6 +1,5 @@
 // Monotonic and wall clocks in nanoseconds.
-#ifndef KVIDX_SHARED_CLOCK_H
-#define KVIDX_SHARED_CLOCK_H
+#pragma once
 
 #include <time.h>
 
@@ -21,5 +20,3 @@ inline int64_t WallNanos() {
 }
 
 }  // namespace kvidx
-
-#endif  // KVIDX_SHARED_CLOCK_H

@@ -1,8 +1,7 @@
 // Minimal leveled logging to stderr (journald picks it up under systemd).
 //
 // Thread-safe: each line is formatted into one buffer and written with a single fwrite.
-#ifndef KVIDX_SHARED_LOG_H
-#define KVIDX_SHARED_LOG_H
+#pragma once
 
 #include <cstdarg>
 
@@ -26,5 +25,3 @@ void Logf(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2,
 #define KVIDX_LOG_INFO(...) ::kvidx::Logf(::kvidx::LogLevel::kInfo, __VA_ARGS__)
 #define KVIDX_LOG_WARN(...) ::kvidx::Logf(::kvidx::LogLevel::kWarn, __VA_ARGS__)
 #define KVIDX_LOG_ERROR(...) ::kvidx::Logf(::kvidx::LogLevel::kError, __VA_ARGS__)
-
-#endif  // KVIDX_SHARED_LOG_H

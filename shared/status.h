@@ -3,8 +3,7 @@
 // Debian's Abseil (20220623) lacks RETURN_IF_ERROR / ASSIGN_OR_RETURN and absl/log, so kvidx
 // defines its own once, here. KVIDX_CHECK guards invariants (never input): a failed check logs
 // the condition with its location and aborts, so systemd restarts the process.
-#ifndef KVIDX_SHARED_STATUS_H
-#define KVIDX_SHARED_STATUS_H
+#pragma once
 
 #include <cstdio>
 #include <cstdlib>
@@ -55,5 +54,3 @@ namespace kvidx::internal {
   if (!tmp.ok()) return std::move(tmp).status();     \
   lhs = std::move(tmp).value()
 // NOLINTEND(bugprone-macro-parentheses)
-
-#endif  // KVIDX_SHARED_STATUS_H

@@ -1,6 +1,5 @@
 // Reads the hand-written payloads of tests/data/*.hex: hex byte pairs, '#' starts a comment.
-#ifndef KVIDX_TESTS_TEST_DATA_H
-#define KVIDX_TESTS_TEST_DATA_H
+#pragma once
 
 #include <cstdint>
 #include <fstream>
@@ -26,5 +25,3 @@ inline std::vector<uint8_t> ReadHexFile(const std::string& name) {
 }
 
 }  // namespace kvidx::testing
-
-#endif  // KVIDX_TESTS_TEST_DATA_H

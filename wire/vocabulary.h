@@ -1,8 +1,7 @@
 // The vocabulary ingest and query share about publishers' streams: the engine dialects, why a
 // batch was rejected, and the state a publisher's stream is in. Words only; no logic. Both sides
 // use it so that neither includes the other (docs/architecture.md).
-#ifndef KVIDX_WIRE_VOCABULARY_H
-#define KVIDX_WIRE_VOCABULARY_H
+#pragma once
 
 #include <cstdint>
 #include <optional>
@@ -47,5 +46,3 @@ enum class StreamState : uint8_t {
 const char* StreamStateName(StreamState s);
 
 }  // namespace kvidx::wire
-
-#endif  // KVIDX_WIRE_VOCABULARY_H

@@ -1,8 +1,7 @@
 // Child processes in tests: every fork is owned by a guard that SIGKILLs and reaps it when the
 // guard goes out of scope (a failed ASSERT returns early; the child must not outlive the test),
 // children die with the test process (PR_SET_PDEATHSIG), and every wait has a deadline.
-#ifndef KVIDX_TESTS_COMMON_CHILDREN_H
-#define KVIDX_TESTS_COMMON_CHILDREN_H
+#pragma once
 
 #include <signal.h>
 #include <sys/prctl.h>
@@ -105,5 +104,3 @@ ChildGuard ForkChild(F&& body) {
 }
 
 }  // namespace kvidx::testing
-
-#endif  // KVIDX_TESTS_COMMON_CHILDREN_H

@@ -69,8 +69,8 @@ TEST(ConcurrencyTest, ConcurrentWritersAndReaderEndEqualToModel) {
   EXPECT_GT(lookups.load(), 0u);
   EXPECT_GT(model.size(), 0u);
   EXPECT_EQ(model.Diff(idx), "");
-  EXPECT_EQ(idx.publisher_slot(a)->applied_ops, n);
-  EXPECT_EQ(idx.publisher_slot(b)->applied_ops, n);
+  EXPECT_EQ(idx.publisher_slot(a)->index.applied_ops, n);
+  EXPECT_EQ(idx.publisher_slot(b)->index.applied_ops, n);
 }
 
 }  // namespace

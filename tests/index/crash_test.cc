@@ -103,7 +103,7 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
   int reader_kept_going = 0;
   int parked_kills = 0;  // kills of a writer parked inside a stripe update by the hook
   for (int cycle = 0; cycle < 60; ++cycle) {
-    uint64_t start = idx.publisher_slot(a)->applied_ops;
+    uint64_t start = idx.publisher_slot(a)->index.applied_ops;
     ASSERT_LT(start + 30000, n) << "the stream must outlast every cycle (cycle " << cycle << ")";
     sh->progress.store(start);
     sh->parked.store(0);
@@ -163,16 +163,16 @@ TEST(CrashTest, WriterKilledMidUpdateNeverStallsReadersAndRecoversExactly) {
     ASSERT_TRUE(idx.RecoverPublisher(a).ok());
     idx.RepairAbandonedStripes();
     mid_update += idx.Stats().stripe_repairs != repairs_before;
-    uint64_t applied = idx.publisher_slot(a)->applied_ops;
+    uint64_t applied = idx.publisher_slot(a)->index.applied_ops;
     ASSERT_GE(applied, start);
     for (; modelled < applied; ++modelled) model.Apply(a, sa[modelled]);
     std::string diff = model.Diff(idx);
     ASSERT_EQ(diff, "") << "after kill " << kills << " at op " << applied;
-    EXPECT_EQ(idx.publisher_slot(a)->journal.op, 0u);
+    EXPECT_EQ(idx.publisher_slot(a)->index.journal.op, 0u);
     // Pair counts are exact again after recovery.
     uint64_t pairs = 0;
     for (const auto& e : idx.Dump()) pairs += e.holder.publisher == a;
-    EXPECT_EQ(idx.publisher_slot(a)->pairs, pairs);
+    EXPECT_EQ(idx.publisher_slot(a)->index.pairs, pairs);
   }
   sh->stop = true;
   int rstatus = reader.Wait(std::chrono::seconds(30));

@@ -55,8 +55,8 @@ TEST(MultiProcessTest, TwoWriterProcessesAndAReaderEndEqualToModel) {
         if ((m.publisher != a && m.publisher != b) || m.blocks > kBlocksPerPrompt) ++rep.bad;
       }
       ++rep.lookups;
-      if (view.publisher_slot(a)->applied_ops == n && view.publisher_slot(b)->applied_ops == n &&
-          rep.lookups > 1000) {
+      if (view.publisher_slot(a)->index.applied_ops == n &&
+          view.publisher_slot(b)->index.applied_ops == n && rep.lookups > 1000) {
         break;
       }
     }

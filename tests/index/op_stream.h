@@ -1,7 +1,6 @@
 // Random per-publisher streams of index operations over prompts that share prefixes, and a
 // reference model to compare the index with after (possibly concurrent, possibly crashed) runs.
-#ifndef KVIDX_TESTS_INDEX_OP_STREAM_H
-#define KVIDX_TESTS_INDEX_OP_STREAM_H
+#pragma once
 
 #include <map>
 #include <optional>
@@ -172,5 +171,3 @@ class Model {
 };
 
 }  // namespace kvidx::testing
-
-#endif  // KVIDX_TESTS_INDEX_OP_STREAM_H

@@ -140,8 +140,8 @@ TEST_F(PrefixIndexTest, StoreThenLookupMatchesLeadingBlocks) {
   std::vector<uint32_t> diverge = prompt;
   diverge[13] = 7;
   EXPECT_EQ(Matched(ns, diverge, a), 3u);
-  EXPECT_EQ(slot(a).stored_blocks, 6u);
-  EXPECT_EQ(slot(a).pairs, 6u);
+  EXPECT_EQ(slot(a).index.stored_blocks, 6u);
+  EXPECT_EQ(slot(a).index.pairs, 6u);
 }
 
 TEST_F(PrefixIndexTest, ParentHashChainsAcrossEvents) {
@@ -159,9 +159,9 @@ TEST_F(PrefixIndexTest, UnknownParentIsAnOrphanAndStoresNothing) {
   StoreResult r = StoreTokens(a, Tokens(1, 8), 10, /*parent=*/999);
   EXPECT_TRUE(r.orphan);
   EXPECT_EQ(r.stored, 0u);
-  EXPECT_EQ(slot(a).orphan_blocks, 2u);
+  EXPECT_EQ(slot(a).index.orphan_blocks, 2u);
   EXPECT_EQ(idx().Stats().blocks, 0u);
-  EXPECT_EQ(slot(a).applied_ops, 2u);  // counted as applied (no-ops) for sequence bookkeeping
+  EXPECT_EQ(slot(a).index.applied_ops, 2u);  // counted as applied (no-ops) for sequence bookkeeping
 }
 
 TEST_F(PrefixIndexTest, DuplicateStoresAreReferenceCounted) {
@@ -171,14 +171,14 @@ TEST_F(PrefixIndexTest, DuplicateStoresAreReferenceCounted) {
   StoreTokens(a, t, 42);
   StoreResult r = StoreTokens(a, t, 42);
   EXPECT_EQ(r.duplicates, 1u);
-  EXPECT_EQ(slot(a).duplicate_stores, 1u);
-  EXPECT_EQ(slot(a).pairs, 1u);
+  EXPECT_EQ(slot(a).index.duplicate_stores, 1u);
+  EXPECT_EQ(slot(a).index.pairs, 1u);
   ASSERT_TRUE(idx().Remove(a, kGpu, 42).ok());
   EXPECT_EQ(Matched(ns, t, a), 1u);  // one reference left
   ASSERT_TRUE(idx().Remove(a, kGpu, 42).ok());
   EXPECT_EQ(Matched(ns, t, a), 0u);
   EXPECT_EQ(idx().Stats().blocks, 0u);
-  EXPECT_EQ(slot(a).pairs, 0u);
+  EXPECT_EQ(slot(a).index.pairs, 0u);
 }
 
 TEST_F(PrefixIndexTest, RemoveOfUnknownHashIsNotFoundAndCounted) {
@@ -186,11 +186,11 @@ TEST_F(PrefixIndexTest, RemoveOfUnknownHashIsNotFoundAndCounted) {
   PublisherId a = Pub("a", ns);
   PublisherId b = Pub("b", ns);
   EXPECT_TRUE(absl::IsNotFound(idx().Remove(a, kGpu, 12345)));
-  EXPECT_EQ(slot(a).unknown_removes, 1u);
+  EXPECT_EQ(slot(a).index.unknown_removes, 1u);
   // Known hash, but `b` never stored it: also NOT_FOUND, and a's residency stays.
   StoreTokens(a, Tokens(1, 4), 77);
   EXPECT_TRUE(absl::IsNotFound(idx().Remove(b, kGpu, 77)));
-  EXPECT_EQ(slot(b).unknown_removes, 1u);
+  EXPECT_EQ(slot(b).index.unknown_removes, 1u);
   EXPECT_EQ(Matched(ns, Tokens(1, 4), a), 1u);
   // Known hash, wrong tier.
   EXPECT_TRUE(absl::IsNotFound(idx().Remove(a, kCpu, 77)));
@@ -229,7 +229,7 @@ TEST_F(PrefixIndexTest, TokenlessStoresResolveThroughEngineHashes) {
   r = idx().Store(a, cpu);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->unresolved, 1u);
-  EXPECT_EQ(slot(a).unresolved_blocks, 1u);
+  EXPECT_EQ(slot(a).index.unresolved_blocks, 1u);
 }
 
 TEST_F(PrefixIndexTest, LoraNamespacesNeverMatchEachOther) {
@@ -282,14 +282,14 @@ TEST_F(PrefixIndexTest, ClearPublisherAndNamespaceAndUnregister) {
   ASSERT_TRUE(idx().ClearPublisher(a).ok());
   EXPECT_EQ(Matched(ns, t, a), 0u);
   EXPECT_EQ(Matched(ns, t, b), 4u);
-  EXPECT_EQ(slot(a).pairs, 0u);
-  EXPECT_EQ(slot(a).clears, 1u);
+  EXPECT_EQ(slot(a).index.pairs, 0u);
+  EXPECT_EQ(slot(a).index.clears, 1u);
   auto dropped = idx().ClearNamespace(ns);
   ASSERT_TRUE(dropped.ok());
   EXPECT_EQ(*dropped, 4u);
   EXPECT_EQ(Matched(ns, t, b), 0u);
   EXPECT_EQ(Matched(ns2, t, c), 4u);
-  EXPECT_EQ(slot(b).pairs, 0u);
+  EXPECT_EQ(slot(b).index.pairs, 0u);
   ASSERT_TRUE(idx().UnregisterPublisher(c).ok());
   EXPECT_EQ(idx().publisher_slot(c), nullptr);
   EXPECT_EQ(idx().Stats().blocks, 0u);
@@ -349,8 +349,8 @@ TEST(PrefixIndexCapacityTest, FullTableEvictsLeastRecentlyStoredAndKeepsServing)
   IndexStats s = idx.Stats();
   EXPECT_EQ(s.blocks, cap);
   EXPECT_EQ(s.evicted_blocks, 10u);
-  EXPECT_EQ(idx.publisher_slot(a)->evicted_pairs, 10u);
-  EXPECT_EQ(idx.publisher_slot(a)->pairs, cap);
+  EXPECT_EQ(idx.publisher_slot(a)->index.evicted_pairs, 10u);
+  EXPECT_EQ(idx.publisher_slot(a)->index.pairs, cap);
   // The oldest ten are gone, the newest are there.
   auto held = [&](uint32_t tok) {
     auto keys = *idx.KeysForTokens(ns, std::span<const uint32_t>(&tok, 1));
@@ -408,7 +408,7 @@ TEST(PrefixIndexCapacityTest, EngineTableSweepsStaleEntriesAndKeepsLiveOnes) {
     ASSERT_TRUE(idx.Remove(a, kGpu, 5000 + i).ok()) << i;
   }
   EXPECT_EQ(idx.Stats().blocks, 0u);
-  EXPECT_EQ(idx.publisher_slot(a)->unknown_removes, 0u);
+  EXPECT_EQ(idx.publisher_slot(a)->index.unknown_removes, 0u);
 }
 
 TEST(PrefixIndexCapacityTest, QuotaEvictsThePublishersOwnOldest) {
@@ -432,9 +432,9 @@ TEST(PrefixIndexCapacityTest, QuotaEvictsThePublishersOwnOldest) {
   };
   store(b, 5000);  // b's block is older than all of a's
   for (uint32_t i = 0; i < 20; ++i) store(a, i);
-  EXPECT_EQ(idx.publisher_slot(a)->pairs, 8u);
-  EXPECT_EQ(idx.publisher_slot(a)->quota_evictions, 12u);
-  EXPECT_EQ(idx.publisher_slot(b)->pairs, 1u);  // untouched by a's quota
+  EXPECT_EQ(idx.publisher_slot(a)->index.pairs, 8u);
+  EXPECT_EQ(idx.publisher_slot(a)->index.quota_evictions, 12u);
+  EXPECT_EQ(idx.publisher_slot(b)->index.pairs, 1u);  // untouched by a's quota
 }
 
 TEST(PrefixIndexReadOnlyTest, ReadOnlyAttachmentServesLookupsAndRefusesWrites) {
@@ -576,7 +576,7 @@ TEST(EngineTableTest, FullTableRefusesStoresInsteadOfLosingTheirRemovals) {
   }
   EXPECT_GT(refused, 0u);
   uint64_t counted = 0;
-  for (PublisherId p : pods) counted += idx.publisher_slot(p)->engine_table_full;
+  for (PublisherId p : pods) counted += idx.publisher_slot(p)->index.engine_table_full;
   EXPECT_EQ(counted, refused);
   EXPECT_LE(idx.Stats().engine_entries, idx.Stats().engine_capacity);
   // Every residency kept can be removed by its engine hash: nothing outlives the engine.
@@ -585,7 +585,7 @@ TEST(EngineTableTest, FullTableRefusesStoresInsteadOfLosingTheirRemovals) {
       (void)idx.Remove(pods[i], kGpu, uint64_t{blk} * 1000 + i);
   }
   EXPECT_EQ(idx.Dump().size(), 0u) << "residencies whose removal could not be resolved";
-  for (PublisherId p : pods) EXPECT_EQ(idx.publisher_slot(p)->pairs, 0u);
+  for (PublisherId p : pods) EXPECT_EQ(idx.publisher_slot(p)->index.pairs, 0u);
 }
 
 TEST(EngineTableTest, DefaultSizeCoversOneEntryPerPair) {
@@ -620,7 +620,7 @@ TEST(EngineTableTest, AMappingNeverChangesWhatALiveEntryMeans) {
   ASSERT_NE(key_a, key_b);
   EXPECT_EQ(idx.ResolveEngineHash(ns, a, page), key_a);
   EXPECT_EQ(idx.ResolveEngineHash(ns, b, page), key_b);
-  EXPECT_EQ(idx.publisher_slot(b)->engine_hash_conflicts, 1u);
+  EXPECT_EQ(idx.publisher_slot(b)->index.engine_hash_conflicts, 1u);
   // a's child of page chains under a's block.
   store(a, {11}, {8, 8}, page);
   EXPECT_EQ(idx.Lookup(*idx.KeysForTokens(ns, std::vector<uint32_t>{1, 2, 7, 7, 8, 8}))
@@ -633,8 +633,8 @@ TEST(EngineTableTest, AMappingNeverChangesWhatALiveEntryMeans) {
   ASSERT_EQ(idx.Holders(key_b).size(), 1u);
   EXPECT_TRUE(idx.Remove(b, kGpu, page).ok());
   EXPECT_TRUE(idx.Holders(key_b).empty());
-  EXPECT_EQ(idx.publisher_slot(a)->unknown_removes, 0u);
-  EXPECT_EQ(idx.publisher_slot(b)->unknown_removes, 0u);
+  EXPECT_EQ(idx.publisher_slot(a)->index.unknown_removes, 0u);
+  EXPECT_EQ(idx.publisher_slot(b)->index.unknown_removes, 0u);
 }
 
 // Issue 9, defect 7 (second half): a long clear keeps the worker's watchdog fed.

@@ -162,7 +162,7 @@ TEST(SmallTablesTest, TwoKilledWritersNeverLeaveForeignDataWhenEveryTableFills) 
   for (int cycle = 0; cycle < 30; ++cycle) {
     uint64_t start[4];
     for (int i = 0; i < 4; ++i) {
-      start[i] = idx.publisher_slot(pubs[i])->applied_ops;
+      start[i] = idx.publisher_slot(pubs[i])->index.applied_ops;
       ASSERT_LT(start[i] + 2000, n);
       pr->started[i].store(start[i]);
     }
@@ -203,7 +203,7 @@ TEST(SmallTablesTest, TwoKilledWritersNeverLeaveForeignDataWhenEveryTableFills) 
     idx.RepairAbandonedStripes();
     ASSERT_EQ(idx.StripesMidUpdate(), 0u);
     for (int i = 0; i < 4; ++i) {
-      uint64_t applied = idx.publisher_slot(pubs[i])->applied_ops;
+      uint64_t applied = idx.publisher_slot(pubs[i])->index.applied_ops;
       ASSERT_GE(applied, start[i]);
       for (; modelled[i] < applied; ++modelled[i])
         model.Apply(pubs[i], hashing[i], streams[i][modelled[i]]);
@@ -212,16 +212,16 @@ TEST(SmallTablesTest, TwoKilledWritersNeverLeaveForeignDataWhenEveryTableFills) 
     ASSERT_EQ(diff, "") << "cycle " << cycle;
     std::map<PublisherId, uint64_t> pairs;
     for (const auto& e : idx.Dump()) ++pairs[e.holder.publisher];
-    for (int i = 0; i < 4; ++i) EXPECT_EQ(idx.publisher_slot(pubs[i])->pairs, pairs[pubs[i]]);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(idx.publisher_slot(pubs[i])->index.pairs, pairs[pubs[i]]);
     EXPECT_LE(pairs[pubs[3]], 40u) << "quota exceeded";
   }
   IndexStats st = idx.Stats();
   uint64_t conflicts = 0, refused = 0, evicted = 0, quota = 0;
   for (PublisherId p : pubs) {
-    conflicts += idx.publisher_slot(p)->engine_hash_conflicts;
-    refused += idx.publisher_slot(p)->engine_table_full;
-    evicted += idx.publisher_slot(p)->evicted_pairs;
-    quota += idx.publisher_slot(p)->quota_evictions;
+    conflicts += idx.publisher_slot(p)->index.engine_hash_conflicts;
+    refused += idx.publisher_slot(p)->index.engine_table_full;
+    evicted += idx.publisher_slot(p)->index.evicted_pairs;
+    quota += idx.publisher_slot(p)->index.quota_evictions;
   }
   std::printf(
       "ops applied %lu/%lu/%lu/%lu; evicted pairs %lu, quota evictions %lu, engine table "

@@ -1,6 +1,5 @@
 // Helpers for tests that use a real shared-memory segment: unique names, removal on exit.
-#ifndef KVIDX_TESTS_INDEX_TEST_UTIL_H
-#define KVIDX_TESTS_INDEX_TEST_UTIL_H
+#pragma once
 
 #include <unistd.h>
 
@@ -58,5 +57,3 @@ class ScopedSegment {
 };
 
 }  // namespace kvidx::testing
-
-#endif  // KVIDX_TESTS_INDEX_TEST_UTIL_H

@@ -65,7 +65,7 @@ TEST_F(ApplierTest, LoraEventsGoToTheirOwnNamespaceAndRemovalsFindThem) {
   rm.events.push_back(r);
   ASSERT_TRUE(applier_->Apply(pub_, rm).ok());
   EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 1u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->unknown_removes, 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.unknown_removes, 0u);
 }
 
 TEST_F(ApplierTest, SkipOpsResumesInsideABatch) {
@@ -79,11 +79,11 @@ TEST_F(ApplierTest, SkipOpsResumesInsideABatch) {
   EventBatch first;
   first.events.push_back(Stored({1, 2}, {1, 2, 3, 4}));
   ASSERT_TRUE(applier_->Apply(pub_, first).ok());
-  uint64_t before = idx().publisher_slot(pub_)->applied_ops;
+  uint64_t before = idx().publisher_slot(pub_)->index.applied_ops;
   ASSERT_EQ(before, 2u);
   ASSERT_TRUE(applier_->Apply(pub_, b, /*skip_ops=*/2).ok());
-  EXPECT_EQ(idx().publisher_slot(pub_)->applied_ops, 4u);  // 1 store + 1 remove applied
-  EXPECT_EQ(idx().publisher_slot(pub_)->duplicate_stores, 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.applied_ops, 4u);  // 1 store + 1 remove applied
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.duplicate_stores, 0u);
   auto keys = *idx().KeysForTokens(base_, std::vector<uint32_t>{1, 2, 3, 4, 5, 6});
   EXPECT_TRUE(idx().Holders(keys[0]).empty());   // removed
   EXPECT_EQ(idx().Holders(keys[2]).size(), 1u);  // the third block, keyed from its parent
@@ -110,7 +110,7 @@ TEST_F(ApplierTest, SequenceIdFormStoresRemovesAndCountsOrphans) {
   b.events.push_back(other);
   ASSERT_TRUE(applier_->Apply(pub_, b).ok());
   EXPECT_EQ(Matched(base_, {1, 2, 3, 4, 5, 6}), 3u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->orphan_blocks, 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.orphan_blocks, 1u);
   EventBatch rm;
   Event r;
   r.kind = EventKind::kSeqRemoved;
@@ -140,7 +140,7 @@ TEST_F(ApplierTest, ClearedEventClearsThePublisher) {
   b.events.push_back(c);
   ASSERT_TRUE(applier_->Apply(pub_, b).ok());
   EXPECT_EQ(Matched(base_, {1, 2}), 0u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->clears, 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.clears, 1u);
 }
 
 TEST_F(ApplierTest, UnknownPublisherIsNotFound) {
@@ -158,7 +158,7 @@ TEST_F(ApplierTest, EmptyEventsBeforeAPartlyAppliedOneKeepTheResumeSkip) {
     EventBatch predecessor;  // what the dead worker got to apply: h1 only
     predecessor.events.push_back(Stored({11}, {5, 6}));
     ASSERT_TRUE(applier_->Apply(pub_, predecessor).ok());
-    uint64_t dups = idx().publisher_slot(pub_)->duplicate_stores;
+    uint64_t dups = idx().publisher_slot(pub_)->index.duplicate_stores;
     EventBatch b;
     Event e;
     e.kind = empty;
@@ -166,7 +166,7 @@ TEST_F(ApplierTest, EmptyEventsBeforeAPartlyAppliedOneKeepTheResumeSkip) {
     b.events.push_back(e);
     b.events.push_back(Stored({11, 12}, {5, 6, 7, 8}));
     ASSERT_TRUE(applier_->Apply(pub_, b, /*skip_ops=*/1).ok());
-    EXPECT_EQ(idx().publisher_slot(pub_)->duplicate_stores, dups) << "h1 applied twice";
+    EXPECT_EQ(idx().publisher_slot(pub_)->index.duplicate_stores, dups) << "h1 applied twice";
     EXPECT_EQ(Matched(base_, {5, 6, 7, 8}), 2u);
     auto keys = *idx().KeysForTokens(base_, std::vector<uint32_t>{5, 6});
     auto holders = idx().Holders(keys[0]);
@@ -183,13 +183,13 @@ TEST_F(ApplierTest, BlocksOfAnotherSizeAreRefusedAndCounted) {
   e.block_size = 4;  // the namespace has 2-token blocks
   b.events.push_back(e);
   b.events.push_back(Stored({43}, {9, 9}));  // a fitting one in the same batch still applies
-  uint64_t ops = idx().publisher_slot(pub_)->applied_ops;
+  uint64_t ops = idx().publisher_slot(pub_)->index.applied_ops;
   ASSERT_TRUE(applier_->Apply(pub_, b).ok());
   const index::PublisherSlot* s = idx().publisher_slot(pub_);
-  EXPECT_EQ(s->block_size_mismatches, 2u);
-  EXPECT_EQ(s->mismatched_block_size, 4u);
-  EXPECT_EQ(s->applied_ops, ops + 3) << "refused blocks still consume their operations";
-  EXPECT_EQ(s->pairs, 1u);
+  EXPECT_EQ(s->ingest.block_size_mismatches, 2u);
+  EXPECT_EQ(s->ingest.mismatched_block_size, 4u);
+  EXPECT_EQ(s->index.applied_ops, ops + 3) << "refused blocks still consume their operations";
+  EXPECT_EQ(s->index.pairs, 1u);
   EXPECT_EQ(Matched(base_, {9, 9}), 1u);
   // The same for the sequence-id form.
   Event seq;
@@ -201,8 +201,8 @@ TEST_F(ApplierTest, BlocksOfAnotherSizeAreRefusedAndCounted) {
   EventBatch sb;
   sb.events.push_back(seq);
   ASSERT_TRUE(applier_->Apply(pub_, sb).ok());
-  EXPECT_EQ(idx().publisher_slot(pub_)->block_size_mismatches, 3u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->pairs, 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->ingest.block_size_mismatches, 3u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 1u);
 }
 
 // Issue 9, defect 4: a worker restart loses the applier's memory of which adapter namespaces
@@ -224,7 +224,7 @@ TEST_F(ApplierTest, RemovalAfterARestartFindsTheAdapterNamespace) {
   r.events.push_back(rm);
   ASSERT_TRUE(restarted.Apply(pub_, r).ok());
   EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 1u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->unknown_removes, 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.unknown_removes, 0u);
 }
 
 // Issue 10: a publisher stays in its lane: its own model only, and a bounded number of adapter
@@ -234,11 +234,11 @@ TEST_F(ApplierTest, APublisherStaysInItsModelAndCannotExhaustTheNamespaceTable) 
   Event e = Stored({71}, {1, 2});
   e.model_name = "someone-elses-model";
   other.events.push_back(e);
-  uint64_t ops = idx().publisher_slot(pub_)->applied_ops;
+  uint64_t ops = idx().publisher_slot(pub_)->index.applied_ops;
   (void)applier_->Apply(pub_, other);
   EXPECT_FALSE(idx().FindNamespace("someone-elses-model", "").has_value());
-  EXPECT_EQ(idx().publisher_slot(pub_)->foreign_model_events, 1u);
-  EXPECT_EQ(idx().publisher_slot(pub_)->applied_ops, ops + 1) << "refused ops still count";
+  EXPECT_EQ(idx().publisher_slot(pub_)->ingest.foreign_model_events, 1u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.applied_ops, ops + 1) << "refused ops still count";
   // Its own model by name is fine.
   EventBatch own;
   Event mine = Stored({72}, {3, 4});
@@ -268,7 +268,7 @@ TEST_F(ApplierTest, APublisherStaysInItsModelAndCannotExhaustTheNamespaceTable) 
   for (auto ns : idx().ActiveNamespaces())
     adapters += idx().namespace_slot(ns)->lora_name[0] != '\0';
   EXPECT_EQ(adapters, 4u);  // 3 made-up + the configured one
-  EXPECT_EQ(idx().publisher_slot(pub_)->adapter_limit_events, 9997u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->ingest.adapter_limit_events, 9997u);
   EXPECT_TRUE(idx().FindNamespace("m", "sql").has_value());
   EXPECT_TRUE(idx().RegisterNamespace({.model = "other", .block_size = 2}).ok())
       << "the namespace table must still have room for another model";

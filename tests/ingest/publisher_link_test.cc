@@ -222,7 +222,7 @@ class PublisherLinkTest : public ::testing::Test {
   // Pumps until the link streams with nothing outstanding and has applied through `seq`.
   bool PumpUntilApplied(PublisherLink& link, TestEngine& engine, uint64_t seq) {
     return PumpUntil(link, &engine, [&] {
-      return slot().has_seq && slot().last_seq == seq && !link.replaying() &&
+      return slot().ingest.has_seq && slot().ingest.last_seq == seq && !link.replaying() &&
              link.machine()->state() == StreamState::kStreaming;
     });
   }
@@ -284,20 +284,20 @@ TEST_F(PublisherLinkTest, GapIsFilledByReplayInBothLayouts) {
     uint32_t life = engine.life();
     if (!with_topic) {  // a fresh publisher state for the second round
       (void)idx().ClearPublisher(pub_);
-      index::St(idx().mutable_publisher_slot(pub_)->has_seq, 0u);
+      index::St(idx().ingest_state(pub_)->has_seq, 0u);
     }
     auto link = MakeLink(engine);
     uint64_t n = 0;
     WarmUp(*link, engine, &n);
-    uint64_t gaps = slot().gaps;
+    uint64_t gaps = slot().ingest.gaps;
     engine.Publish(n);
     engine.Publish(n + 1, /*lose=*/true);
     engine.Publish(n + 2);
     ASSERT_TRUE(PumpUntilApplied(*link, engine, n + 2));
-    EXPECT_GT(slot().gaps, gaps);
+    EXPECT_GT(slot().ingest.gaps, gaps);
     EXPECT_TRUE(HoldsExactly(life, 0, n + 2)) << " topic " << with_topic;
-    EXPECT_EQ(slot().resyncs, 0u);
-    EXPECT_EQ(slot().gap_open, 0u);
+    EXPECT_EQ(slot().ingest.resyncs, 0u);
+    EXPECT_EQ(slot().ingest.gap_open, 0u);
   }
 }
 
@@ -307,15 +307,15 @@ TEST_F(PublisherLinkTest, ReplayThatStartsLateIsAnUnverifiableGap) {
   engine.Publish(0);
   engine.Publish(1);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 1));
-  uint64_t epoch = slot().epoch;
+  uint64_t epoch = slot().ingest.epoch;
   engine.ring_cap = 2;  // the engine's buffer keeps 2 batches: 2 is gone once 4 is published
   engine.Publish(2, /*lose=*/true);
   engine.Publish(3, /*lose=*/true);
   engine.Publish(4);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 4));
-  EXPECT_EQ(slot().epoch, epoch + 1);
-  EXPECT_EQ(slot().resyncs, 1u);
-  EXPECT_EQ(slot().unverifiable_gaps, 1u);
+  EXPECT_EQ(slot().ingest.epoch, epoch + 1);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
+  EXPECT_EQ(slot().ingest.unverifiable_gaps, 1u);
   EXPECT_FALSE(Holds(0));              // dropped: what batch 2 removed is unknown
   EXPECT_TRUE(HoldsExactly(0, 3, 4));  // rebuilt from what the engine still has
 }
@@ -328,14 +328,14 @@ TEST_F(PublisherLinkTest, LostEndMarkerHitsTheDeadlineAndIsAskedAgain) {
   engine.send_end = false;
   engine.Publish(1, /*lose=*/true);
   engine.Publish(2);
-  uint64_t replays = slot().replays;
+  uint64_t replays = slot().ingest.replays;
   // Without end markers the replay never completes: the link asks again on each deadline.
-  ASSERT_TRUE(PumpUntil(*link, &engine, [&] { return slot().replays >= replays + 3; }));
+  ASSERT_TRUE(PumpUntil(*link, &engine, [&] { return slot().ingest.replays >= replays + 3; }));
   EXPECT_TRUE(link->replaying());
   engine.send_end = true;
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 2));
   EXPECT_TRUE(HoldsExactly(0, 0, 2));
-  EXPECT_EQ(slot().resyncs, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
 }
 
 TEST_F(PublisherLinkTest, SequenceGoingBackwardsWithOtherContentIsAnEngineRestart) {
@@ -345,11 +345,11 @@ TEST_F(PublisherLinkTest, SequenceGoingBackwardsWithOtherContentIsAnEngineRestar
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 4));
   // The process restarts on the same ports: sequences from 0, other content.
   RestartEngine(engine, 1);
-  ASSERT_TRUE(PumpUntil(*link, engine.get(), [&] { return slot().restarts >= 1; }));
+  ASSERT_TRUE(PumpUntil(*link, engine.get(), [&] { return slot().ingest.restarts >= 1; }));
   engine->Publish(0);
   engine->Publish(1);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 1));
-  EXPECT_EQ(slot().resyncs, 1u);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
   EXPECT_TRUE(HoldsExactly(1, 0, 1));
 }
 
@@ -361,7 +361,7 @@ TEST_F(PublisherLinkTest, DuplicateLiveBatchIsNotARestart) {
   engine.Publish(n - 1);  // the same batch again (same content, same sequence)
   engine.Publish(n);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, n));
-  EXPECT_EQ(slot().resyncs, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
   EXPECT_GE(link->machine()->counters().duplicates, 1u);
   EXPECT_TRUE(HoldsExactly(0, 0, n));
 }
@@ -383,7 +383,7 @@ TEST_F(PublisherLinkTest, RegressionA_LiveBatchLostDuringAReplayIsAskedAgain) {
   ASSERT_TRUE(PumpUntil(*link, &engine, [&] { return link->machine()->buffered() >= 3; }));
   engine.hold_requests = false;
   ASSERT_TRUE(PumpUntilApplied(*link, engine, n + 4));
-  EXPECT_EQ(slot().resyncs, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
   EXPECT_TRUE(HoldsExactly(0, 0, n + 4));
 }
 
@@ -401,8 +401,8 @@ TEST_F(PublisherLinkTest, RegressionB_LateLiveCopyAfterItsReplayIsADuplicate) {
   engine.ReleaseHeld();
   engine.Publish(n + 3);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, n + 3));
-  EXPECT_EQ(slot().resyncs, 0u);
-  EXPECT_EQ(slot().restarts, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
+  EXPECT_EQ(slot().ingest.restarts, 0u);
   EXPECT_GT(link->machine()->counters().duplicates, dups);
   EXPECT_TRUE(HoldsExactly(0, 0, n + 3));
 }
@@ -415,15 +415,15 @@ TEST_F(PublisherLinkTest, RegressionC_RequestsWhileTheEngineIsDownAreNotTakenLat
   for (uint64_t s = 0; s < 4; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 3));
   Endpoints down = StopEngine(engine);  // idle probes go unanswered and time out
-  uint64_t asked = slot().replays + slot().probes;
-  ASSERT_TRUE(
-      PumpUntil(*link, nullptr, [&] { return slot().replays + slot().probes >= asked + 3; }));
+  uint64_t asked = slot().ingest.replays + slot().ingest.probes;
+  ASSERT_TRUE(PumpUntil(*link, nullptr,
+                        [&] { return slot().ingest.replays + slot().ingest.probes >= asked + 3; }));
   engine = StartEngine(down, 1);
   for (uint64_t s = 0; s < 6; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 5));
   EXPECT_TRUE(HoldsExactly(1, 0, 5));
-  EXPECT_EQ(slot().resyncs, 1u);
-  EXPECT_GE(slot().restarts, 1u);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
+  EXPECT_GE(slot().ingest.restarts, 1u);
 }
 
 // (d) The start-up replay before the replay endpoint exists: nothing live is accepted as the
@@ -437,7 +437,7 @@ TEST_F(PublisherLinkTest, RegressionD_NoStreamStartWithoutAReplay) {
   }
   auto pub_only = std::make_unique<TestEngine>(ctx_, 0, "tcp://127.0.0.1:*", "");
   auto link = MakeLink(pub_only->pub_endpoint(), router_ep, Options());
-  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().connected == 1u; }));
+  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().ingest.connected == 1u; }));
   // The engine publishes (its first 3 batches before kvidx listens) until kvidx holds 5 live
   // batches it may not apply: no replay has covered the start.
   uint64_t n = 0;
@@ -447,8 +447,8 @@ TEST_F(PublisherLinkTest, RegressionD_NoStreamStartWithoutAReplay) {
     ++n;
     return false;
   }));
-  EXPECT_EQ(slot().batches, 0u) << "applied a live batch no replay had covered";
-  EXPECT_FALSE(slot().has_seq);
+  EXPECT_EQ(slot().ingest.batches, 0u) << "applied a live batch no replay had covered";
+  EXPECT_FALSE(slot().ingest.has_seq);
   // The engine's replay endpoint comes up (same process, same ring).
   std::string pub_ep = pub_only->pub_endpoint();
   pub_only.reset();
@@ -457,7 +457,7 @@ TEST_F(PublisherLinkTest, RegressionD_NoStreamStartWithoutAReplay) {
   engine.Publish(n);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, n));
   EXPECT_TRUE(HoldsExactly(0, 0, n));
-  EXPECT_EQ(slot().resyncs, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
 }
 
 // Over-report: the worker is down across an engine restart and the new engine is past the old
@@ -474,8 +474,8 @@ TEST_F(PublisherLinkTest, WorkerDownAcrossAnEngineRestartDropsTheDeadEnginesBloc
   link = MakeLink(*engine);  // the worker restarts
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 11));
   EXPECT_TRUE(HoldsExactly(1, 0, 11));
-  EXPECT_EQ(slot().resyncs, 1u);
-  EXPECT_EQ(slot().restarts, 1u);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
+  EXPECT_EQ(slot().ingest.restarts, 1u);
 }
 
 // The same engine, worker restarted: continuity holds, nothing is dropped or applied twice.
@@ -490,7 +490,7 @@ TEST_F(PublisherLinkTest, WorkerRestartOnTheSameEngineResumesExactly) {
   link = MakeLink(engine);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 7));
   EXPECT_TRUE(HoldsExactly(0, 0, 7));
-  EXPECT_EQ(slot().resyncs, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 0u);
 }
 
 // Endpoint change (a pod's new IP): another engine behind the new address.
@@ -504,7 +504,7 @@ TEST_F(PublisherLinkTest, EndpointChangeToAnotherEngineDropsTheOldOnesBlocks) {
   link = MakeLink(b);  // the worker relinks the publisher to its new endpoints
   ASSERT_TRUE(PumpUntilApplied(*link, b, 6));
   EXPECT_TRUE(HoldsExactly(1, 0, 6));
-  EXPECT_EQ(slot().resyncs, 1u);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
 }
 
 // An engine that stops answering is reported unreachable, and its blocks are dropped after the
@@ -517,22 +517,22 @@ TEST_F(PublisherLinkTest, UnreachableEngineIsReportedThenDropped) {
   auto link = MakeLink(engine->pub_endpoint(), engine->router_endpoint(), o);
   for (uint64_t s = 0; s < 3; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 2));
-  EXPECT_EQ(slot().reachable, 1u);
+  EXPECT_EQ(slot().ingest.reachable, 1u);
   Endpoints down = StopEngine(engine);
-  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().reachable == 0u; }));
+  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().ingest.reachable == 0u; }));
   EXPECT_EQ(link->machine()->state(), StreamState::kUnreachable);
   EXPECT_GT(idx().Dump().size(), 0u);  // reported, not yet dropped
-  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().stale_drops == 1u; }));
+  ASSERT_TRUE(PumpUntil(*link, nullptr, [&] { return slot().ingest.stale_drops == 1u; }));
   EXPECT_EQ(idx().Dump().size(), 0u);
   engine = StartEngine(down, 0);
   for (uint64_t s = 0; s < 5; ++s) engine->Publish(s);
   ASSERT_TRUE(PumpUntilApplied(*link, *engine, 4));
-  EXPECT_EQ(slot().reachable, 1u);
+  EXPECT_EQ(slot().ingest.reachable, 1u);
   EXPECT_TRUE(HoldsExactly(0, 0, 4))
-      << "batches " << slot().batches << " stored " << slot().stored_blocks << " dups "
-      << slot().duplicate_stores << " resyncs " << slot().resyncs << " unverifiable "
-      << slot().unverifiable_gaps << " rejected " << slot().rejected_stores << " orphans "
-      << slot().orphan_blocks;
+      << "batches " << slot().ingest.batches << " stored " << slot().index.stored_blocks << " dups "
+      << slot().index.duplicate_stores << " resyncs " << slot().ingest.resyncs << " unverifiable "
+      << slot().ingest.unverifiable_gaps << " rejected " << slot().index.rejected_stores
+      << " orphans " << slot().index.orphan_blocks;
 }
 
 // Issue 9, defect 4: the sequence-id form's tables live in the worker; a restarted worker
@@ -569,15 +569,15 @@ TEST_F(PublisherLinkTest, SequenceIdPublisherIsRebuiltAfterAWorkerRestart) {
   engine.PublishPayload(2, seq_batch({1}, {}));  // sequence 1 drops block 1
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 2));
   EXPECT_EQ(idx().Dump().size(), 1u) << "block 1 of sequence 1 outlived its removal";
-  EXPECT_EQ(slot().unknown_removes, 0u);
-  EXPECT_EQ(slot().resyncs, 1u);
+  EXPECT_EQ(slot().index.unknown_removes, 0u);
+  EXPECT_EQ(slot().ingest.resyncs, 1u);
 }
 
 TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
   TestEngine engine(ctx_);
   auto link = MakeLink(engine);
   ASSERT_TRUE(PumpUntil(*link, &engine, [&] {
-    return link->machine()->state() == StreamState::kStreaming && slot().connected;
+    return link->machine()->state() == StreamState::kStreaming && slot().ingest.connected;
   }));
   engine.SendRaw({"t", "12345"});             // two frames
   engine.SendRaw({"t", "short", "payload"});  // seq not 8 bytes
@@ -585,7 +585,7 @@ TEST_F(PublisherLinkTest, GarbageFramesAreCountedAndNeverApplied) {
   engine.SendRaw({"t", std::string(8, '\0') + "", "\xc1"});  // seq 0 again, not msgpack
   engine.Publish(1);
   ASSERT_TRUE(PumpUntilApplied(*link, engine, 1));
-  EXPECT_EQ(idx().header()->garbage_frames, 2u);
+  EXPECT_EQ(idx().header()->ingest.garbage_frames, 2u);
   EXPECT_TRUE(HoldsExactly(0, 0, 1));
 }
 
@@ -597,7 +597,7 @@ TEST_F(PublisherLinkTest, PublisherThatConnectsToUs) {
   std::string bound = link->bound_endpoint();
   ASSERT_NE(bound.find("tcp://127.0.0.1:"), std::string::npos) << bound;
   TestEngine engine(ctx_, 0, bound, "", /*pub_connects=*/true);
-  ASSERT_TRUE(PumpUntil(*link, &router_only, [&] { return slot().connected == 1u; }));
+  ASSERT_TRUE(PumpUntil(*link, &router_only, [&] { return slot().ingest.connected == 1u; }));
   // The engine's ring is on its ROUTER: the test keeps it in router_only.
   router_only.Publish(0, /*lose=*/true);
   router_only.Publish(1, /*lose=*/true);
@@ -605,7 +605,7 @@ TEST_F(PublisherLinkTest, PublisherThatConnectsToUs) {
   engine.Publish(1);
   ASSERT_TRUE(PumpUntilApplied(*link, router_only, 1));
   EXPECT_TRUE(HoldsExactly(0, 0, 1));
-  EXPECT_GE(slot().connects, 1u);
+  EXPECT_GE(slot().ingest.connects, 1u);
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 // Whether two decoded batches carry the same events (the fast and the general decoder must
 // agree). Shared by the decoder tests and the fuzz harness.
-#ifndef KVIDX_TESTS_INGEST_SAME_EVENTS_H
-#define KVIDX_TESTS_INGEST_SAME_EVENTS_H
+#pragma once
 
 #include <cstring>
 #include <string>
@@ -31,5 +30,3 @@ inline bool SameEvents(const EventBatch& a, const EventBatch& b, std::string* wh
 }
 
 }  // namespace kvidx::ingest
-
-#endif  // KVIDX_TESTS_INGEST_SAME_EVENTS_H

@@ -55,7 +55,7 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   index::PrefixIndex* idx = w0.index();
   auto ns = *idx->FindNamespace("m", "");
   index::PublisherId p0 = *idx->FindPublisher(pod, 0), p1 = *idx->FindPublisher(pod, 1);
-  uint32_t owner0 = idx->publisher_slot(p0)->worker;
+  uint32_t owner0 = idx->publisher_slot(p0)->id.worker;
   index::PublisherId foreign = owner0 == 0 ? p1 : p0;  // owned by worker 1
   for (index::PublisherId p : {p0, p1}) {
     index::StoreRequest req;
@@ -67,7 +67,7 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
     req.block_size = 2;
     ASSERT_TRUE(idx->Store(p, req).ok());
   }
-  uint64_t foreign_ops = idx->publisher_slot(foreign)->applied_ops;
+  uint64_t foreign_ops = idx->publisher_slot(foreign)->index.applied_ops;
 
   auto control = index::ControlArea::Open(index::ControlName(cfg.segment));
   ASSERT_TRUE(control.ok());
@@ -85,8 +85,8 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   runner.join();
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->publishers, 1u) << "worker 0 cleared a publisher it does not own";
-  EXPECT_EQ(idx->publisher_slot(foreign)->pairs, 2u);
-  EXPECT_EQ(idx->publisher_slot(foreign)->applied_ops, foreign_ops)
+  EXPECT_EQ(idx->publisher_slot(foreign)->index.pairs, 2u);
+  EXPECT_EQ(idx->publisher_slot(foreign)->index.applied_ops, foreign_ops)
       << "a non-owner wrote the publisher's applied-op counter";
 }
 
@@ -110,7 +110,7 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
     ASSERT_TRUE(idx->Store(*idx->FindPublisher(pod, 0), req).ok());
   }
   index::PublisherId rescope = *idx->FindPublisher("rescope", 0);
-  uint64_t epoch = idx->publisher_slot(rescope)->epoch;
+  uint64_t epoch = idx->publisher_slot(rescope)->ingest.epoch;
   EXPECT_EQ(w.link_count(), 3u);
 
   Config next = cfg;
@@ -121,12 +121,12 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
   EXPECT_FALSE(idx->FindPublisher("drop", 0).has_value());
   EXPECT_EQ(w.link_count(), 2u);
   const index::PublisherSlot* r = idx->publisher_slot(rescope);
-  EXPECT_EQ(r->pairs, 0u) << "entries mapped in the old scope survived";
-  EXPECT_EQ(r->epoch, epoch + 1);
-  EXPECT_EQ(r->flags & index::kPrivateEngineHashes, index::kPrivateEngineHashes);
+  EXPECT_EQ(r->index.pairs, 0u) << "entries mapped in the old scope survived";
+  EXPECT_EQ(r->ingest.epoch, epoch + 1);
+  EXPECT_EQ(r->id.flags & index::kPrivateEngineHashes, index::kPrivateEngineHashes);
   const index::PublisherSlot* k = idx->publisher_slot(*idx->FindPublisher("keep", 0));
-  EXPECT_STREQ(k->dialect, "sglang");
-  EXPECT_EQ(k->pairs, 1u);  // a dialect change relinks but keeps what is held
+  EXPECT_STREQ(k->id.dialect, "sglang");
+  EXPECT_EQ(k->index.pairs, 1u);  // a dialect change relinks but keeps what is held
   EXPECT_EQ(idx->Dump().size(), 1u);
 }
 

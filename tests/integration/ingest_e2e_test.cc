@@ -36,7 +36,7 @@ Holdings ReadIndex(const std::string& segment) {
   index::PrefixIndex idx(seg->get());
   for (const auto& e : idx.Dump()) {
     const index::PublisherSlot* s = idx.publisher_slot(e.holder.publisher);
-    if (s != nullptr) h[{s->pod, s->dp_rank}].insert(e.key);
+    if (s != nullptr) h[{s->id.pod, s->id.dp_rank}].insert(e.key);
   }
   return h;
 }
@@ -138,14 +138,16 @@ void ExpectIndexEqualsRecord(const TestRun& r, Process& sim) {
       index::PrefixIndex idx(seg->get());
       for (auto p : idx.ActivePublishers()) {
         const index::PublisherSlot* s = idx.publisher_slot(p);
-        counters +=
-            std::string(s->pod) + ": batches " + std::to_string(s->batches) + " stored " +
-            std::to_string(s->stored_blocks) + " removed " + std::to_string(s->removed_blocks) +
-            " orphans " + std::to_string(s->orphan_blocks) + " unknown_removes " +
-            std::to_string(s->unknown_removes) + " dups " + std::to_string(s->duplicate_stores) +
-            " evicted " + std::to_string(s->evicted_pairs) + " decode_errors " +
-            std::to_string(s->decode_errors) + " gaps " + std::to_string(s->gaps) + " resyncs " +
-            std::to_string(s->resyncs) + "\n";
+        counters += std::string(s->id.pod) + ": batches " + std::to_string(s->ingest.batches) +
+                    " stored " + std::to_string(s->index.stored_blocks) + " removed " +
+                    std::to_string(s->index.removed_blocks) + " orphans " +
+                    std::to_string(s->index.orphan_blocks) + " unknown_removes " +
+                    std::to_string(s->index.unknown_removes) + " dups " +
+                    std::to_string(s->index.duplicate_stores) + " evicted " +
+                    std::to_string(s->index.evicted_pairs) + " decode_errors " +
+                    std::to_string(s->ingest.decode_errors) + " gaps " +
+                    std::to_string(s->ingest.gaps) + " resyncs " +
+                    std::to_string(s->ingest.resyncs) + "\n";
       }
     }
   }
@@ -166,9 +168,9 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   ASSERT_TRUE(seg.ok());
   index::PrefixIndex idx(seg->get());
   EXPECT_EQ(idx.ActivePublishers().size(), 6u);
-  EXPECT_GT(Header(*seg)->batches_applied, 500u);
+  EXPECT_GT(Header(*seg)->ingest.batches_applied, 500u);
   uint64_t decode_errors = 0;
-  for (uint64_t v : Header(*seg)->decode_errors) decode_errors += v;
+  for (uint64_t v : Header(*seg)->ingest.decode_errors) decode_errors += v;
   EXPECT_EQ(decode_errors, 0u);
   w0->Signal(SIGTERM);
   w1->Signal(SIGTERM);
@@ -218,7 +220,7 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
     uint64_t base = 0;
     auto applied = [&]() -> uint64_t {
       auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
-      return seg.ok() ? Header(*seg)->batches_applied : 0;
+      return seg.ok() ? Header(*seg)->ingest.batches_applied : 0;
     };
     base = applied();
     ASSERT_TRUE(WaitFor([&] { return applied() >= base + 150; }, std::chrono::seconds(60)))
@@ -233,14 +235,14 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   index::PrefixIndex idx(seg->get());
   uint64_t gaps = 0, resyncs = 0, replays = 0;
   for (auto p : idx.ActivePublishers()) {
-    gaps += idx.publisher_slot(p)->gaps;
-    resyncs += idx.publisher_slot(p)->resyncs;
-    replays += idx.publisher_slot(p)->replays;
+    gaps += idx.publisher_slot(p)->ingest.gaps;
+    resyncs += idx.publisher_slot(p)->ingest.resyncs;
+    replays += idx.publisher_slot(p)->ingest.replays;
   }
   EXPECT_GT(gaps, 0u);
   EXPECT_GT(replays, gaps / 2);
   EXPECT_GT(resyncs, 0u);  // the engine restarts
-  EXPECT_GT(Header(*seg)->garbage_frames, 0u);
+  EXPECT_GT(Header(*seg)->ingest.garbage_frames, 0u);
   w0->Signal(SIGTERM);
   w1->Signal(SIGTERM);
   w0->Wait();

@@ -1,6 +1,5 @@
 // Real child processes for integration tests: start with arguments, signal, wait, read logs.
-#ifndef KVIDX_TESTS_INTEGRATION_PROCESS_H
-#define KVIDX_TESTS_INTEGRATION_PROCESS_H
+#pragma once
 
 #include <fcntl.h>
 #include <signal.h>
@@ -124,5 +123,3 @@ inline std::pair<std::string, std::string> PeerEndpoints(const std::string& path
 }
 
 }  // namespace kvidx::testing
-
-#endif  // KVIDX_TESTS_INTEGRATION_PROCESS_H

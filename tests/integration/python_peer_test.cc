@@ -69,9 +69,9 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   auto p = idx.FindPublisher("py", 0);
   ASSERT_TRUE(p.has_value());
   // The peer lost batches on purpose: they can only have come through the replay endpoint.
-  EXPECT_GT(idx.publisher_slot(*p)->replay_batches, 0u);
-  EXPECT_GT(idx.publisher_slot(*p)->clears, 0u);  // AllBlocksCleared
-  EXPECT_EQ(idx.publisher_slot(*p)->decode_errors, 0u);
+  EXPECT_GT(idx.publisher_slot(*p)->ingest.replay_batches, 0u);
+  EXPECT_GT(idx.publisher_slot(*p)->index.clears, 0u);  // AllBlocksCleared
+  EXPECT_EQ(idx.publisher_slot(*p)->ingest.decode_errors, 0u);
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);
   index::Segment::Remove(segment);

@@ -117,11 +117,11 @@ class StreamE2e {
     index::PrefixIndex idx(seg->get());
     for (auto p : idx.ActivePublishers()) {
       const index::PublisherSlot* s = idx.publisher_slot(p);
-      c.resyncs += s->resyncs;
-      c.restarts += s->restarts;
-      c.unverifiable += s->unverifiable_gaps;
-      c.gaps += s->gaps;
-      c.probes += s->probes;
+      c.resyncs += s->ingest.resyncs;
+      c.restarts += s->ingest.restarts;
+      c.unverifiable += s->ingest.unverifiable_gaps;
+      c.gaps += s->ingest.gaps;
+      c.probes += s->ingest.probes;
     }
     return c;
   }

@@ -44,7 +44,7 @@ class ServiceTest : public ::testing::Test {
     req.engine_hashes = hashes;
     req.tokens = tokens;
     EXPECT_TRUE(writer_->Store(p, req).ok());
-    index::PublisherSlot* s = writer_->mutable_publisher_slot(p);
+    index::PublisherIngestState* s = writer_->ingest_state(p);
     index::St(s->stream_state, static_cast<uint32_t>(state));
     index::St(s->reachable, reachable ? 1u : 0u);
     return p;

@@ -6,8 +6,7 @@
 // blocks: serving a request stores the blocks it misses (BlockStored, chained by parent hash)
 // and evicts the least recently used ones past capacity (BlockRemoved). It keeps its own record
 // of what it holds, which the tests compare with kvidx's index.
-#ifndef KVIDX_TOOLS_SIM_ENGINE_H
-#define KVIDX_TOOLS_SIM_ENGINE_H
+#pragma once
 
 #include <cstdint>
 #include <deque>
@@ -109,5 +108,3 @@ class SimEngine {
 std::vector<SimBlock> MakePrompt(const std::vector<uint64_t>& block_ids, uint32_t block_size);
 
 }  // namespace kvidx::sim
-
-#endif  // KVIDX_TOOLS_SIM_ENGINE_H

@@ -1,0 +1,188 @@
+// PrefixIndex::Lookup: the longest cached prefix of every publisher, in one walk over the keys.
+//
+// Implementation notes
+// --------------------
+// The walk reads each key's holders once (lock-free) and keeps, per candidate publisher, how
+// many leading blocks it holds in any tier and in each tier. Candidates are the holders of the
+// first block (restricted to the caller's candidates); a candidate that misses a block drops
+// out, and the walk ends when none is left. Consecutive blocks with the same holder-set
+// fingerprint (the common case: a prompt's blocks stored together by the same pods) are not
+// re-read: every live candidate extends its run by one. Per-publisher scratch is per thread,
+// indexed by publisher id and stamped instead of cleared.
+#include <algorithm>
+
+#include "index/prefix_index.h"
+
+namespace kvidx::index {
+namespace {
+
+// How far ahead the walk prefetches bucket heads (and, at half the distance, block nodes).
+constexpr size_t kPrefetchAhead = 4;
+
+struct Candidate {
+  PublisherId pub;
+  uint8_t tiers_alive;
+  bool alive;
+  uint32_t blocks;
+  uint32_t tier_blocks[kNumTiers];
+};
+
+class PrefixWalk {
+ public:
+  PrefixWalk(uint32_t publishers, std::span<const PublisherId> candidates, size_t keys);
+  std::vector<Holder>& holders() { return sc_.holders; }
+  // The next block has the same holders as the last one read.
+  void Same() { ++pending_; }
+  // The next block's holders were read into holders() (empty if !found). Returns whether any
+  // candidate is left.
+  bool Next(bool found, bool first);
+  std::vector<PublisherMatch> Finish();
+
+ private:
+  struct Scratch {
+    std::vector<uint32_t> stamp;
+    std::vector<uint8_t> tiers;
+    std::vector<uint32_t> allowed;
+    std::vector<Holder> holders;
+    uint32_t clock = 0;
+  };
+  void Flush();
+  void MarkTiers(uint32_t stamp);
+  bool Start(uint32_t stamp);
+
+  static thread_local Scratch sc_;
+  const uint32_t npub_;
+  const bool filter_;
+  uint32_t allow_stamp_ = 0;
+  uint32_t pending_ = 0;  // blocks whose holder set equals the last one fully read
+  size_t alive_ = 0;
+  std::vector<Candidate> cands_;
+};
+
+thread_local PrefixWalk::Scratch PrefixWalk::sc_;
+
+PrefixWalk::PrefixWalk(uint32_t publishers, std::span<const PublisherId> candidates, size_t keys)
+    : npub_(publishers), filter_(!candidates.empty()) {
+  if (sc_.stamp.size() < npub_) {
+    sc_.stamp.assign(npub_, 0);
+    sc_.tiers.assign(npub_, 0);
+    sc_.allowed.assign(npub_, 0);
+    sc_.clock = 0;
+  }
+  if (sc_.clock > 0xFFFF0000u - keys) {
+    std::fill(sc_.stamp.begin(), sc_.stamp.end(), 0);
+    std::fill(sc_.allowed.begin(), sc_.allowed.end(), 0);
+    sc_.clock = 0;
+  }
+  allow_stamp_ = ++sc_.clock;
+  for (PublisherId c : candidates) {
+    if (c < npub_) sc_.allowed[c] = allow_stamp_;
+  }
+}
+
+void PrefixWalk::Flush() {
+  if (pending_ == 0) return;
+  for (Candidate& c : cands_) {
+    if (!c.alive) continue;
+    c.blocks += pending_;
+    for (int k = 0; k < kNumTiers; ++k) c.tier_blocks[k] += ((c.tiers_alive >> k) & 1u) * pending_;
+  }
+  pending_ = 0;
+}
+
+void PrefixWalk::MarkTiers(uint32_t stamp) {
+  for (const Holder& h : sc_.holders) {
+    if (h.publisher >= npub_ || h.tier > kDisk) continue;
+    if (filter_ && sc_.allowed[h.publisher] != allow_stamp_) continue;
+    if (sc_.stamp[h.publisher] != stamp) {
+      sc_.stamp[h.publisher] = stamp;
+      sc_.tiers[h.publisher] = 0;
+    }
+    sc_.tiers[h.publisher] |= static_cast<uint8_t>(1u << h.tier);
+  }
+}
+
+bool PrefixWalk::Start(uint32_t stamp) {
+  for (const Holder& h : sc_.holders) {
+    if (h.publisher >= npub_ || sc_.stamp[h.publisher] != stamp) continue;
+    if (std::any_of(cands_.begin(), cands_.end(),
+                    [&](const Candidate& c) { return c.pub == h.publisher; })) {
+      continue;
+    }
+    cands_.push_back(Candidate{h.publisher, 0, true, 0, {0, 0, 0}});
+  }
+  for (Candidate& c : cands_) {
+    uint8_t t = sc_.tiers[c.pub];
+    c.blocks = 1;
+    c.tiers_alive = t;
+    for (int k = 0; k < kNumTiers; ++k) c.tier_blocks[k] = (t >> k) & 1u;
+  }
+  alive_ = cands_.size();
+  return alive_ != 0;
+}
+
+bool PrefixWalk::Next(bool found, bool first) {
+  Flush();
+  const uint32_t stamp = ++sc_.clock;
+  if (found) MarkTiers(stamp);
+  if (first) return found && Start(stamp);
+  for (Candidate& c : cands_) {
+    if (!c.alive) continue;
+    uint8_t t = sc_.stamp[c.pub] == stamp ? sc_.tiers[c.pub] : 0;
+    if (t == 0) {
+      c.alive = false;
+      --alive_;
+      continue;
+    }
+    ++c.blocks;
+    c.tiers_alive &= t;
+    for (int k = 0; k < kNumTiers; ++k) c.tier_blocks[k] += (c.tiers_alive >> k) & 1u;
+  }
+  return alive_ != 0;
+}
+
+std::vector<PublisherMatch> PrefixWalk::Finish() {
+  Flush();
+  std::vector<PublisherMatch> matches;
+  matches.reserve(cands_.size());
+  for (const Candidate& c : cands_) {
+    matches.push_back(
+        PublisherMatch{c.pub, c.blocks, {c.tier_blocks[0], c.tier_blocks[1], c.tier_blocks[2]}});
+  }
+  std::sort(matches.begin(), matches.end(), [](const PublisherMatch& a, const PublisherMatch& b) {
+    return a.blocks != b.blocks ? a.blocks > b.blocks : a.publisher < b.publisher;
+  });
+  return matches;
+}
+
+}  // namespace
+
+LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
+                                 const LookupOptions& options) const {
+  LookupResult result;
+  size_t n = keys.size();
+  if (options.max_blocks != 0 && options.max_blocks < n) n = options.max_blocks;
+  if (n == 0) return result;
+  PrefixWalk walk(header_->geometry.publishers, options.candidates, keys.size());
+  for (size_t j = 0; j < std::min(n, kPrefetchAhead); ++j) blocks_.PrefetchBucket(keys[j]);
+  for (size_t j = 0; j < std::min(n, kPrefetchAhead / 2); ++j) blocks_.PrefetchNode(keys[j]);
+  uint64_t prev_set = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kPrefetchAhead < n) blocks_.PrefetchBucket(keys[i + kPrefetchAhead]);
+    if (i + kPrefetchAhead / 2 < n) blocks_.PrefetchNode(keys[i + kPrefetchAhead / 2]);
+    uint64_t set = 0;
+    internal::ReadResult rr = blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set,
+                                                  i == 0 ? 0 : prev_set);
+    result.blocks_walked = static_cast<uint32_t>(i + 1);
+    if (rr == internal::ReadResult::kSame) {
+      walk.Same();
+      continue;
+    }
+    prev_set = set;
+    if (!walk.Next(rr == internal::ReadResult::kFound, i == 0)) break;
+  }
+  result.matches = walk.Finish();
+  return result;
+}
+
+}  // namespace kvidx::index
