@@ -25,8 +25,8 @@
 #include <zmq_addon.hpp>
 
 #include "bench/fleet.h"
+#include "control/control_area.h"
 #include "index/block_key.h"
-#include "index/control.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "ingest/applier.h"
@@ -204,7 +204,7 @@ Cluster StartWorkers(uint32_t workers, const Publishers& pubs, uint64_t blocks) 
   c.segment = "kvidx-ingest-e2e-" + std::to_string(getpid()) + "-" + std::to_string(workers);
   c.config = "/tmp/" + c.segment + ".toml";
   index::Segment::Remove(c.segment);
-  index::Segment::Remove(index::ControlName(c.segment));
+  control::ControlArea::Remove(control::ControlName(c.segment));
   std::ofstream cfg(c.config);
   cfg << "[segment]\nname = \"" << c.segment << "\"\nblocks = " << blocks * 11 / 10
       << "\npairs = " << blocks * 11 / 10 << "\npublishers = 64\nnamespaces = 4\nstripes = "
@@ -235,7 +235,7 @@ void StopWorkers(Cluster& c) {
   for (pid_t p : c.workers) kill(p, SIGTERM);
   for (pid_t p : c.workers) waitpid(p, nullptr, 0);
   index::Segment::Remove(c.segment);
-  index::Segment::Remove(index::ControlName(c.segment));
+  control::ControlArea::Remove(control::ControlName(c.segment));
   unlink(c.config.c_str());
 }
 

@@ -20,8 +20,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "control/control_area.h"
 #include "index/block_key.h"
-#include "index/control.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   // shared 16-block system prompts.
   std::string seg_name = "kvidx-query-bench-" + std::to_string(getpid());
   kvidx::index::Segment::Remove(seg_name);
-  kvidx::index::Segment::Remove(kvidx::index::ControlName(seg_name));
+  kvidx::control::ControlArea::Remove(kvidx::control::ControlName(seg_name));
   kvidx::index::Geometry g;
   g.blocks = a.prompts * 64 + 4096;
   g.pairs = g.blocks * 5;
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);
   kvidx::index::Segment::Remove(seg_name);
-  kvidx::index::Segment::Remove(kvidx::index::ControlName(seg_name));
+  kvidx::control::ControlArea::Remove(kvidx::control::ControlName(seg_name));
   unlink(cfg_path.c_str());
   return 0;
 }

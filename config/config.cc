@@ -12,7 +12,7 @@
 
 #include <toml++/toml.h>
 
-#include "index/control.h"
+#include "control/layout.h"
 
 namespace kvidx::config {
 
@@ -95,6 +95,23 @@ absl::Status EnvNumber(const char* name, T* out) {
 }
 
 }  // namespace
+
+index::PublisherSpec PublisherSpecFor(const PublisherConfig& p, index::NamespaceId ns,
+                                      uint32_t workers) {
+  index::PublisherSpec spec;
+  spec.pod = p.pod;
+  spec.dp_rank = p.dp_rank;
+  spec.ns = ns;
+  spec.worker = OwnerWorker(p.pod, p.dp_rank, workers);
+  spec.quota_pairs = p.quota_pairs;
+  spec.private_engine_hashes = p.private_engine_hashes;
+  spec.bind_subscriber = p.bind;
+  spec.endpoint = p.endpoint;
+  spec.replay_endpoint = p.replay_endpoint;
+  spec.topic = p.topic;
+  spec.dialect = wire::DialectName(p.dialect);
+  return spec;
+}
 
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers) {
   if (workers <= 1) return 0;
@@ -260,9 +277,9 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     absl::Status s = EnvNumber(name, field);
     if (!s.ok()) return s;
   }
-  if (c.workers == 0 || c.workers > static_cast<uint32_t>(index::kMaxWorkers)) {
+  if (c.workers == 0 || c.workers > static_cast<uint32_t>(control::kMaxWorkers)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("workers must be 1..", index::kMaxWorkers, ", not ", c.workers));
+        absl::StrCat("workers must be 1..", control::kMaxWorkers, ", not ", c.workers));
   }
   return c;
 }

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 
 #include "index/layout.h"
+#include "index/types.h"
 #include "wire/vocabulary.h"
 
 namespace kvidx::config {
@@ -80,5 +81,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string
 
 // The worker (0..workers-1) that owns a publisher: a stable hash of pod and rank.
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);
+
+// The index registration of a configured (or RPC-registered) publisher whose model is namespace
+// `ns`: the one place a PublisherConfig becomes an index::PublisherSpec.
+index::PublisherSpec PublisherSpecFor(const PublisherConfig& p, index::NamespaceId ns,
+                                      uint32_t workers);
 
 }  // namespace kvidx::config

@@ -171,8 +171,8 @@ LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
     if (i + kPrefetchAhead < n) blocks_.PrefetchBucket(keys[i + kPrefetchAhead]);
     if (i + kPrefetchAhead / 2 < n) blocks_.PrefetchNode(keys[i + kPrefetchAhead / 2]);
     uint64_t set = 0;
-    internal::ReadResult rr = blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set,
-                                                  i == 0 ? 0 : prev_set);
+    internal::ReadResult rr =
+        blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set, i == 0 ? 0 : prev_set);
     result.blocks_walked = static_cast<uint32_t>(i + 1);
     if (rr == internal::ReadResult::kSame) {
       walk.Same();

@@ -3,6 +3,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "ingest/dialect_rules.h"
+
 namespace kvidx::ingest {
 namespace {
 
@@ -159,13 +161,7 @@ class Cursor {
       size_t n = Be(1, hdr - 1);
       if (bad_ || n == 0 || static_cast<size_t>(end_ - p_) < hdr + n) return Bad(), false;
       const uint8_t* d = p_ + hdr;
-      uint64_t v = 0;
-      if (sglang) {
-        for (size_t i = 0; i < std::min<size_t>(8, n); ++i) v = (v << 8) | d[i];
-      } else {
-        for (size_t i = n > 8 ? n - 8 : 0; i < n; ++i) v = (v << 8) | d[i];
-      }
-      *out = v;
+      *out = FoldBinaryHash(d, n, sglang);
       p_ += hdr + n;
       return true;
     }
@@ -185,12 +181,6 @@ class Cursor {
   const uint8_t* end_;
   bool bad_ = false;
 };
-
-index::Tier TierOf(std::string_view m) {
-  if (m == "CPU" || m == "CPU_PINNED" || m == "cpu") return index::kCpu;
-  if (m == "STORAGE" || m == "DISK" || m == "EXTERNAL" || m == "disk") return index::kDisk;
-  return index::kGpu;
-}
 
 class Fast {
  public:
@@ -242,7 +232,7 @@ class Fast {
     }
     std::string_view s = c_.Str();
     if (c_.bad()) return false;
-    *t = TierOf(s);
+    *t = TierFromMedium(s);
     return true;
   }
   bool Parent(std::optional<uint64_t>* out) {

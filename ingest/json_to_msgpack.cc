@@ -7,6 +7,10 @@
 namespace kvidx::ingest {
 namespace {
 
+// KVBM sends 128-bit ids; GCC's 128-bit integers are an extension (-Wpedantic says so).
+__extension__ using U128 = unsigned __int128;
+__extension__ using I128 = __int128;
+
 class Converter {
  public:
   Converter(std::span<const uint8_t> in, int max_depth)
@@ -196,8 +200,8 @@ class Converter {
       negative = true;
       ++p_;
     }
-    unsigned __int128 v = 0;
-    constexpr unsigned __int128 kMax = ~static_cast<unsigned __int128>(0);
+    U128 v = 0;
+    constexpr U128 kMax = ~static_cast<U128>(0);
     int digits = 0;
     while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
       uint8_t d = *p_++ - '0';
@@ -208,9 +212,8 @@ class Converter {
     if (digits == 0) return Fail("not a JSON value");
     if (p_ < end_ && (*p_ == '.' || *p_ == 'e' || *p_ == 'E')) return Fail("non-integer number");
     if (negative) {
-      if (v > (static_cast<unsigned __int128>(1) << 63))
-        return Fail("negative integer under -2^63");
-      pk_.pack(static_cast<int64_t>(-static_cast<__int128>(v)));
+      if (v > (static_cast<U128>(1) << 63)) return Fail("negative integer under -2^63");
+      pk_.pack(static_cast<int64_t>(-static_cast<I128>(v)));
     } else if (v >> 64 == 0) {
       pk_.pack(static_cast<uint64_t>(v));
     } else {

@@ -45,16 +45,19 @@ absl::Status Worker::Init() {
   KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
                                                                 config_.segment_mode));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
-  KVIDX_ASSIGN_OR_RETURN(control_, index::ControlArea::Open(index::ControlName(config_.segment),
-                                                            config_.segment_mode));
-  control_->header()->rings[worker_ % index::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
+  KVIDX_ASSIGN_OR_RETURN(control_, control::ControlArea::Open(control::ControlName(config_.segment),
+                                                              config_.segment_mode));
+  control_->header()->rings[worker_ % control::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
   ApplierConfig ac;
   ac.on_applied = [this](const AppliedInfo& a) {
-    index::RingEntry e{};
+    control::RingEntry e{};
     e.wall_ns = WallNanos();
-    e.kind = a.kind == EventKind::kStored || a.kind == EventKind::kSeqStored     ? 1
-             : a.kind == EventKind::kRemoved || a.kind == EventKind::kSeqRemoved ? 2
-                                                                                 : 3;
+    e.kind =
+        static_cast<uint32_t>(a.kind == EventKind::kStored || a.kind == EventKind::kSeqStored
+                                  ? control::AppliedKind::kStored
+                              : a.kind == EventKind::kRemoved || a.kind == EventKind::kSeqRemoved
+                                  ? control::AppliedKind::kRemoved
+                                  : control::AppliedKind::kCleared);
     e.publisher = a.publisher;
     e.ns = a.ns;
     e.blocks = a.blocks;
@@ -84,18 +87,7 @@ absl::Status Worker::RegisterFromConfig() {
   for (const auto& p : config_.publishers) {
     auto ns = index_->FindNamespace(p.model, "");
     if (!ns) return absl::NotFoundError(absl::StrCat("model ", p.model, " not registered"));
-    index::PublisherSpec spec;
-    spec.pod = p.pod;
-    spec.dp_rank = p.dp_rank;
-    spec.ns = *ns;
-    spec.worker = OwnerWorker(p.pod, p.dp_rank, config_.workers);
-    spec.quota_pairs = p.quota_pairs;
-    spec.private_engine_hashes = p.private_engine_hashes;
-    spec.endpoint = p.endpoint;
-    spec.replay_endpoint = p.replay_endpoint;
-    spec.topic = p.topic;
-    spec.dialect = DialectName(p.dialect);
-    if (p.bind) spec.dialect += "+bind";
+    const index::PublisherSpec spec = config::PublisherSpecFor(p, *ns, config_.workers);
     KVIDX_RETURN_IF_ERROR(index_->RegisterPublisher(spec).status());
   }
   return absl::OkStatus();
@@ -156,10 +148,8 @@ void Worker::SyncLinks() {
     pc.endpoint = s->id.endpoint;
     pc.replay_endpoint = s->id.replay_endpoint;
     pc.topic = s->id.topic;
-    std::string dialect = s->id.dialect;
-    pc.bind = dialect.size() > 5 && dialect.substr(dialect.size() - 5) == "+bind";
-    if (pc.bind) dialect.resize(dialect.size() - 5);
-    pc.dialect = ParseDialect(dialect).value_or(Dialect::kAuto);
+    pc.bind = (s->id.flags & index::kBindSubscriber) != 0;
+    pc.dialect = ParseDialect(s->id.dialect).value_or(Dialect::kAuto);
     wanted.emplace(id, std::move(pc));
   }
   for (auto it = links_.begin(); it != links_.end();) {
@@ -195,157 +185,6 @@ void Worker::SyncLinks() {
                    DialectName(pc.dialect));
     links_.emplace(id, std::move(link));
   }
-}
-
-void Worker::ServeCommands() {
-  control_->Serve(worker_, [this](index::Command& c, char* payload) { Execute(c, payload); });
-}
-
-void Worker::Execute(index::Command& c, char* payload) {
-  auto done = [&](const absl::Status& st) {
-    c.code = static_cast<int32_t>(st.code());
-    std::snprintf(c.message, sizeof(c.message), "%s", std::string(st.message()).c_str());
-  };
-  const std::string pod(c.pod, strnlen(c.pod, sizeof(c.pod)));
-  switch (static_cast<index::CommandOp>(c.op)) {
-    case index::CommandOp::kRegister: {
-      auto ns = index_->FindNamespace(std::string(c.model, strnlen(c.model, sizeof(c.model))), "");
-      if (!ns) {
-        done(
-            absl::FailedPreconditionError(absl::StrCat("model '", c.model, "' is not configured")));
-        return;
-      }
-      index::PublisherSpec spec;
-      spec.pod = pod;
-      spec.dp_rank = static_cast<uint32_t>(std::max(0, c.dp_rank));
-      spec.ns = *ns;
-      spec.worker = OwnerWorker(pod, spec.dp_rank, config_.workers);
-      spec.quota_pairs = c.quota_pairs;
-      spec.endpoint = c.endpoint;
-      spec.replay_endpoint = c.replay_endpoint;
-      spec.topic = c.topic;
-      spec.dialect = c.dialect;
-      auto id = index_->RegisterPublisher(spec);
-      if (id.ok()) c.publishers = 1;
-      done(id.status());
-      return;
-    }
-    case index::CommandOp::kUnregister:
-    case index::CommandOp::kClearPod: {
-      bool unregister = static_cast<index::CommandOp>(c.op) == index::CommandOp::kUnregister;
-      uint32_t n = 0;
-      uint64_t pairs = 0;
-      for (index::PublisherId id : index_->ActivePublishers()) {
-        const index::PublisherSlot* s = index_->publisher_slot(id);
-        // Only this worker's own publishers: another worker may be applying to its own right
-        // now, and the publisher's journal and applied-op counter have one writer, its owner.
-        if (s == nullptr || pod != s->id.pod || s->id.worker != worker_ ||
-            (c.dp_rank >= 0 && s->id.dp_rank != uint32_t(c.dp_rank))) {
-          continue;
-        }
-        pairs += s->index.pairs;
-        applier_->Forget(id);
-        absl::Status st = unregister ? index_->UnregisterPublisher(id) : index_->ClearPublisher(id);
-        if (!st.ok()) {
-          done(st);
-          return;
-        }
-        ++n;
-      }
-      c.publishers = n;
-      c.pairs = pairs;
-      done(n == 0 ? absl::NotFoundError(absl::StrCat("no publisher ", pod)) : absl::OkStatus());
-      return;
-    }
-    case index::CommandOp::kListSequences:
-    case index::CommandOp::kGetSequence: {
-      auto id = index_->FindPublisher(pod, static_cast<uint32_t>(std::max(0, c.dp_rank)));
-      if (!id) {
-        done(absl::NotFoundError(absl::StrCat("no publisher ", pod)));
-        return;
-      }
-      const auto* seqs = applier_->sequences(*id);
-      std::string out;
-      auto line = [&](int64_t seq_id, const SequenceState& s) {
-        uint32_t blocks = 0;
-        for (auto k : s.blocks) blocks += k != 0;
-        // One line per sequence: the request id is escaped (\\, \n, \r) so that no byte of it
-        // can end the line.
-        std::string rid;
-        for (char ch : s.request_id) {
-          if (ch == '\\')
-            rid += "\\\\";
-          else if (ch == '\n')
-            rid += "\\n";
-          else if (ch == '\r')
-            rid += "\\r";
-          else
-            rid += ch;
-        }
-        out += absl::StrCat(seq_id, " ", s.finished ? 1 : 0, " ", s.succeeded ? 1 : 0, " ", blocks,
-                            " ", rid, "\n");
-      };
-      if (static_cast<index::CommandOp>(c.op) == index::CommandOp::kListSequences) {
-        if (seqs != nullptr) {
-          for (const auto& [seq_id, s] : *seqs) line(seq_id, s);
-        }
-      } else {
-        auto it = seqs == nullptr ? decltype(seqs->end()){} : seqs->find(c.sequence_id);
-        if (seqs == nullptr || it == seqs->end()) {
-          done(absl::NotFoundError(absl::StrCat("no sequence ", c.sequence_id, " on ", pod)));
-          return;
-        }
-        line(it->first, it->second);
-        char hex[20];
-        for (auto k : it->second.blocks) {
-          std::snprintf(hex, sizeof(hex), "%016lx\n", static_cast<unsigned long>(k));
-          out += hex;
-        }
-      }
-      if (out.size() > index::kPayloadBytes) {
-        out.resize(out.rfind('\n', index::kPayloadBytes - 1) + 1);
-        c.truncated = 1;
-      }
-      std::copy(out.begin(), out.end(), payload);  // a sized payload, not a C string
-      c.payload_size = static_cast<uint32_t>(out.size());
-      done(absl::OkStatus());
-      return;
-    }
-    case index::CommandOp::kClearNamespace:
-    case index::CommandOp::kClearAll: {
-      std::vector<index::NamespaceId> targets;
-      if (static_cast<index::CommandOp>(c.op) == index::CommandOp::kClearAll) {
-        targets = index_->ActiveNamespaces();
-      } else {
-        auto ns = index_->FindNamespace(c.model, c.lora_name);
-        if (!ns) {
-          done(absl::NotFoundError(absl::StrCat("no namespace ", c.model, "/", c.lora_name)));
-          return;
-        }
-        targets.push_back(*ns);
-      }
-      uint64_t blocks = 0;
-      for (auto ns : targets) {
-        auto dropped = index_->ClearNamespace(ns, heartbeat_);
-        if (dropped.ok()) blocks += *dropped;
-      }
-      // What this worker keeps in memory about its publishers' blocks (sequence tables,
-      // adapter namespaces) no longer holds for the cleared namespaces.
-      for (index::PublisherId id : index_->ActivePublishers()) {
-        const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s == nullptr || s->id.worker != worker_) continue;
-        if (std::find(targets.begin(), targets.end(), static_cast<index::NamespaceId>(s->id.ns)) ==
-            targets.end()) {
-          continue;
-        }
-        applier_->Forget(id);
-      }
-      c.blocks = blocks;
-      done(absl::OkStatus());
-      return;
-    }
-  }
-  done(absl::InvalidArgumentError("unknown command"));
 }
 
 void Worker::Run(const std::atomic<bool>& stop, const std::function<void()>& on_tick) {

@@ -6,10 +6,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 
 #include <zmq.hpp>
 
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "ingest/applier.h"
@@ -38,8 +39,16 @@ class Worker {
 
  private:
   absl::Status RegisterFromConfig();
+  // Admin commands (ingest/commands.cc): one executor per operation.
   void ServeCommands();
-  void Execute(index::Command& c, char* payload);
+  void Execute(control::Command& c, std::span<char> payload);
+  absl::Status ExecuteRegister(const control::CommandArgs& a, control::CommandResult& r);
+  absl::Status ExecuteDropPod(bool unregister, const control::CommandArgs& a,
+                              control::CommandResult& r);
+  absl::Status ExecuteSequences(bool one, const control::CommandArgs& a, control::CommandResult& r,
+                                std::span<char> payload);
+  absl::Status ExecuteClearNamespaces(bool all, const control::CommandArgs& a,
+                                      control::CommandResult& r);
   void SyncLinks();
   LinkOptions MakeLinkOptions() const;
 
@@ -48,7 +57,7 @@ class Worker {
   std::unique_ptr<index::Segment> segment_;
   std::unique_ptr<index::PrefixIndex> index_;
   std::unique_ptr<Applier> applier_;
-  std::unique_ptr<index::ControlArea> control_;
+  std::unique_ptr<control::ControlArea> control_;
   zmq::context_t ctx_;
   std::map<index::PublisherId, std::unique_ptr<PublisherLink>> links_;
   uint64_t registry_version_ = ~uint64_t{0};

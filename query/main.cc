@@ -20,7 +20,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config/config.h"
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/segment.h"
 #include "query/metrics.h"
 #include "query/service.h"
@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
       KVIDX_LOG_ERROR("segment %s never appeared", config->segment.c_str());
       return 1;
     }
-    auto control = kvidx::index::ControlArea::Open(kvidx::index::ControlName(config->segment),
-                                                   config->segment_mode);
+    auto control = kvidx::control::ControlArea::Open(kvidx::control::ControlName(config->segment),
+                                                     config->segment_mode);
     if (!control.ok()) {
       KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
       return 1;

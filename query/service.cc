@@ -27,25 +27,13 @@ grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::
 
 namespace {
 
-// Bounds concurrent RPCs: past the limit a call is refused with RESOURCE_EXHAUSTED.
-class InflightGuard {
- public:
-  InflightGuard(std::atomic<int>& n, int limit) : n_(n), ok_(n.fetch_add(1) < limit) {}
-  ~InflightGuard() { n_.fetch_sub(1); }
-  bool ok() const { return ok_; }
-
- private:
-  std::atomic<int>& n_;
-  bool ok_;
-};
-
 std::string Str(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
 
 }  // namespace
 
 KvIndexService::KvIndexService(const config::Config& config,
                                std::unique_ptr<index::Segment> segment,
-                               std::unique_ptr<index::ControlArea> control)
+                               std::unique_ptr<control::ControlArea> control)
     : config_(config),
       segment_(std::move(segment)),
       index_(std::make_unique<index::PrefixIndex>(segment_.get())),
@@ -282,7 +270,7 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   }
   // Healthy: every worker that owns publishers has a live process.
   for (auto& [w, l] : lag) {
-    uint32_t pid = w < index::kMaxWorkers ? control_->header()->rings[w].pid : 0;
+    uint32_t pid = w < control::kMaxWorkers ? control_->header()->rings[w].pid : 0;
     if (pid == 0 || (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM)) healthy = false;
     *resp->add_workers() = l;
   }
@@ -373,163 +361,18 @@ grpc::Status KvIndexService::GetPod(grpc::ServerContext*, const v1::GetPodReques
   return grpc::Status::OK;
 }
 
-grpc::Status KvIndexService::RunCommand(const index::Command& c, index::Command* result,
-                                        std::string* payload) {
-  auto id = control_->Post(c);
-  if (!id.ok())
-    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "CONTROL_BUSY",
-                 std::string(id.status().message()));
-  auto r = control_->Await(*id, 5000, payload);
-  if (!r.ok())
-    return Error(grpc::StatusCode::UNAVAILABLE, "NO_WORKER", std::string(r.status().message()));
-  *result = *r;
-  if (r->code != 0) {
-    return Error(static_cast<grpc::StatusCode>(r->code), "REFUSED", std::string(r->message));
+void KvIndexService::FillApplied(const control::RingEntry& e, v1::AppliedEvent* a) const {
+  a->set_kind(static_cast<v1::AppliedEvent::Kind>(e.kind));
+  a->set_blocks(e.blocks);
+  a->set_first_block_key(e.first_key);
+  a->set_wall_time_ns(e.wall_ns);
+  if (const index::PublisherSlot* s = index_->publisher_slot(e.publisher)) {
+    a->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
+    a->set_dp_rank(s->id.dp_rank);
   }
-  return grpc::Status::OK;
-}
-
-namespace {
-bool Copy(char* dst, size_t cap, const std::string& s) {
-  if (s.size() >= cap) return false;
-  std::memcpy(dst, s.data(), s.size());
-  dst[s.size()] = '\0';
-  return true;
-}
-}  // namespace
-
-grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
-                                               const v1::RegisterPublisherRequest* req,
-                                               v1::Pod* resp) {
-  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) return Overloaded();
-  if (req->pod().empty() || req->model().empty() || req->endpoint().empty()) {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT, "MISSING_FIELD",
-                 "pod, model and endpoint are required");
+  if (const index::NamespaceSlot* nss = index_->namespace_slot(e.ns)) {
+    a->set_model(Str(nss->model, sizeof(nss->model)));
   }
-  std::string dialect = req->dialect().empty() ? "auto" : req->dialect();
-  if (!wire::ParseDialect(dialect)) {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT, "UNKNOWN_DIALECT", dialect);
-  }
-  if (!config_.allow_rpc_bind) {
-    // An RPC must not make kvidx bind a socket (ipc:// binds unlink the path first: the
-    // segment's own name among them) nor connect to anything but TCP.
-    if (req->bind()) {
-      return Error(grpc::StatusCode::PERMISSION_DENIED, "BIND_NOT_ALLOWED",
-                   "RegisterPublisher may not bind a socket (allow_rpc_bind is off)");
-    }
-    for (const std::string& ep : {req->endpoint(), req->replay_endpoint()}) {
-      if (!ep.empty() && ep.rfind("tcp://", 0) != 0) {
-        return Error(grpc::StatusCode::PERMISSION_DENIED, "ENDPOINT_NOT_ALLOWED",
-                     absl::StrCat("only tcp:// endpoints may be registered by RPC, not ", ep));
-      }
-    }
-  }
-  if (req->bind()) dialect += "+bind";
-  index::Command c{};
-  c.op = static_cast<uint32_t>(index::CommandOp::kRegister);
-  c.worker = index::kAnyWorker;
-  c.dp_rank = static_cast<int32_t>(req->dp_rank());
-  c.quota_pairs = req->quota_pairs();
-  if (!Copy(c.pod, sizeof(c.pod), req->pod()) || !Copy(c.model, sizeof(c.model), req->model()) ||
-      !Copy(c.endpoint, sizeof(c.endpoint), req->endpoint()) ||
-      !Copy(c.replay_endpoint, sizeof(c.replay_endpoint), req->replay_endpoint()) ||
-      !Copy(c.topic, sizeof(c.topic), req->topic()) ||
-      !Copy(c.dialect, sizeof(c.dialect), dialect)) {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "a field is too long");
-  }
-  index::Command r;
-  grpc::Status st = RunCommand(c, &r);
-  if (!st.ok()) return st;
-  if (auto id = index_->FindPublisher(req->pod(), req->dp_rank())) FillPod(*id, resp);
-  return grpc::Status::OK;
-}
-
-// A command for the worker that owns publisher (pod, dp_rank); NOT_FOUND if there is none.
-grpc::Status KvIndexService::CommandForPod(const std::string& pod, uint32_t dp_rank,
-                                           index::CommandOp op, index::Command* c) const {
-  auto id = index_->FindPublisher(pod, dp_rank);
-  if (!id) return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", pod);
-  *c = index::Command{};
-  c->op = static_cast<uint32_t>(op);
-  c->worker = index_->publisher_slot(*id)->id.worker;
-  c->dp_rank = static_cast<int32_t>(dp_rank);
-  Copy(c->pod, sizeof(c->pod), pod);
-  return grpc::Status::OK;
-}
-
-grpc::Status KvIndexService::UnregisterPublisher(grpc::ServerContext*,
-                                                 const v1::UnregisterPublisherRequest* req,
-                                                 v1::UnregisterPublisherResponse* resp) {
-  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) return Overloaded();
-  index::Command c;
-  grpc::Status found = CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kUnregister, &c);
-  if (!found.ok()) return found;
-  index::Command r;
-  grpc::Status st = RunCommand(c, &r);
-  if (!st.ok()) return st;
-  resp->set_pairs_dropped(r.pairs);
-  return grpc::Status::OK;
-}
-
-grpc::Status KvIndexService::Clear(grpc::ServerContext*, const v1::ClearRequest* req,
-                                   v1::ClearResponse* resp) {
-  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) return Overloaded();
-  index::Command c{};
-  switch (req->scope_case()) {
-    case v1::ClearRequest::kPod: {
-      c.op = static_cast<uint32_t>(index::CommandOp::kClearPod);
-      c.dp_rank = req->pod().dp_rank();
-      if (!Copy(c.pod, sizeof(c.pod), req->pod().pod())) {
-        return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "pod");
-      }
-      // Each owning worker clears its own publishers of that pod.
-      std::set<uint32_t> owners;
-      for (auto id : index_->ActivePublishers()) {
-        const index::PublisherSlot* s = index_->publisher_slot(id);
-        if (s != nullptr && req->pod().pod() == s->id.pod &&
-            (c.dp_rank < 0 || uint32_t(c.dp_rank) == s->id.dp_rank)) {
-          owners.insert(s->id.worker);
-          resp->set_pairs_cleared(resp->pairs_cleared() + Ld(s->index.pairs));
-        }
-      }
-      if (owners.empty())
-        return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD", req->pod().pod());
-      resp->set_pairs_cleared(0);
-      for (uint32_t w : owners) {
-        c.worker = w;
-        index::Command r;
-        grpc::Status st = RunCommand(c, &r);
-        if (!st.ok()) return st;
-        resp->set_publishers_cleared(resp->publishers_cleared() + r.publishers);
-        resp->set_pairs_cleared(resp->pairs_cleared() + r.pairs);
-      }
-      return grpc::Status::OK;
-    }
-    case v1::ClearRequest::kNamespace:
-      c.op = static_cast<uint32_t>(index::CommandOp::kClearNamespace);
-      if (!Copy(c.model, sizeof(c.model), req->namespace_().model()) ||
-          !Copy(c.lora_name, sizeof(c.lora_name), req->namespace_().lora_name())) {
-        return Error(grpc::StatusCode::INVALID_ARGUMENT, "FIELD_TOO_LONG", "namespace");
-      }
-      break;
-    case v1::ClearRequest::kAll:
-      if (!req->all())
-        return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE", "all must be true");
-      c.op = static_cast<uint32_t>(index::CommandOp::kClearAll);
-      break;
-    default:
-      return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_SCOPE",
-                   "clear needs pod, namespace or all");
-  }
-  c.worker = index::kAnyWorker;
-  index::Command r;
-  grpc::Status st = RunCommand(c, &r);
-  if (!st.ok()) return st;
-  resp->set_blocks_cleared(r.blocks);
-  return grpc::Status::OK;
 }
 
 grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
@@ -545,51 +388,22 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
       req->stats_interval_ms() == 0
           ? 0
           : std::max<int64_t>(req->stats_interval_ms(), config_.min_stats_interval_ms);
-  // Start at the rings' current heads: a watcher sees what is applied after it started.
-  uint64_t cursor[index::kMaxWorkers];
-  for (int w = 0; w < index::kMaxWorkers; ++w) {
-    cursor[w] = __atomic_load_n(&control_->header()->rings[w].head, __ATOMIC_ACQUIRE);
-  }
+  // Readers start at the rings' current heads: a watcher sees what is applied after it started.
+  std::vector<control::RingReader> rings;
+  for (uint32_t w = 0; w < control::kMaxWorkers; ++w) rings.emplace_back(*control_, w);
   int64_t next_stats = MonotonicNanos();
   while (!ctx->IsCancelled()) {
     bool sent = false;
-    for (int w = 0; w < index::kMaxWorkers; ++w) {
-      index::EventRing& ring = control_->header()->rings[w];
-      uint64_t head = __atomic_load_n(&ring.head, __ATOMIC_ACQUIRE);
-      uint64_t missed = 0;
-      if (head - cursor[w] > index::kRingEntries) {
-        missed = head - cursor[w] - index::kRingEntries;
-        cursor[w] = head - index::kRingEntries;
-      }
-      for (; cursor[w] < head; ++cursor[w]) {
-        const index::RingEntry& e = ring.entries[cursor[w] & (index::kRingEntries - 1)];
-        uint64_t seq = __atomic_load_n(&e.seq, __ATOMIC_ACQUIRE);
+    bool open = true;
+    for (control::RingReader& ring : rings) {
+      open = ring.Poll([&](const control::RingEntry& e, uint64_t missed) {
         v1::WatchEvent ev;
-        auto* a = ev.mutable_applied();
-        a->set_kind(
-            static_cast<v1::AppliedEvent::Kind>(__atomic_load_n(&e.kind, __ATOMIC_RELAXED)));
-        a->set_blocks(__atomic_load_n(&e.blocks, __ATOMIC_RELAXED));
-        a->set_first_block_key(__atomic_load_n(&e.first_key, __ATOMIC_RELAXED));
-        a->set_wall_time_ns(__atomic_load_n(&e.wall_ns, __ATOMIC_RELAXED));
-        index::PublisherId pub = __atomic_load_n(&e.publisher, __ATOMIC_RELAXED);
-        index::NamespaceId ns = __atomic_load_n(&e.ns, __ATOMIC_RELAXED);
-        std::atomic_thread_fence(std::memory_order_acquire);
-        if (seq != cursor[w] + 1 || __atomic_load_n(&e.seq, __ATOMIC_RELAXED) != seq) {
-          ++missed;  // overwritten while we read it
-          continue;
-        }
-        if (const index::PublisherSlot* s = index_->publisher_slot(pub)) {
-          a->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
-          a->set_dp_rank(s->id.dp_rank);
-        }
-        if (const index::NamespaceSlot* nss = index_->namespace_slot(ns)) {
-          a->set_model(Str(nss->model, sizeof(nss->model)));
-        }
+        FillApplied(e, ev.mutable_applied());
         ev.set_missed(missed);
-        missed = 0;
-        if (!writer->Write(ev)) return grpc::Status::OK;
         sent = true;
-      }
+        return writer->Write(ev);
+      });
+      if (!open) return grpc::Status::OK;
     }
     if (stats_interval_ms > 0 && MonotonicNanos() >= next_stats) {
       next_stats = MonotonicNanos() + stats_interval_ms * 1'000'000;
@@ -599,93 +413,6 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
     }
     if (!sent) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  return grpc::Status::OK;
-}
-
-namespace {
-// Parses the worker's "id finished succeeded blocks request_id" line.
-bool ParseSequenceLine(const std::string& line, v1::Sequence* s) {
-  std::istringstream in(line);
-  int64_t id;
-  int finished, succeeded;
-  uint32_t blocks;
-  if (!(in >> id >> finished >> succeeded >> blocks)) return false;
-  std::string escaped, rid;
-  std::getline(in >> std::ws, escaped);
-  for (size_t i = 0; i < escaped.size(); ++i) {  // the worker escapes \\, \n and \r
-    if (escaped[i] != '\\' || i + 1 == escaped.size()) {
-      rid += escaped[i];
-      continue;
-    }
-    char e = escaped[++i];
-    rid += e == 'n' ? '\n' : e == 'r' ? '\r' : e;
-  }
-  s->set_sequence_id(id);
-  s->set_finished(finished != 0);
-  s->set_succeeded(succeeded != 0);
-  s->set_stored_blocks(blocks);
-  s->set_request_id(rid);
-  return true;
-}
-}  // namespace
-
-grpc::Status KvIndexService::ListSequences(grpc::ServerContext*,
-                                           const v1::ListSequencesRequest* req,
-                                           v1::ListSequencesResponse* resp) {
-  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) return Overloaded();
-  index::Command c;
-  grpc::Status found =
-      CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kListSequences, &c);
-  if (!found.ok()) return found;
-  index::Command r;
-  std::string payload;
-  grpc::Status st = RunCommand(c, &r, &payload);
-  if (!st.ok()) return st;
-  std::istringstream lines(payload);
-  std::string line;
-  while (std::getline(lines, line)) {
-    v1::Sequence* s = resp->add_sequences();
-    if (!ParseSequenceLine(line, s)) {
-      resp->mutable_sequences()->RemoveLast();
-      continue;
-    }
-    s->set_pod(req->pod());
-    s->set_dp_rank(req->dp_rank());
-  }
-  resp->set_truncated(r.truncated != 0);
-  return grpc::Status::OK;
-}
-
-grpc::Status KvIndexService::GetSequence(grpc::ServerContext*, const v1::GetSequenceRequest* req,
-                                         v1::Sequence* resp) {
-  InflightGuard guard(inflight_, static_cast<int>(config_.max_inflight_rpcs));
-  if (!guard.ok()) return Overloaded();
-  index::Command c;
-  grpc::Status found =
-      CommandForPod(req->pod(), req->dp_rank(), index::CommandOp::kGetSequence, &c);
-  if (!found.ok()) return found;
-  c.sequence_id = req->sequence_id();
-  index::Command r;
-  std::string payload;
-  grpc::Status st = RunCommand(c, &r, &payload);
-  if (!st.ok()) return st;
-  std::istringstream lines(payload);
-  std::string line;
-  if (!std::getline(lines, line) || !ParseSequenceLine(line, resp)) {
-    return Error(grpc::StatusCode::INTERNAL, "BAD_WORKER_ANSWER", "unreadable sequence");
-  }
-  while (std::getline(lines, line)) {
-    uint64_t key = 0;
-    auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), key, 16);
-    if (ec != std::errc() || end != line.data() + line.size()) {
-      return Error(grpc::StatusCode::INTERNAL, "BAD_WORKER_ANSWER",
-                   "unreadable block key in the worker's answer");
-    }
-    resp->add_block_keys(key);
-  }
-  resp->set_pod(req->pod());
-  resp->set_dp_rank(req->dp_rank());
   return grpc::Status::OK;
 }
 

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "config/config.h"
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
@@ -32,10 +32,24 @@ struct ServiceCounters {
   std::atomic<uint64_t> lookup_latency_sum_ns{0};
 };
 
+// Bounds concurrent RPCs: past the limit a call is refused with RESOURCE_EXHAUSTED.
+class InflightGuard {
+ public:
+  InflightGuard(std::atomic<int>& n, int limit) : n_(n), ok_(n.fetch_add(1) < limit) {}
+  ~InflightGuard() { n_.fetch_sub(1); }
+  InflightGuard(const InflightGuard&) = delete;
+  InflightGuard& operator=(const InflightGuard&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::atomic<int>& n_;
+  bool ok_;
+};
+
 class KvIndexService final : public kvidx::v1::KvIndex::Service {
  public:
   KvIndexService(const config::Config& config, std::unique_ptr<index::Segment> segment,
-                 std::unique_ptr<index::ControlArea> control);
+                 std::unique_ptr<control::ControlArea> control);
 
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                       v1::LookupResponse* resp) override;
@@ -70,15 +84,17 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
   void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
-  grpc::Status CommandForPod(const std::string& pod, uint32_t dp_rank, index::CommandOp op,
-                             index::Command* c) const;
-  grpc::Status RunCommand(const index::Command& c, index::Command* result,
-                          std::string* payload = nullptr);
+  // Admin calls (query/admin.cc) run as commands of the owning worker (control/layout.h).
+  grpc::Status CommandForPod(const std::string& pod, uint32_t dp_rank, control::CommandOp op,
+                             control::Command* c) const;
+  grpc::Status RunCommand(const control::Command& c, control::Answer* answer);
+  grpc::Status ClearPod(const v1::PodRef& pod, v1::ClearResponse* resp);
+  void FillApplied(const control::RingEntry& e, v1::AppliedEvent* a) const;
 
   config::Config config_;
   std::unique_ptr<index::Segment> segment_;
   std::unique_ptr<index::PrefixIndex> index_;
-  std::unique_ptr<index::ControlArea> control_;
+  std::unique_ptr<control::ControlArea> control_;
   ServiceCounters counters_;
   std::atomic<int> inflight_{0};
   std::atomic<int> watch_streams_{0};

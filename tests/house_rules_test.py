@@ -6,7 +6,7 @@ import re
 import sys
 
 root = sys.argv[1]
-service = ["shared", "index", "wire", "config", "ingest", "query", "tools"]
+service = ["shared", "index", "control", "wire", "config", "ingest", "query", "tools"]
 MAX_FILE, MAX_FN = 600, 60
 bad = []
 

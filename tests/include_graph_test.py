@@ -10,10 +10,11 @@ root = sys.argv[1]
 allowed = {
     "shared": {"shared"},
     "index": {"index", "shared"},
+    "control": {"control", "index", "shared"},
     "wire": {"wire"},
-    "config": {"config", "index", "wire", "shared"},
-    "ingest": {"ingest", "config", "wire", "index", "shared"},
-    "query": {"query", "config", "wire", "index", "shared"},
+    "config": {"config", "control", "index", "wire", "shared"},
+    "ingest": {"ingest", "config", "control", "wire", "index", "shared"},
+    "query": {"query", "config", "control", "wire", "index", "shared"},
 }
 components = set(allowed) | {"tools", "tests", "bench", "proto"}
 bad = []

@@ -182,9 +182,9 @@ void BlockStripes::Dump(std::vector<IndexEntry>& out) const {
         auto emit = [&](const HolderSlot& slot) {
           HolderSlot hs = Ld(slot);
           if (SlotRefs(hs) == 0) return;
-          out.push_back(IndexEntry{
-              Ld(n.key), Ld(n.ns),
-              Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)), SlotRefs(hs)}});
+          out.push_back(
+              IndexEntry{Ld(n.key), Ld(n.ns),
+                         Holder{SlotPublisher(hs), static_cast<Tier>(SlotTier(hs)), SlotRefs(hs)}});
         };
         for (const HolderSlot& slot : n.inline_holders) emit(slot);
         uint32_t cguard = 0;

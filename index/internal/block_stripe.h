@@ -146,7 +146,7 @@ inline bool BlockStripeWriter::ForEachSlot(uint32_t block, F&& fn) const {
 }
 
 inline HolderSlot* BlockStripeWriter::FindSlot(uint32_t block, PublisherId p, Tier tier,
-                                        uint32_t* chunk) const {
+                                               uint32_t* chunk) const {
   HolderSlot* found = nullptr;
   ForEachSlot(block, [&](HolderSlot& slot, uint32_t c) {
     HolderSlot s = Ld(slot);
@@ -180,7 +180,7 @@ inline bool BlockStripeWriter::HasRoomOn(uint32_t block) const {
 
 // Inline: the lookup walk calls it once per block.
 inline ReadResult BlockStripes::ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded,
-                                     uint64_t* holder_set, uint64_t same_as) const {
+                                            uint64_t* holder_set, uint64_t same_as) const {
   const StripeView v = stripe_for(key);
   const uint32_t b = bucket(key);
   uint64_t set = 0;

@@ -73,8 +73,8 @@ void EngineTable::Sweep(const EngineView& v) {
   St(v.h->sweep_cursor, cursor);
 }
 
-absl::Status EngineTable::Ensure(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
-                                 BlockKey key, bool overwrite) {
+absl::Status EngineTable::Ensure(uint64_t engine_hash, NamespaceId ns, uint16_t scope, BlockKey key,
+                                 bool overwrite) {
   const uint64_t mixed = Mix(engine_hash, ns, scope);
   const EngineView v = stripe_for(mixed);
   StripeWriteGuard<EngineStripeHeader> guard(v.h, [this, &v] { RepairEngineStripe(sg_, v); });
@@ -113,7 +113,9 @@ bool EngineTable::RepairIfAbandoned(uint32_t s) {
   const EngineView v = stripe(s);
   if ((Ld(v.h->version) & 1) == 0) return false;
   uint64_t before = Ld(v.h->repairs);
-  { StripeWriteGuard<EngineStripeHeader> guard(v.h, [this, &v] { RepairEngineStripe(sg_, v); }); }
+  {
+    StripeWriteGuard<EngineStripeHeader> guard(v.h, [this, &v] { RepairEngineStripe(sg_, v); });
+  }
   return Ld(v.h->repairs) != before;
 }
 

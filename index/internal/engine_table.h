@@ -49,7 +49,8 @@ class EngineTable {
 
  private:
   static uint64_t Mix(uint64_t engine_hash, NamespaceId ns, uint16_t scope) {
-    uint64_t x = engine_hash ^ (uint64_t{ns} << 48) ^ (uint64_t{scope} << 32) ^ 0x9e3779b97f4a7c15ULL;
+    uint64_t x =
+        engine_hash ^ (uint64_t{ns} << 48) ^ (uint64_t{scope} << 32) ^ 0x9e3779b97f4a7c15ULL;
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
     x ^= x >> 33;
@@ -79,8 +80,8 @@ class EngineTable {
 void RepairEngineStripe(const StripeGeometry& sg, const EngineView& v);
 
 // Inline: every store re-reads its mapping, and every removal resolves one.
-inline std::optional<BlockKey> EngineTable::Read(uint64_t engine_hash, NamespaceId ns, uint16_t scope,
-                                          bool* validated) const {
+inline std::optional<BlockKey> EngineTable::Read(uint64_t engine_hash, NamespaceId ns,
+                                                 uint16_t scope, bool* validated) const {
   const uint64_t mixed = Mix(engine_hash, ns, scope);
   const EngineView v = stripe_for(mixed);
   const uint32_t b = bucket(mixed);

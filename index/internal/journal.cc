@@ -1,6 +1,5 @@
 #include "index/internal/journal.h"
 
-
 namespace kvidx::index::internal {
 
 ApplyJournal ReadJournal(const PublisherSlot& ps) {

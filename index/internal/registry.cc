@@ -117,7 +117,8 @@ absl::StatusOr<PublisherId> Registry::RegisterPublisher(const PublisherSpec& spe
     PublisherSlot* s = pub_slot(static_cast<PublisherId>(i));
     if (Ld(s->id.state) != static_cast<uint32_t>(PublisherState::kActive)) {
       if (!slot) slot = static_cast<PublisherId>(i);
-    } else if (SlotString(s->id.pod, sizeof(s->id.pod)) == spec.pod && Ld(s->id.dp_rank) == spec.dp_rank) {
+    } else if (SlotString(s->id.pod, sizeof(s->id.pod)) == spec.pod &&
+               Ld(s->id.dp_rank) == spec.dp_rank) {
       slot = static_cast<PublisherId>(i);
       existing = true;
     }
@@ -133,7 +134,8 @@ absl::StatusOr<PublisherId> Registry::RegisterPublisher(const PublisherSpec& spe
 std::optional<PublisherId> Registry::FindPublisher(std::string_view pod, uint32_t dp_rank) const {
   for (uint32_t i = 0; i < header_->geometry.publishers; ++i) {
     const PublisherSlot* s = active_publisher(static_cast<PublisherId>(i));
-    if (s != nullptr && SlotString(s->id.pod, sizeof(s->id.pod)) == pod && Ld(s->id.dp_rank) == dp_rank) {
+    if (s != nullptr && SlotString(s->id.pod, sizeof(s->id.pod)) == pod &&
+        Ld(s->id.dp_rank) == dp_rank) {
       return static_cast<PublisherId>(i);
     }
   }

@@ -64,7 +64,7 @@ class Registry {
     if (p == kAnyPublisher) return 0;
     const PublisherSlot* s = pub_slot(p);
     return s != nullptr && (Ld(s->id.flags) & kPrivateEngineHashes) ? static_cast<uint16_t>(p + 1)
-                                                                     : 0;
+                                                                    : 0;
   }
   // One of `p`'s residencies was dropped by someone else's eviction (or a namespace clear).
   void NotePairDropped(PublisherId p, bool evicted) const;

@@ -21,9 +21,8 @@ ApplyJournal Record(const BlockOp& op, uint8_t target, uint64_t op_index) {
 
 }  // namespace
 
-absl::Status ResidencyWriter::StoreInStripe(PublisherSlot& ps, const BlockOp& op,
-                                            uint64_t op_index, std::optional<uint8_t> redo_refs,
-                                            bool* duplicate) {
+absl::Status ResidencyWriter::StoreInStripe(PublisherSlot& ps, const BlockOp& op, uint64_t op_index,
+                                            std::optional<uint8_t> redo_refs, bool* duplicate) {
   const PublisherId p = op.publisher;
   BlockStripeWriter w(blocks_, registry_, blocks_.stripe_for(op.key));
   if (!w.ok()) return absl::InternalError("stripe lock unrecoverable");
@@ -184,7 +183,8 @@ uint64_t ResidencyWriter::ClearNamespace(NamespaceId ns, uint32_t every,
 
 absl::Status ResidencyWriter::Recover(PublisherId p, PublisherSlot& ps) {
   const ApplyJournal j = ReadJournal(ps);
-  if (j.op != static_cast<uint32_t>(JournalOp::kNone) && j.op_index == Ld(ps.index.applied_ops) + 1) {
+  if (j.op != static_cast<uint32_t>(JournalOp::kNone) &&
+      j.op_index == Ld(ps.index.applied_ops) + 1) {
     const BlockOp op{p, static_cast<Tier>(std::min<uint8_t>(j.tier, kDisk)), j.engine_hash,
                      j.block_key, j.ns};
     switch (static_cast<JournalOp>(j.op)) {

@@ -37,7 +37,7 @@ struct TestConfig {
   ~TestConfig() { Remove(); }
   void Remove() {
     index::Segment::Remove(cfg.segment);
-    index::ControlArea::Remove(index::ControlName(cfg.segment));
+    control::ControlArea::Remove(control::ControlName(cfg.segment));
   }
 };
 
@@ -69,12 +69,12 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   }
   uint64_t foreign_ops = idx->publisher_slot(foreign)->index.applied_ops;
 
-  auto control = index::ControlArea::Open(index::ControlName(cfg.segment));
+  auto control = control::ControlArea::Open(control::ControlName(cfg.segment));
   ASSERT_TRUE(control.ok());
-  index::Command c{};
-  c.op = static_cast<uint32_t>(index::CommandOp::kClearPod);
-  std::snprintf(c.pod, sizeof(c.pod), "%s", pod.c_str());
-  c.dp_rank = -1;  // every rank: the query server sends it to each owning worker
+  control::Command c{};
+  c.op = static_cast<uint32_t>(control::CommandOp::kClearPod);
+  ASSERT_TRUE(control::CopyField(c.args.pod, pod));
+  c.args.dp_rank = -1;  // every rank: the query server sends it to each owning worker
   c.worker = 0;
   auto id = (*control)->Post(c);
   ASSERT_TRUE(id.ok());
@@ -84,7 +84,7 @@ TEST(WorkerTest, ClearOfAPodTouchesOnlyTheExecutingWorkersPublishers) {
   stop = true;
   runner.join();
   ASSERT_TRUE(done.ok()) << done.status();
-  EXPECT_EQ(done->publishers, 1u) << "worker 0 cleared a publisher it does not own";
+  EXPECT_EQ(done->command.result.publishers, 1u) << "worker 0 cleared a publisher it does not own";
   EXPECT_EQ(idx->publisher_slot(foreign)->index.pairs, 2u);
   EXPECT_EQ(idx->publisher_slot(foreign)->index.applied_ops, foreign_ops)
       << "a non-owner wrote the publisher's applied-op counter";

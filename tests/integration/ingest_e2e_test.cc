@@ -10,7 +10,7 @@
 
 #include "gtest/gtest.h"
 
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -75,7 +75,7 @@ TestRun Prepare(const std::string& name) {
   r.config = r.dir + "/kvidx.toml";
   r.record = r.dir + "/record.txt";
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(index::ControlName(r.segment));
+  control::ControlArea::Remove(control::ControlName(r.segment));
   return r;
 }
 
@@ -177,7 +177,7 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   EXPECT_EQ(w0->Wait(), 0);
   EXPECT_EQ(w1->Wait(), 0);
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(index::ControlName(r.segment));
+  control::ControlArea::Remove(control::ControlName(r.segment));
 }
 
 // The Mooncake conversation trace (../shared/traces) replayed over simulated pods with LRU caches.
@@ -202,7 +202,7 @@ TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(index::ControlName(r.segment));
+  control::ControlArea::Remove(control::ControlName(r.segment));
 }
 
 TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
@@ -248,7 +248,7 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   w0->Wait();
   w1->Wait();
   index::Segment::Remove(r.segment);
-  index::Segment::Remove(index::ControlName(r.segment));
+  control::ControlArea::Remove(control::ControlName(r.segment));
 }
 
 }  // namespace

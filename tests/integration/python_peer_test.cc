@@ -8,7 +8,7 @@
 
 #include "gtest/gtest.h"
 
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -21,7 +21,7 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   mkdir(dir.c_str(), 0755);
   std::string segment = "kvidx-pypeer-" + std::to_string(getpid());
   index::Segment::Remove(segment);
-  index::Segment::Remove(index::ControlName(segment));
+  control::ControlArea::Remove(control::ControlName(segment));
   Process peer(
       {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_peer.py",
        dir + "/ports.txt", dir + "/expected.txt"},
@@ -75,7 +75,7 @@ TEST(PythonPeerTest, IndependentPublisherIsIngestedExactly) {
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);
   index::Segment::Remove(segment);
-  index::Segment::Remove(index::ControlName(segment));
+  control::ControlArea::Remove(control::ControlName(segment));
 }
 
 }  // namespace

@@ -14,8 +14,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "control/control_area.h"
 #include "index/block_key.h"
-#include "index/control.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
 #include "tests/integration/process.h"
@@ -42,7 +42,7 @@ class QueryTest : public ::testing::Test {
     mkdir(env->dir.c_str(), 0755);
     env->segment = "kvidx-query-" + std::to_string(getpid());
     index::Segment::Remove(env->segment);
-    index::Segment::Remove(index::ControlName(env->segment));
+    control::ControlArea::Remove(control::ControlName(env->segment));
     env->sim = std::make_unique<Process>(
         std::vector<std::string>{
             BuildPath("tools/kvidx-sim"), "--pods", "4", "--base-port", "0", "--requests", "100000",
@@ -108,7 +108,7 @@ class QueryTest : public ::testing::Test {
       p->Signal(SIGTERM);
     for (auto* p : {env->query.get(), env->w0.get(), env->w1.get(), env->sim.get()}) p->Wait();
     index::Segment::Remove(env->segment);
-    index::Segment::Remove(index::ControlName(env->segment));
+    control::ControlArea::Remove(control::ControlName(env->segment));
     delete env;
   }
 
@@ -153,7 +153,9 @@ TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {
       EXPECT_EQ(m.pod().rfind("pod-", 0), 0u);
       EXPECT_TRUE(m.freshness().connected());
     }
-    if (a.matches_size() > 0) EXPECT_EQ(a.best().matched_blocks(), a.matches(0).matched_blocks());
+    if (a.matches_size() > 0) {
+      EXPECT_EQ(a.best().matched_blocks(), a.matches(0).matched_blocks());
+    }
     // The key-based query may see a slightly newer index; both must see the same pods at least
     // for the first block most of the time, so compare only structure here.
     EXPECT_EQ(resp.results(1).prompt_blocks(), a.prompt_blocks());

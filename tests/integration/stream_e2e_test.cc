@@ -15,7 +15,7 @@
 
 #include "gtest/gtest.h"
 
-#include "index/control.h"
+#include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "tests/integration/process.h"
@@ -66,12 +66,12 @@ class StreamE2e {
     mkdir(dir_.c_str(), 0755);
     segment_ = "kvidx-stream-e2e-" + std::to_string(getpid()) + "-" + std::to_string(seed);
     index::Segment::Remove(segment_);
-    index::Segment::Remove(index::ControlName(segment_));
+    control::ControlArea::Remove(control::ControlName(segment_));
   }
   ~StreamE2e() {
     worker_.reset();
     index::Segment::Remove(segment_);
-    index::Segment::Remove(index::ControlName(segment_));
+    control::ControlArea::Remove(control::ControlName(segment_));
   }
 
   void WriteConfig(const std::string& ports) {

@@ -5,7 +5,7 @@
 
 #include "gtest/gtest.h"
 
-#include "index/control.h"
+#include "control/control_area.h"
 #include "ingest/applier.h"
 #include "ingest/stream_machine.h"
 #include "tests/index/test_util.h"
@@ -17,7 +17,7 @@ class ServiceTest : public ::testing::Test {
  protected:
   ServiceTest() : name_(kvidx::testing::UniqueSegmentName("service")) {
     index::Segment::Remove(name_);
-    index::ControlArea::Remove(index::ControlName(name_));
+    control::ControlArea::Remove(control::ControlName(name_));
     auto seg = index::Segment::Create(name_, kvidx::testing::SmallGeometry());
     EXPECT_TRUE(seg.ok());
     writer_ = std::make_unique<index::PrefixIndex>(seg->get());
@@ -25,14 +25,14 @@ class ServiceTest : public ::testing::Test {
     ns_ = *writer_->RegisterNamespace({.model = "m", .block_size = 2});
     config_.models.push_back({.name = "m", .block_size = 2});
     auto ro = index::Segment::Attach(name_, index::Segment::Access::kReadOnly);
-    auto control = index::ControlArea::Open(index::ControlName(name_));
+    auto control = control::ControlArea::Open(control::ControlName(name_));
     EXPECT_TRUE(ro.ok() && control.ok());
     service_ = std::make_unique<KvIndexService>(config_, std::move(*ro), std::move(*control));
   }
   ~ServiceTest() override {
     service_.reset();
     index::Segment::Remove(name_);
-    index::ControlArea::Remove(index::ControlName(name_));
+    control::ControlArea::Remove(control::ControlName(name_));
   }
   index::PublisherId Pod(const std::string& name, std::vector<uint32_t> tokens,
                          ingest::StreamState state, bool reachable) {

@@ -1,0 +1,133 @@
+// NVIDIA KVBM (Dynamo) events: rmp-serde named and indexed forms, and serde_json.
+#include "absl/strings/str_cat.h"
+
+#include "ingest/internal/object_parser.h"
+
+namespace kvidx::ingest::internal {
+
+bool Parser::LooksKvbm(const object& root) {
+  if (root.via.array.size != 2) return false;
+  const object& ev = root.via.array.ptr[0];
+  const object& id = root.via.array.ptr[1];
+  if (!(IsInt(id) || id.type == t::BIN)) return false;
+  if (ev.type == t::STR) return Str(ev) == "Shutdown";
+  if (ev.type == t::MAP && ev.via.map.size == 1 && ev.via.map.ptr[0].key.type == t::STR) {
+    auto k = Str(ev.via.map.ptr[0].key);
+    return k == "Create" || k == "Remove" || k == "Shutdown";
+  }
+  return ev.type == t::ARRAY && ev.via.array.size == 2 && IsInt(ev.via.array.ptr[0]) &&
+         ev.via.array.ptr[1].type == t::ARRAY;
+}
+
+bool Parser::U128(const object& o, std::pair<uint64_t, uint64_t>* out, const char* what) {
+  if (o.type == t::POSITIVE_INTEGER) {
+    *out = {0, o.via.u64};
+    return true;
+  }
+  if (o.type == t::BIN && o.via.bin.size <= 16 && o.via.bin.size > 0) {
+    const auto* p = reinterpret_cast<const uint8_t*>(o.via.bin.ptr);
+    uint8_t buf[16] = {0};
+    std::memcpy(buf + 16 - o.via.bin.size, p, o.via.bin.size);
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 8; ++i) hi = (hi << 8) | buf[i];
+    for (int i = 8; i < 16; ++i) lo = (lo << 8) | buf[i];
+    *out = {hi, lo};
+    return true;
+  }
+  return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a u128"));
+}
+
+bool Parser::KvbmHash(const object& o, uint64_t* out) {
+  if (o.type == t::ARRAY) {
+    if (o.via.array.size < 1) return Fail(DecodeReason::kBadShape, "empty SequenceHash struct");
+    int64_t cur;
+    if (o.via.array.ptr[0].type == t::POSITIVE_INTEGER) {
+      *out = o.via.array.ptr[0].via.u64;
+      return true;
+    }
+    if (!Int(o.via.array.ptr[0], &cur, "SequenceHash.current")) return false;
+    *out = static_cast<uint64_t>(cur);
+    return true;
+  }
+  if (o.type == t::MAP) {
+    const object* cur = Get(o, "current");
+    if (cur == nullptr || cur->type != t::POSITIVE_INTEGER) {
+      return Fail(DecodeReason::kBadShape, "SequenceHash map without current");
+    }
+    *out = cur->via.u64;
+    return true;
+  }
+  std::pair<uint64_t, uint64_t> v;
+  if (!U128(o, &v, "SequenceHash")) return false;
+  *out = v.first ^ v.second;
+  return true;
+}
+
+bool Parser::KvbmHashes(const object& o, Event* ev) {
+  if (o.type != t::ARRAY) return Fail(DecodeReason::kWrongType, "KVBM hashes are not an array");
+  ev->hashes.resize(o.via.array.size);
+  for (uint32_t i = 0; i < o.via.array.size; ++i) {
+    if (!KvbmHash(o.via.array.ptr[i], &ev->hashes[i])) return false;
+  }
+  return true;
+}
+
+bool Parser::KvbmVariant(std::string_view name, const object* args, EventBatch* b) {
+  Event ev;
+  if (name == "Shutdown") {
+    ev.kind = EventKind::kCleared;
+  } else if (name == "Create" || name == "Remove") {
+    ev.kind = name == "Create" ? EventKind::kStored : EventKind::kRemoved;
+    if (args == nullptr) return Fail(DecodeReason::kBadShape, "KVBM variant without hashes");
+    if (!KvbmHashes(*args, &ev)) return false;
+  } else {
+    return UnknownTag(name, b);
+  }
+  b->events.push_back(std::move(ev));
+  return true;
+}
+
+bool Parser::KvbmEvents(const object& o, EventBatch* b) {
+  if (o.type == t::STR) return KvbmVariant(Str(o), nullptr, b);
+  if (o.type == t::MAP) {
+    if (o.via.map.size != 1 || o.via.map.ptr[0].key.type != t::STR) {
+      return Fail(DecodeReason::kBadShape, "KVBM events map is not one variant");
+    }
+    return KvbmVariant(Str(o.via.map.ptr[0].key), &o.via.map.ptr[0].val, b);
+  }
+  if (o.type == t::ARRAY && o.via.array.size == 2 &&
+      o.via.array.ptr[0].type == t::POSITIVE_INTEGER && o.via.array.ptr[1].type == t::ARRAY) {
+    // Older rmp-serde: [variant_index, [args...]]; a newtype variant's args hold the vector.
+    static constexpr const char* kNames[] = {"Create", "Remove", "Shutdown"};
+    uint64_t idx = o.via.array.ptr[0].via.u64;
+    if (idx > 2) return UnknownTag(absl::StrCat("variant ", idx), b);
+    const object& args = o.via.array.ptr[1];
+    const object* inner = args.via.array.size > 0 ? &args.via.array.ptr[0] : nullptr;
+    return KvbmVariant(kNames[idx], inner, b);
+  }
+  return Fail(DecodeReason::kBadShape, "KVBM events of no known encoding");
+}
+
+bool Parser::Kvbm(const object& root, EventBatch* b) {
+  b->dialect = Dialect::kKvbm;
+  const object* events = nullptr;
+  const object* id = nullptr;
+  if (root.type == t::ARRAY) {
+    if (root.via.array.size < 2)
+      return Fail(DecodeReason::kBadShape, "KvbmCacheEvents array < 2");
+    events = &root.via.array.ptr[0];
+    id = &root.via.array.ptr[1];
+  } else {
+    events = Get(root, "events");
+    id = Get(root, "instance_id");
+    if (events == nullptr || id == nullptr) {
+      return Fail(DecodeReason::kBadShape, "KvbmCacheEvents without events or instance_id");
+    }
+  }
+  std::pair<uint64_t, uint64_t> inst;
+  if (!U128(*id, &inst, "instance_id")) return false;
+  b->instance_id = inst;
+  return KvbmEvents(*events, b);
+}
+
+}  // namespace kvidx::ingest::internal
