@@ -96,6 +96,11 @@ absl::Status EnvNumber(const char* name, T* out) {
 
 }  // namespace
 
+std::string AdapterName(const std::map<int64_t, std::string>& names, int64_t lora_id) {
+  auto it = names.find(lora_id);
+  return it != names.end() ? it->second : absl::StrCat("lora-", lora_id);
+}
+
 index::PublisherSpec PublisherSpecFor(const PublisherConfig& p, index::NamespaceId ns,
                                       uint32_t workers) {
   index::PublisherSpec spec;

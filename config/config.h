@@ -82,6 +82,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string
 // The worker (0..workers-1) that owns a publisher: a stable hash of pod and rank.
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);
 
+// The adapter name of numeric LoRA id `lora_id` (> 0): its configured name, else "lora-<id>".
+// The one rule both the applier (events naming an id) and the query (lookups naming one) use.
+std::string AdapterName(const std::map<int64_t, std::string>& names, int64_t lora_id);
+
 // The index registration of a configured (or RPC-registered) publisher whose model is namespace
 // `ns`: the one place a PublisherConfig becomes an index::PublisherSpec.
 index::PublisherSpec PublisherSpecFor(const PublisherConfig& p, index::NamespaceId ns,

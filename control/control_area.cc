@@ -32,10 +32,9 @@ absl::Status WaitForCreator(int fd, const std::string& name) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (static_cast<size_t>(st.st_size) != sizeof(ControlHeader)) {
-    return absl::FailedPreconditionError(absl::StrCat("control area ", name,
-                                                      " has another layout (size ", st.st_size,
-                                                      ", this build's ", sizeof(ControlHeader),
-                                                      ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("control area ", name, " has another layout (size ", st.st_size,
+                     ", this build's ", sizeof(ControlHeader), ")"));
   }
   return absl::OkStatus();
 }
@@ -78,17 +77,15 @@ absl::StatusOr<std::unique_ptr<ControlArea>> ControlArea::Open(const std::string
     }
     if (h->magic != kControlMagic || h->version != kControlVersion) {
       munmap(p, sizeof(ControlHeader));
-      return absl::FailedPreconditionError(
-          absl::StrCat("control area ", name, ": layout version ", h->version,
-                       ", this build's ", kControlVersion));
+      return absl::FailedPreconditionError(absl::StrCat("control area ", name, ": layout version ",
+                                                        h->version, ", this build's ",
+                                                        kControlVersion));
     }
   }
   return std::unique_ptr<ControlArea>(new ControlArea(h));
 }
 
-bool ControlArea::Remove(const std::string& name) {
-  return shm_unlink(ShmName(name).c_str()) == 0;
-}
+bool ControlArea::Remove(const std::string& name) { return shm_unlink(ShmName(name).c_str()) == 0; }
 
 ControlArea::~ControlArea() { munmap(h_, sizeof(ControlHeader)); }
 

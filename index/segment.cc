@@ -100,7 +100,7 @@ absl::Status CheckHeader(const SegmentHeader* h, size_t mapped,
         " namespaces=", g.namespaces, " stripes=", g.stripes, "; configured blocks=",
         expected->blocks, " pairs=", expected->pairs, " publishers=", expected->publishers,
         " namespaces=", expected->namespaces, " stripes=", expected->stripes,
-        " (remove the segment with `kvidxctl segment remove` to re-create it)"));
+        " (stop the services and remove the segment from /dev/shm to re-create it)"));
   }
   return absl::OkStatus();
 }

@@ -40,8 +40,7 @@ absl::StatusOr<NamespaceId> Applier::NamespaceFor(PublisherId p, const Event& e)
   if (e.lora_name && !e.lora_name->empty()) {
     lora = *e.lora_name;
   } else if (e.lora_id && *e.lora_id > 0) {
-    auto it = config_.lora_names.find(*e.lora_id);
-    lora = it != config_.lora_names.end() ? it->second : absl::StrCat("lora-", *e.lora_id);
+    lora = config::AdapterName(config_.lora_names, *e.lora_id);
   }
   const index::NamespaceSlot* base_slot = index_->namespace_slot(base);
   if (base_slot == nullptr) return absl::FailedPreconditionError("publisher's namespace is gone");

@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 
+#include "config/config.h"
 #include "index/prefix_index.h"
 #include "ingest/events.h"
 

@@ -16,9 +16,8 @@ using control::CommandResult;
 using control::FieldView;
 
 void Worker::ServeCommands() {
-  control_->Serve(worker_, [this](control::Command& c, std::span<char> payload) {
-    Execute(c, payload);
-  });
+  control_->Serve(worker_,
+                  [this](control::Command& c, std::span<char> payload) { Execute(c, payload); });
 }
 
 void Worker::Execute(control::Command& c, std::span<char> payload) {
@@ -29,8 +28,7 @@ void Worker::Execute(control::Command& c, std::span<char> payload) {
       break;
     case CommandOp::kUnregister:
     case CommandOp::kClearPod:
-      st = ExecuteDropPod(static_cast<CommandOp>(c.op) == CommandOp::kUnregister, c.args,
-                          c.result);
+      st = ExecuteDropPod(static_cast<CommandOp>(c.op) == CommandOp::kUnregister, c.args, c.result);
       break;
     case CommandOp::kListSequences:
     case CommandOp::kGetSequence:
@@ -54,7 +52,8 @@ void Worker::Execute(control::Command& c, std::span<char> payload) {
 absl::Status Worker::ExecuteRegister(const CommandArgs& a, CommandResult& r) {
   const std::string model(FieldView(a.model));
   auto ns = index_->FindNamespace(model, "");
-  if (!ns) return absl::FailedPreconditionError(absl::StrCat("model '", model, "' is not configured"));
+  if (!ns)
+    return absl::FailedPreconditionError(absl::StrCat("model '", model, "' is not configured"));
   config::PublisherConfig pc;
   pc.pod = FieldView(a.pod);
   pc.dp_rank = static_cast<uint32_t>(std::max(0, a.dp_rank));
@@ -87,7 +86,8 @@ absl::Status Worker::ExecuteDropPod(bool unregister, const CommandArgs& a, Comma
                                      : index_->ClearPublisher(id));
     ++r.publishers;
   }
-  if (r.publishers == 0) return absl::NotFoundError(absl::StrCat("no publisher ", std::string(pod)));
+  if (r.publishers == 0)
+    return absl::NotFoundError(absl::StrCat("no publisher ", std::string(pod)));
   return absl::OkStatus();
 }
 
@@ -150,9 +150,8 @@ absl::Status Worker::ExecuteClearNamespaces(bool all, const CommandArgs& a, Comm
   } else {
     auto ns = index_->FindNamespace(FieldView(a.model), FieldView(a.lora_name));
     if (!ns) {
-      return absl::NotFoundError(
-          absl::StrCat("no namespace ", std::string(FieldView(a.model)), "/",
-                       std::string(FieldView(a.lora_name))));
+      return absl::NotFoundError(absl::StrCat("no namespace ", std::string(FieldView(a.model)), "/",
+                                              std::string(FieldView(a.lora_name))));
     }
     targets.push_back(*ns);
   }

@@ -185,8 +185,8 @@ void FillSequence(const control::SequenceRecord& rec, v1::Sequence* s) {
   s->set_finished(rec.finished != 0);
   s->set_succeeded(rec.succeeded != 0);
   s->set_stored_blocks(rec.stored_blocks);
-  s->set_request_id(std::string(
-      rec.request_id, std::min<size_t>(rec.request_id_size, sizeof(rec.request_id))));
+  s->set_request_id(
+      std::string(rec.request_id, std::min<size_t>(rec.request_id_size, sizeof(rec.request_id))));
 }
 }  // namespace
 

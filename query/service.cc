@@ -61,12 +61,12 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   }
   std::string lora = nsq.lora_name();
   if (lora.empty() && nsq.lora_id() > 0) {
+    static const std::map<int64_t, std::string> kNone;
+    const std::map<int64_t, std::string>* names = &kNone;
     for (const auto& m : config_.models) {
-      if (m.name != nsq.model()) continue;
-      auto it = m.lora_names.find(nsq.lora_id());
-      lora = it != m.lora_names.end() ? it->second : absl::StrCat("lora-", nsq.lora_id());
+      if (m.name == nsq.model()) names = &m.lora_names;
     }
-    if (lora.empty()) lora = absl::StrCat("lora-", nsq.lora_id());
+    lora = config::AdapterName(*names, nsq.lora_id());
   }
   std::optional<index::NamespaceId> ns = index_->FindNamespace(nsq.model(), lora);
   out->set_namespace_known(ns.has_value());

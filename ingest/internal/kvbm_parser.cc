@@ -113,8 +113,7 @@ bool Parser::Kvbm(const object& root, EventBatch* b) {
   const object* events = nullptr;
   const object* id = nullptr;
   if (root.type == t::ARRAY) {
-    if (root.via.array.size < 2)
-      return Fail(DecodeReason::kBadShape, "KvbmCacheEvents array < 2");
+    if (root.via.array.size < 2) return Fail(DecodeReason::kBadShape, "KvbmCacheEvents array < 2");
     events = &root.via.array.ptr[0];
     id = &root.via.array.ptr[1];
   } else {

@@ -1,9 +1,9 @@
+#include "ingest/internal/object_parser.h"
+
 #include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-
-#include "ingest/internal/object_parser.h"
 
 namespace kvidx::ingest::internal {
 
@@ -35,8 +35,8 @@ bool Parser::Root(const object& root, EventBatch* b) {
                    LooksAibrix(events->via.array.ptr[0]));
     b->dialect = aibrix ? Dialect::kAibrix : Dialect::kSeqId;
     for (uint32_t i = 0; i < events->via.array.size; ++i) {
-      bool ok = aibrix ? AibrixEvent(events->via.array.ptr[i], b)
-                       : SeqEvent(events->via.array.ptr[i], b);
+      bool ok =
+          aibrix ? AibrixEvent(events->via.array.ptr[i], b) : SeqEvent(events->via.array.ptr[i], b);
       if (!ok) return false;
     }
     return true;
@@ -152,8 +152,7 @@ bool Parser::BlockTokenLists(const object& o, Event* ev, const char* what) {
     uint32_t len = static_cast<uint32_t>(ev->tokens.size() - before);
     if (i == 0) ev->block_size = len;
     if (len != ev->block_size || len == 0) {
-      return Fail(DecodeReason::kBadShape,
-                  absl::StrCat(what, ": blocks of unequal or zero size"));
+      return Fail(DecodeReason::kBadShape, absl::StrCat(what, ": blocks of unequal or zero size"));
     }
   }
   return true;
@@ -166,8 +165,8 @@ bool Parser::CheckStoredShape(Event& ev) {
   if (!ev.tokens.empty()) {
     if (ev.block_size == 0 || ev.tokens.size() != ev.hashes.size() * ev.block_size) {
       return Fail(DecodeReason::kBadShape,
-                  absl::StrCat(ev.tokens.size(), " token ids for ", ev.hashes.size(),
-                               " blocks of ", ev.block_size));
+                  absl::StrCat(ev.tokens.size(), " token ids for ", ev.hashes.size(), " blocks of ",
+                               ev.block_size));
     }
   }
   return true;
@@ -175,8 +174,7 @@ bool Parser::CheckStoredShape(Event& ev) {
 
 bool Parser::UnknownTag(std::string_view tag, EventBatch* b) {
   if (limits_.strict)
-    return Fail(DecodeReason::kUnknownTag,
-                absl::StrCat("unknown event '", std::string(tag), "'"));
+    return Fail(DecodeReason::kUnknownTag, absl::StrCat("unknown event '", std::string(tag), "'"));
   ++b->unknown_events;
   return true;
 }
@@ -207,9 +205,8 @@ bool Parser::VllmEvents(const object& events, EventBatch* b) {
   for (uint32_t i = 0; i < events.via.array.size; ++i) {
     const object& e = events.via.array.ptr[i];
     bool ok = e.type == t::ARRAY ? VllmArrayEvent(e, b)
-              : e.type == t::MAP
-                  ? VllmMapEvent(e, b)
-                  : Fail(DecodeReason::kWrongType, "event is neither array nor map");
+              : e.type == t::MAP ? VllmMapEvent(e, b)
+                                 : Fail(DecodeReason::kWrongType, "event is neither array nor map");
     if (!ok) return false;
   }
   return true;
@@ -246,8 +243,7 @@ bool Parser::VllmArrayEvent(const object& e, EventBatch* b) {
       return false;
     }
     if (const object* o8 = at(8); o8 != nullptr && o8->type != t::NIL) {
-      if (o8->type != t::ARRAY)
-        return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
+      if (o8->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
       ev.has_extra_keys = true;
     }
     if (!OptInt(at(9), &ev.group_idx, "group_idx")) return false;
@@ -277,8 +273,7 @@ bool Parser::VllmMapEvent(const object& e, EventBatch* b) {
   if (tag == "BlockStored" || tag == "BlockStoredWithMetadata") {
     ev.kind = EventKind::kStored;
     const object* hashes = Get(e, "block_hashes");
-    if (hashes == nullptr)
-      return Fail(DecodeReason::kBadShape, "BlockStored without block_hashes");
+    if (hashes == nullptr) return Fail(DecodeReason::kBadShape, "BlockStored without block_hashes");
     if (!HashList(*hashes, &ev.hashes)) return false;
     if (const object* p = Get(e, "parent_block_hash"); p != nullptr && p->type != t::NIL) {
       uint64_t v;
@@ -297,8 +292,7 @@ bool Parser::VllmMapEvent(const object& e, EventBatch* b) {
     if (!OptStr(Get(e, "lora_name"), &ev.lora_name, "lora_name")) return false;
     if (!OptStr(Get(e, "cache_salt"), &ev.cache_salt, "cache_salt")) return false;
     if (const object* x = Get(e, "extra_keys"); x != nullptr && x->type != t::NIL) {
-      if (x->type != t::ARRAY)
-        return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
+      if (x->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
       ev.has_extra_keys = true;
     }
     if (!OptInt(Get(e, "group_idx"), &ev.group_idx, "group_idx")) return false;
@@ -409,8 +403,7 @@ bool Parser::SeqEvent(const object& e, EventBatch* b) {
     if (tk->via.array.size != ev.block_numbers.size()) {
       return Fail(DecodeReason::kBadShape, "block_token_ids: not one array per block number");
     }
-    if (ev.block_size > limits_.max_block_size)
-      return Fail(DecodeReason::kTooLarge, "block size");
+    if (ev.block_size > limits_.max_block_size) return Fail(DecodeReason::kTooLarge, "block size");
   } else if (tag == "block_removed") {
     ev.kind = EventKind::kSeqRemoved;
     if (!seq_id() || !BlockNumbers(Get(e, "block_numbers"), &ev)) return false;
