@@ -32,6 +32,7 @@
 #include "ingest/applier.h"
 #include "ingest/decoder.h"
 #include "shared/clock.h"
+#include "tools/sim/encoder.h"
 
 namespace kvidx::bench {
 namespace {
@@ -43,37 +44,14 @@ struct Args {
   uint32_t rate = 100'000;
 };
 
+// One vLLM map-era BlockStored batch (the simulator's encoder). Engine hashes are never 0, so
+// 0 means "no parent".
 std::vector<uint8_t> EncodeStore(uint64_t parent, const uint64_t* hashes, const uint32_t* tokens,
                                  uint32_t n, uint32_t bs, bool has_parent) {
-  msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_array(3);
-  pk.pack(1.0);
-  pk.pack_array(1);
-  pk.pack_map(8);
-  pk.pack(std::string("type"));
-  pk.pack(std::string("BlockStored"));
-  pk.pack(std::string("block_hashes"));
-  pk.pack_array(n);
-  for (uint32_t i = 0; i < n; ++i) pk.pack(hashes[i]);
-  pk.pack(std::string("parent_block_hash"));
-  if (has_parent)
-    pk.pack(parent);
-  else
-    pk.pack_nil();
-  pk.pack(std::string("token_ids"));
-  pk.pack_array(n * bs);
-  for (uint32_t i = 0; i < n * bs; ++i) pk.pack(tokens[i]);
-  pk.pack(std::string("block_size"));
-  pk.pack(bs);
-  pk.pack(std::string("lora_id"));
-  pk.pack_nil();
-  pk.pack(std::string("medium"));
-  pk.pack(std::string("GPU"));
-  pk.pack(std::string("lora_name"));
-  pk.pack_nil();
-  pk.pack(0);
-  return {buf.data(), buf.data() + buf.size()};
+  sim::BatchContent c;
+  c.runs.push_back(sim::StoredRun{
+      {hashes, hashes + n}, has_parent ? parent : 0, {tokens, tokens + size_t{n} * bs}});
+  return sim::EncodeBatch(sim::Encoding::kVllmMap, 1.0, bs, c);
 }
 
 // ---- A ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include "shared/clock.h"
 #include "tests/common/children.h"
 #include "tests/index/test_util.h"
+#include "tools/sim/encoder.h"
 
 namespace kvidx::ingest {
 namespace {
@@ -28,22 +29,10 @@ namespace {
 // One stored block per batch: hash 1000 + seq + life * 100000, tokens {seq, life}: a restarted
 // engine's batch at the same sequence stores another block.
 std::vector<uint8_t> Batch(uint64_t seq, uint32_t life) {
-  msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_array(3);
-  pk.pack(1.0 + static_cast<double>(seq));
-  pk.pack_array(1);
-  pk.pack_array(7);
-  pk.pack(std::string("BlockStored"));
-  pk.pack_array(1);
-  pk.pack(1000 + seq + uint64_t{life} * 100000);
-  pk.pack_nil();
-  pk.pack(std::vector<uint32_t>{static_cast<uint32_t>(seq), life});
-  pk.pack(2);
-  pk.pack_nil();
-  pk.pack(std::string("GPU"));
-  pk.pack(0);
-  return {buf.data(), buf.data() + buf.size()};
+  sim::BatchContent c;
+  c.runs.push_back(sim::StoredRun{
+      {1000 + seq + uint64_t{life} * 100000}, 0, {static_cast<uint32_t>(seq), life}});
+  return sim::EncodeBatch(sim::Encoding::kVllmArray, 1.0 + static_cast<double>(seq), 2, c);
 }
 
 zmq::message_t Seq8(uint64_t s) {

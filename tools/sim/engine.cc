@@ -8,6 +8,8 @@
 #include <msgpack.hpp>
 #include <zmq_addon.hpp>
 
+#include "tools/sim/encoder.h"
+
 namespace kvidx::sim {
 
 bool ParseEncoding(const std::string& s, Encoding* out) {
@@ -137,199 +139,22 @@ void SimEngine::ClearAll() {
   Send(p);
 }
 
-namespace {
-
-void PackHash(msgpack::packer<msgpack::sbuffer>& pk, uint64_t h, Encoding e) {
-  if (e == Encoding::kVllmBytes || e == Encoding::kSglang) {
-    // A 32-byte digest whose folded 64 bits are h: the last 8 bytes for vLLM, the first 8 for
-    // SGLang.
-    uint8_t d[32];
-    for (int i = 0; i < 32; ++i) d[i] = static_cast<uint8_t>(0x40 + i);
-    int at = e == Encoding::kSglang ? 0 : 24;
-    for (int i = 0; i < 8; ++i) d[at + i] = static_cast<uint8_t>(h >> (56 - 8 * i));
-    pk.pack_bin(32);
-    pk.pack_bin_body(reinterpret_cast<const char*>(d), 32);
-  } else {
-    pk.pack(h);
-  }
-}
-
-void PackStr(msgpack::packer<msgpack::sbuffer>& pk, const std::string& s) { pk.pack(s); }
-
-}  // namespace
-
 std::vector<uint8_t> SimEngine::Encode(const Pending& p) const {
-  const Encoding e = options_.encoding;
-  msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk(buf);
   // Stored blocks go out as runs: consecutive blocks whose parent is the previous block.
-  std::vector<std::vector<const SimBlock*>> runs;
+  BatchContent c;
   for (const SimBlock& b : p.stored) {
-    if (runs.empty() || runs.back().back()->engine_hash != b.parent_hash) runs.emplace_back();
-    runs.back().push_back(&b);
+    if (c.runs.empty() || c.runs.back().hashes.back() != b.parent_hash) {
+      c.runs.push_back(StoredRun{{}, b.parent_hash, {}});
+    }
+    c.runs.back().hashes.push_back(b.engine_hash);
+    c.runs.back().tokens.insert(c.runs.back().tokens.end(), b.tokens.begin(), b.tokens.end());
   }
-  size_t n_events = runs.size() + p.removed.size() + (p.cleared ? 1 : 0);
+  c.removed = p.removed;
+  c.cleared = p.cleared;
+  c.dp_rank = options_.dp_rank;
   double ts =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  if (e == Encoding::kAibrix) {
-    pk.pack_map(1);
-    PackStr(pk, "events");
-    pk.pack_array(static_cast<uint32_t>(n_events));
-    for (auto& run : runs) {
-      bool parent = run[0]->parent_hash != 0;
-      pk.pack_map(parent ? 5 : 4);
-      PackStr(pk, "type");
-      PackStr(pk, "BLOCK_STORED");
-      PackStr(pk, "timestamp");
-      pk.pack(ts);
-      PackStr(pk, "block_hashes");
-      pk.pack_array(static_cast<uint32_t>(run.size()));
-      for (auto* b : run) pk.pack(static_cast<int64_t>(b->engine_hash));
-      PackStr(pk, "token_ids");
-      pk.pack_array(static_cast<uint32_t>(run.size()));
-      for (auto* b : run) pk.pack(b->tokens);
-      if (parent) {
-        PackStr(pk, "parent_block_hash");
-        pk.pack(static_cast<int64_t>(run[0]->parent_hash));
-      }
-    }
-    for (uint64_t h : p.removed) {
-      pk.pack_map(3);
-      PackStr(pk, "type");
-      PackStr(pk, "BLOCK_REMOVED");
-      PackStr(pk, "timestamp");
-      pk.pack(ts);
-      PackStr(pk, "block_hashes");
-      pk.pack_array(1);
-      pk.pack(static_cast<int64_t>(h));
-    }
-    if (p.cleared) {
-      pk.pack_map(2);
-      PackStr(pk, "type");
-      PackStr(pk, "ALL_BLOCKS_CLEARED");
-      PackStr(pk, "timestamp");
-      pk.pack(ts);
-    }
-    return {buf.data(), buf.data() + buf.size()};
-  }
-  const bool v090 = e == Encoding::kVllmV090;
-  const bool map_events = e == Encoding::kVllmMap || e == Encoding::kVllmBytes;
-  pk.pack_array(v090 ? 2 : 3);
-  pk.pack(ts);
-  pk.pack_array(static_cast<uint32_t>(n_events));
-  for (auto& run : runs) {
-    std::vector<uint32_t> tokens;
-    for (auto* b : run) tokens.insert(tokens.end(), b->tokens.begin(), b->tokens.end());
-    auto pack_hashes = [&] {
-      pk.pack_array(static_cast<uint32_t>(run.size()));
-      for (auto* b : run) PackHash(pk, b->engine_hash, e);
-    };
-    auto pack_parent = [&] {
-      if (run[0]->parent_hash == 0)
-        pk.pack_nil();
-      else
-        PackHash(pk, run[0]->parent_hash, e);
-    };
-    if (map_events) {
-      pk.pack_map(10);
-      PackStr(pk, "type");
-      PackStr(pk, "BlockStored");
-      PackStr(pk, "block_hashes");
-      pack_hashes();
-      PackStr(pk, "parent_block_hash");
-      pack_parent();
-      PackStr(pk, "token_ids");
-      pk.pack(tokens);
-      PackStr(pk, "block_size");
-      pk.pack(options_.block_size);
-      PackStr(pk, "lora_id");
-      pk.pack_nil();
-      PackStr(pk, "medium");
-      PackStr(pk, "GPU");
-      PackStr(pk, "lora_name");
-      pk.pack_nil();
-      PackStr(pk, "group_idx");
-      pk.pack(0);
-      PackStr(pk, "kv_cache_spec_kind");
-      PackStr(pk, "full_attention");
-    } else if (e == Encoding::kSglang) {
-      pk.pack_array(7);
-      PackStr(pk, "BlockStored");
-      pack_hashes();
-      pack_parent();
-      pk.pack(tokens);
-      pk.pack(options_.block_size);
-      pk.pack_nil();
-      PackStr(pk, "GPU");
-    } else if (v090) {
-      pk.pack_array(6);
-      PackStr(pk, "BlockStored");
-      pack_hashes();
-      pack_parent();
-      pk.pack(tokens);
-      pk.pack(options_.block_size);
-      pk.pack_nil();
-    } else {
-      pk.pack_array(12);
-      PackStr(pk, "BlockStored");
-      pack_hashes();
-      pack_parent();
-      pk.pack(tokens);
-      pk.pack(options_.block_size);
-      pk.pack_nil();
-      PackStr(pk, "GPU");
-      pk.pack_nil();
-      pk.pack_array(static_cast<uint32_t>(run.size()));
-      for (size_t i = 0; i < run.size(); ++i) pk.pack_nil();
-      pk.pack(0);
-      PackStr(pk, "full_attention");
-      pk.pack_nil();
-    }
-  }
-  for (uint64_t h : p.removed) {
-    if (map_events) {
-      pk.pack_map(4);
-      PackStr(pk, "type");
-      PackStr(pk, "BlockRemoved");
-      PackStr(pk, "block_hashes");
-      pk.pack_array(1);
-      PackHash(pk, h, e);
-      PackStr(pk, "medium");
-      PackStr(pk, "GPU");
-      PackStr(pk, "group_idx");
-      pk.pack(0);
-    } else if (e == Encoding::kSglang) {
-      pk.pack_array(3);
-      PackStr(pk, "BlockRemoved");
-      pk.pack_array(1);
-      PackHash(pk, h, e);
-      PackStr(pk, "GPU");
-    } else if (v090) {
-      pk.pack_array(2);
-      PackStr(pk, "BlockRemoved");
-      pk.pack_array(1);
-      PackHash(pk, h, e);
-    } else {
-      pk.pack_array(4);
-      PackStr(pk, "BlockRemoved");
-      pk.pack_array(1);
-      PackHash(pk, h, e);
-      PackStr(pk, "GPU");
-      pk.pack(0);
-    }
-  }
-  if (p.cleared) {
-    if (map_events) {
-      pk.pack_map(1);
-      PackStr(pk, "type");
-      PackStr(pk, "AllBlocksCleared");
-    } else {
-      pk.pack_array(1);
-      PackStr(pk, "AllBlocksCleared");
-    }
-  }
-  if (!v090) pk.pack(options_.dp_rank);
-  return {buf.data(), buf.data() + buf.size()};
+  return EncodeBatch(options_.encoding, ts, options_.block_size, c);
 }
 
 void SimEngine::SendGarbage() {

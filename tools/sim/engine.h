@@ -18,20 +18,9 @@
 
 #include <zmq.hpp>
 
-namespace kvidx::sim {
+#include "tools/sim/encoder.h"
 
-enum class Encoding {
-  kVllmArray,  // vLLM <= 0.23: array events, int hashes
-  kVllmMap,    // vLLM >= 0.24: map events, int hashes
-  kVllmBytes,  // map events, 32-byte digests as bin (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0)
-  kVllmV090,   // the first release: 2-element batch, 6-element BlockStored
-  kSglang,     // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
-  kAibrix,     // {"events": [{"type": "BLOCK_STORED", ...}]}
-};
-bool ParseEncoding(const std::string& s, Encoding* out);
-const char* EncodingName(Encoding e);
-// The dialect name kvidx should be configured with for an encoding.
-const char* DialectFor(Encoding e);
+namespace kvidx::sim {
 
 struct Faults {
   uint32_t drop_every = 0;     // every Nth batch is not sent live (a gap; replay has it)

@@ -1,0 +1,43 @@
+// The one msgpack encoder of engine batches for the simulator, the benches and the tests: every
+// encoding kvidx-sim speaks, written from wire.md (the Python peers in tests/integration keep
+// their own, independent encoders on purpose).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvidx::sim {
+
+enum class Encoding {
+  kVllmArray,  // vLLM <= 0.23: array events, int hashes
+  kVllmMap,    // vLLM >= 0.24: map events, int hashes
+  kVllmBytes,  // map events, 32-byte digests as bin (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0)
+  kVllmV090,   // the first release: 2-element batch, 6-element BlockStored
+  kSglang,     // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
+  kAibrix,     // {"events": [{"type": "BLOCK_STORED", ...}]}
+};
+bool ParseEncoding(const std::string& s, Encoding* out);
+const char* EncodingName(Encoding e);
+// The dialect name kvidx should be configured with for an encoding.
+const char* DialectFor(Encoding e);
+
+// Consecutive stored blocks whose parent is the previous one: one BlockStored event.
+struct StoredRun {
+  std::vector<uint64_t> hashes;  // engine hashes, one per block
+  uint64_t parent = 0;           // the first block's parent; 0: none
+  std::vector<uint32_t> tokens;  // block_size per block
+};
+
+struct BatchContent {
+  std::vector<StoredRun> runs;
+  std::vector<uint64_t> removed;  // one BlockRemoved each
+  bool cleared = false;           // a final AllBlocksCleared
+  uint32_t dp_rank = 0;           // the batch's data-parallel rank (not in v0.9.0 batches)
+};
+
+// The batch payload in encoding `e`, stamped `ts` (seconds), for blocks of `block_size` tokens.
+std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size,
+                                 const BatchContent& c);
+
+}  // namespace kvidx::sim
