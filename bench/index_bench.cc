@@ -19,6 +19,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "bench/fleet.h"
 #include "index/block_key.h"
 #include "index/prefix_index.h"
@@ -38,19 +40,14 @@ struct Args {
 
 Args Parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    uint64_t v = std::strtoull(argv[i + 1], nullptr, 10);
-    if (k == "--blocks")
-      a.blocks = static_cast<uint32_t>(v);
-    else if (k == "--lookups")
-      a.lookups = static_cast<uint32_t>(v);
-    else if (k == "--seed")
-      a.seed = v;
-    else {
-      std::fprintf(stderr, "usage: index_bench [--blocks N] [--lookups N] [--seed N]\n");
-      std::exit(2);
-    }
+  CLI::App app("index_bench: kvidx's prefix index against an unordered_map baseline");
+  app.add_option("--blocks", a.blocks, "target distinct blocks of the fleet workload");
+  app.add_option("--lookups", a.lookups, "lookups per set");
+  app.add_option("--seed", a.seed, "workload seed");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
   return a;
 }

@@ -24,6 +24,8 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include <CLI/CLI.hpp>
+
 #include "bench/fleet.h"
 #include "control/control_area.h"
 #include "index/block_key.h"
@@ -356,24 +358,12 @@ void Latency(const Args& args) {
 
 int main(int argc, char** argv) {
   kvidx::bench::Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    uint64_t v = std::strtoull(argv[i + 1], nullptr, 10);
-    if (k == "--blocks")
-      a.blocks = v;
-    else if (k == "--e2e-blocks")
-      a.e2e_blocks = v;
-    else if (k == "--publishers")
-      a.publishers = v;
-    else if (k == "--rate")
-      a.rate = v;
-    else {
-      std::fprintf(
-          stderr,
-          "usage: ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate R]\n");
-      return 2;
-    }
-  }
+  CLI::App app("ingest_bench: decode + apply in process, end to end over ZeroMQ, latency");
+  app.add_option("--blocks", a.blocks, "blocks of the in-process run");
+  app.add_option("--e2e-blocks", a.e2e_blocks, "blocks of the end-to-end run");
+  app.add_option("--publishers", a.publishers, "simulated engines of the end-to-end run");
+  app.add_option("--rate", a.rate, "blocks per second of the latency run");
+  CLI11_PARSE(app, argc, argv);
   std::printf("# ingest_bench (2-core machine; the workers and this process share the cores)\n");
   kvidx::bench::InProcess(a);
   std::printf("B. end to end over ZeroMQ/TCP loopback, %u publishers, %u blocks, 8 per batch:\n",

@@ -20,6 +20,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <CLI/CLI.hpp>
+
 #include "control/control_area.h"
 #include "index/block_key.h"
 #include "index/prefix_index.h"
@@ -51,20 +53,11 @@ std::pair<double, double> P50P99(std::vector<int64_t>& v) {
 
 int main(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    uint32_t v = std::strtoul(argv[i + 1], nullptr, 10);
-    if (k == "--calls")
-      a.calls = v;
-    else if (k == "--batch")
-      a.batch = v;
-    else if (k == "--prompts")
-      a.prompts = v;
-    else {
-      std::fprintf(stderr, "usage: query_bench [--calls N] [--batch N] [--prompts N]\n");
-      return 2;
-    }
-  }
+  CLI::App app("query_bench: kvidx-query on loopback, unary calls of each kind, interleaved");
+  app.add_option("--calls", a.calls, "calls of each kind");
+  app.add_option("--batch", a.batch, "queries in a batched Lookup");
+  app.add_option("--prompts", a.prompts, "prompts in the index");
+  CLI11_PARSE(app, argc, argv);
   // An index of `prompts` prompts of 64 blocks (16 tokens), each held by 4 of 32 pods, with
   // shared 16-block system prompts.
   std::string seg_name = "kvidx-query-bench-" + std::to_string(getpid());

@@ -8,7 +8,7 @@ PKGS=(
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libsystemd-dev libtomlplusplus-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   python3 python3-zmq python3-msgpack python3-grpcio python3-grpc-tools python3-xxhash
   systemd clang-format clang-tidy clang libclang-rt-14-dev
 )

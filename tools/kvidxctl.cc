@@ -26,6 +26,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <CLI/CLI.hpp>
+
 #include "kvidx.grpc.pb.h"
 
 namespace {
@@ -33,15 +35,7 @@ namespace {
 using kvidx::v1::KvIndex;
 
 [[noreturn]] void Usage() {
-  std::fprintf(stderr,
-               "usage: kvidxctl [--server HOST:PORT] [--json] [--timeout-ms N] COMMAND [ARGS]\n"
-               "commands: status | pods | pod NAME [--dp N] | lookup --model M [--lora L]\n"
-               "  (--tokens 1,2,.. | --tokens-file F | --keys HEX,..) [--candidates p,q]\n"
-               "  [--max-blocks N] | watch [--stats-ms N] [--count N] | register --pod P\n"
-               "  --model M --endpoint E [--replay E] [--topic T] [--dialect D] [--dp N]\n"
-               "  [--bind] [--quota N] | unregister --pod P [--dp N] |\n"
-               "  clear (--pod P [--dp N] | --model M [--lora L] | --all) |\n"
-               "  sequences POD [--dp N] | sequence POD ID [--dp N] | ping\n");
+  std::fprintf(stderr, "kvidxctl: missing or bad arguments (kvidxctl COMMAND --help)\n");
   std::exit(2);
 }
 
@@ -52,33 +46,81 @@ struct Opts {
   int timeout_ms = 5000;
   std::string command;
   std::vector<std::string> positional;
-  std::map<std::string, std::string> flags;
+  std::map<std::string, std::string> flags;  // options given, by name ("--dp")
 };
 
+// The commands and their options. Option values land in Opts::flags only when given, so each
+// command keeps its own defaults.
 Opts Parse(int argc, char** argv) {
   Opts o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--json")
-      o.json = true;
-    else if (a == "--bind" || a == "--all")
-      o.flags[a] = "1";
-    else if (a.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) Usage();
-      std::string v = argv[++i];
-      if (a == "--server")
-        o.server = v;
-      else if (a == "--timeout-ms")
-        o.timeout_ms = std::atoi(v.c_str());
-      else
-        o.flags[a] = v;
-    } else if (o.command.empty()) {
-      o.command = a;
-    } else {
-      o.positional.push_back(a);
-    }
+  CLI::App app("kvidxctl: inspect and administer kvidx through its gRPC API");
+  app.require_subcommand(1);
+  app.fallthrough();  // --server, --json and --timeout-ms also after the command
+  app.add_option("--server", o.server, "kvidx-query address (env KVIDX_SERVER)");
+  app.add_flag("--json", o.json, "print answers as JSON");
+  app.add_option("--timeout-ms", o.timeout_ms, "deadline of each call");
+  std::map<std::string, std::string> values;
+  std::vector<CLI::Option*> given;
+  auto opt = [&](CLI::App* sub, const std::string& name, const std::string& help) {
+    given.push_back(sub->add_option(name, values[name], help));
+  };
+  auto flag = [&](CLI::App* sub, const std::string& name, const std::string& help) {
+    given.push_back(sub->add_flag(name, help));
+  };
+  auto positional = [&](CLI::App* sub, const std::string& name, const std::string& help) {
+    sub->add_option(name, o.positional, help)->required();
+  };
+  app.add_subcommand("status", "totals, occupancy, ingest counters, per-worker lag");
+  app.add_subcommand("pods", "every publisher with its state");
+  app.add_subcommand("ping", "an empty call");
+  CLI::App* pod = app.add_subcommand("pod", "one publisher and its counters");
+  positional(pod, "name", "the pod");
+  opt(pod, "--dp", "data-parallel rank");
+  CLI::App* lookup = app.add_subcommand("lookup", "the longest cached prefix of each pod");
+  for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
+           {"--model", "model"}, {"--lora", "LoRA adapter"}, {"--tokens", "token ids 1,2,.."},
+           {"--tokens-file", "a file of token ids"}, {"--keys", "block keys HEX,.."},
+           {"--candidates", "pods to consider p,q"}, {"--max-blocks", "blocks to look at"}}) {
+    opt(lookup, n, h);
   }
-  if (o.command.empty()) Usage();
+  CLI::App* watch = app.add_subcommand("watch", "applied events as they happen");
+  opt(watch, "--stats-ms", "stats every N ms");
+  opt(watch, "--count", "stop after N events");
+  CLI::App* reg = app.add_subcommand("register", "register a publisher");
+  for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
+           {"--pod", "pod"}, {"--model", "model"}, {"--endpoint", "the engine's PUB endpoint"},
+           {"--replay", "the engine's ROUTER endpoint"}, {"--topic", "topic"},
+           {"--dialect", "dialect"}, {"--dp", "data-parallel rank"}, {"--quota", "pairs"}}) {
+    opt(reg, n, h);
+  }
+  flag(reg, "--bind", "kvidx binds, the engine connects");
+  CLI::App* unreg = app.add_subcommand("unregister", "unregister a publisher");
+  opt(unreg, "--pod", "pod");
+  opt(unreg, "--dp", "data-parallel rank");
+  CLI::App* clear = app.add_subcommand("clear", "drop a pod's, a namespace's or every block");
+  for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
+           {"--pod", "pod"}, {"--dp", "data-parallel rank (-1: every one)"},
+           {"--model", "model"}, {"--lora", "LoRA adapter"}}) {
+    opt(clear, n, h);
+  }
+  flag(clear, "--all", "everything");
+  CLI::App* seqs = app.add_subcommand("sequences", "sequences of a sequence-id publisher");
+  positional(seqs, "pod", "the pod");
+  opt(seqs, "--dp", "data-parallel rank");
+  CLI::App* seq = app.add_subcommand("sequence", "one sequence and its block keys");
+  seq->add_option("pod_and_id", o.positional, "POD ID")->required()->expected(2);
+  opt(seq, "--dp", "data-parallel rank");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
+  }
+  o.command = app.get_subcommands().front()->get_name();
+  for (CLI::Option* g : given) {
+    if (g->count() == 0) continue;
+    const std::string name = "--" + g->get_lnames().front();
+    o.flags[name] = g->get_type_size() == 0 ? "1" : values[name];
+  }
   return o;
 }
 

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cstring>
 #include <fstream>
@@ -125,6 +126,44 @@ v1::LookupQuery TokensQuery(const std::vector<uint32_t>& t, const std::string& m
   q.mutable_namespace_()->set_model(model);
   for (uint32_t x : t) q.mutable_tokens()->add_ids(x);
   return q;
+}
+
+// Runs kvidxctl with `args` against the test's server; returns its exit code and output.
+std::pair<int, std::string> Ctl(std::vector<std::string> args, bool to_server = true) {
+  static int n = 0;
+  std::string log = env->dir + "/ctl-" + std::to_string(++n) + ".log";
+  std::vector<std::string> argv{BuildPath("tools/kvidxctl")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  if (to_server) {
+    argv.push_back("--server");
+    argv.push_back(env->grpc_addr);
+  }
+  Process p(argv, log);
+  int st = p.Wait(std::chrono::milliseconds(20000));
+  return {st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1, p.Log()};
+}
+
+TEST_F(QueryTest, KvidxctlAnswersThroughTheRealServerAndRefusesBadArguments) {
+  auto [rc, out] = Ctl({"status"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("publishers"), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"--json", "pods"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"pod-"), std::string::npos) << out;
+  ASSERT_FALSE(env->prompts.empty());
+  std::string tokens;
+  for (uint32_t t : env->prompts[0]) tokens += (tokens.empty() ? "" : ",") + std::to_string(t);
+  std::tie(rc, out) = Ctl({"lookup", "--model", "qm", "--tokens", tokens});
+  EXPECT_EQ(rc, 0) << out;
+  std::tie(rc, out) = Ctl({"clear", "--pod", "no-such-pod", "--dp", "-1"});
+  EXPECT_EQ(rc, 1) << out;  // answered: NOT_FOUND
+  EXPECT_NE(out.find("UNKNOWN_POD"), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"lookup", "--no-such-option", "1"});
+  EXPECT_EQ(rc, 2) << out;
+  std::tie(rc, out) = Ctl({"sequence", "only-a-pod"});
+  EXPECT_EQ(rc, 2) << out;
+  std::tie(rc, out) = Ctl({"ping", "--server", "127.0.0.1:1", "--timeout-ms", "500"}, false);
+  EXPECT_EQ(rc, 3) << out;  // the server is not there: said so, exit 3
 }
 
 TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {

@@ -23,6 +23,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "index/block_key.h"
 #include "tools/sim/engine.h"
 
@@ -58,88 +60,45 @@ struct Args {
   uint64_t seed = 1;
 };
 
-[[noreturn]] void Usage() {
-  std::fprintf(stderr,
-               "usage: kvidx-sim [--pods N] [--dp N] [--base-port P] [--host H] [--encoding E]\n"
-               "  [--workload synthetic|trace] [--trace FILE] [--requests N] [--rate R]\n"
-               "  [--cache-blocks N] [--block-size N] [--model NAME] [--topic T]\n"
-               "  [--drop-every N] [--restart-every N] [--garbage-every N] [--stall-every N]\n"
-               "  [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]\n"
-               "  [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]\n"
-               "  [--mixed-encodings]\n"
-               "encodings: vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix\n");
-  std::exit(2);
-}
-
 Args Parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto v = [&]() -> std::string {
-      if (i + 1 >= argc) Usage();
-      return argv[++i];
-    };
-    auto n = [&]() { return std::strtoull(v().c_str(), nullptr, 10); };
-    if (k == "--pods")
-      a.pods = n();
-    else if (k == "--dp")
-      a.dp = n();
-    else if (k == "--base-port")
-      a.base_port = n();
-    else if (k == "--host")
-      a.host = v();
-    else if (k == "--encoding")
-      a.encoding = v();
-    else if (k == "--mixed-encodings")
-      a.mixed_encodings = true;
-    else if (k == "--workload")
-      a.workload = v();
-    else if (k == "--trace")
-      a.trace = v();
-    else if (k == "--requests")
-      a.requests = n();
-    else if (k == "--rate")
-      a.rate = std::strtod(v().c_str(), nullptr);
-    else if (k == "--cache-blocks")
-      a.cache_blocks = n();
-    else if (k == "--block-size")
-      a.block_size = n();
-    else if (k == "--model")
-      a.model = v();
-    else if (k == "--topic")
-      a.topic = v();
-    else if (k == "--drop-every")
-      a.faults.drop_every = n();
-    else if (k == "--restart-every")
-      a.faults.restart_every = n();
-    else if (k == "--garbage-every")
-      a.faults.garbage_every = n();
-    else if (k == "--stall-every")
-      a.faults.stall_every = n();
-    else if (k == "--stall-ms")
-      a.faults.stall_ms = n();
-    else if (k == "--no-replay")
-      a.replay = false;
-    else if (k == "--replay-without-topic")
-      a.replay_with_topic = false;
-    else if (k == "--linger-ms")
-      a.linger_ms = n();
-    else if (k == "--start-delay-ms")
-      a.start_delay_ms = n();
-    else if (k == "--record")
-      a.record = v();
-    else if (k == "--config-out")
-      a.config_out = v();
-    else if (k == "--prompts-out")
-      a.prompts_out = v();
-    else if (k == "--pod-prefix")
-      a.pod_prefix = v();
-    else if (k == "--seed")
-      a.seed = n();
-    else
-      Usage();
+  CLI::App app("kvidx-sim: simulated inference engines publishing KV-cache events over ZeroMQ");
+  app.add_option("--pods", a.pods, "engines (pods)")->check(CLI::PositiveNumber);
+  app.add_option("--dp", a.dp, "data-parallel ranks per pod")->check(CLI::PositiveNumber);
+  app.add_option("--base-port", a.base_port, "first PUB port (0: the kernel picks every port)");
+  app.add_option("--host", a.host, "address to bind");
+  app.add_option("--encoding", a.encoding,
+                 "vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix");
+  app.add_flag("--mixed-encodings", a.mixed_encodings, "cycle the encodings over the pods");
+  app.add_option("--workload", a.workload, "synthetic or trace")
+      ->check(CLI::IsMember({"synthetic", "trace"}));
+  app.add_option("--trace", a.trace, "a Mooncake-style JSONL trace");
+  app.add_option("--requests", a.requests, "requests to serve");
+  app.add_option("--rate", a.rate, "requests per second (0: as fast as possible)");
+  app.add_option("--cache-blocks", a.cache_blocks, "each engine's cache, in blocks");
+  app.add_option("--block-size", a.block_size, "tokens per block")->check(CLI::PositiveNumber);
+  app.add_option("--model", a.model, "model name");
+  app.add_option("--topic", a.topic, "ZeroMQ topic");
+  app.add_option("--drop-every", a.faults.drop_every, "drop every Nth batch (a gap)");
+  app.add_option("--restart-every", a.faults.restart_every, "restart the engine every N batches");
+  app.add_option("--garbage-every", a.faults.garbage_every, "garbage frames every N batches");
+  app.add_option("--stall-every", a.faults.stall_every, "stall every N batches");
+  app.add_option("--stall-ms", a.faults.stall_ms, "how long a stall lasts");
+  app.add_flag("!--no-replay", a.replay, "serve no replays");
+  app.add_flag("!--replay-without-topic", a.replay_with_topic,
+               "replay replies without the topic frame (vLLM < 0.26)");
+  app.add_option("--linger-ms", a.linger_ms, "keep serving replays this long after the end");
+  app.add_option("--start-delay-ms", a.start_delay_ms, "wait before the first batch");
+  app.add_option("--record", a.record, "write what every engine holds at the end");
+  app.add_option("--config-out", a.config_out, "write a kvidx configuration for this fleet");
+  app.add_option("--prompts-out", a.prompts_out, "write the prompts served");
+  app.add_option("--pod-prefix", a.pod_prefix, "pod name prefix");
+  app.add_option("--seed", a.seed, "workload seed");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
   }
-  if (a.pods == 0 || a.dp == 0 || a.block_size == 0) Usage();
   return a;
 }
 
@@ -223,7 +182,10 @@ int main(int argc, char** argv) {
   std::vector<kvidx::sim::Encoding> encodings;
   {
     kvidx::sim::Encoding e;
-    if (!kvidx::sim::ParseEncoding(a.encoding, &e)) Usage();
+    if (!kvidx::sim::ParseEncoding(a.encoding, &e)) {
+      std::fprintf(stderr, "kvidx-sim: unknown encoding %s\n", a.encoding.c_str());
+      return 2;
+    }
     encodings.push_back(e);
     if (a.mixed_encodings) {
       for (auto x : {kvidx::sim::Encoding::kVllmArray, kvidx::sim::Encoding::kVllmBytes,
