@@ -20,11 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <msgpack.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
-
-#include <CLI/CLI.hpp>
 
 #include "bench/fleet.h"
 #include "control/control_area.h"

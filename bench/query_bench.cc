@@ -18,9 +18,8 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
 #include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
 
 #include "control/control_area.h"
 #include "index/block_key.h"

@@ -96,6 +96,41 @@ absl::Status EnvNumber(const char* name, T* out) {
 
 }  // namespace
 
+std::string FleetToml(const std::vector<ModelConfig>& models,
+                      const std::vector<PublisherConfig>& publishers) {
+  toml::array model_tables;
+  for (const ModelConfig& m : models) {
+    toml::table t{{"name", m.name}, {"block_size", static_cast<int64_t>(m.block_size)}};
+    if (m.key_by_engine_hash) t.insert("key_by_engine_hash", true);
+    if (!m.lora_names.empty()) {
+      toml::table names;
+      for (const auto& [id, name] : m.lora_names) names.insert(std::to_string(id), name);
+      t.insert("lora_names", std::move(names));
+    }
+    model_tables.push_back(std::move(t));
+  }
+  toml::array publisher_tables;
+  for (const PublisherConfig& p : publishers) {
+    toml::table t{{"pod", p.pod},
+                  {"dp_rank", static_cast<int64_t>(p.dp_rank)},
+                  {"model", p.model},
+                  {"endpoint", p.endpoint},
+                  {"dialect", std::string(wire::DialectName(p.dialect))}};
+    if (!p.replay_endpoint.empty()) t.insert("replay_endpoint", p.replay_endpoint);
+    if (!p.topic.empty()) t.insert("topic", p.topic);
+    if (p.bind) t.insert("bind", true);
+    if (p.quota_pairs != 0) t.insert("quota_pairs", static_cast<int64_t>(p.quota_pairs));
+    if (p.private_engine_hashes) t.insert("private_engine_hashes", true);
+    publisher_tables.push_back(std::move(t));
+  }
+  toml::table root;
+  if (!model_tables.empty()) root.insert("model", std::move(model_tables));
+  if (!publisher_tables.empty()) root.insert("publisher", std::move(publisher_tables));
+  std::ostringstream out;
+  out << root << "\n";
+  return out.str();
+}
+
 std::string AdapterName(const std::map<int64_t, std::string>& names, int64_t lora_id) {
   auto it = names.find(lora_id);
   return it != names.end() ? it->second : absl::StrCat("lora-", lora_id);

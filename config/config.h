@@ -82,6 +82,12 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string
 // The worker (0..workers-1) that owns a publisher: a stable hash of pod and rank.
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);
 
+// [[model]] and [[publisher]] tables for `models` and `publishers`, with the keys ParseConfig
+// reads (the one schema: kvidx-sim writes its fleet's configuration with it, and a test parses
+// it back).
+std::string FleetToml(const std::vector<ModelConfig>& models,
+                      const std::vector<PublisherConfig>& publishers);
+
 // The adapter name of numeric LoRA id `lora_id` (> 0): its configured name, else "lora-<id>".
 // The one rule both the applier (events naming an id) and the query (lookups naming one) use.
 std::string AdapterName(const std::map<int64_t, std::string>& names, int64_t lora_id);

@@ -23,10 +23,9 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
-
-#include <CLI/CLI.hpp>
 
 #include "kvidx.grpc.pb.h"
 
@@ -77,10 +76,14 @@ Opts Parse(int argc, char** argv) {
   positional(pod, "name", "the pod");
   opt(pod, "--dp", "data-parallel rank");
   CLI::App* lookup = app.add_subcommand("lookup", "the longest cached prefix of each pod");
-  for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
-           {"--model", "model"}, {"--lora", "LoRA adapter"}, {"--tokens", "token ids 1,2,.."},
-           {"--tokens-file", "a file of token ids"}, {"--keys", "block keys HEX,.."},
-           {"--candidates", "pods to consider p,q"}, {"--max-blocks", "blocks to look at"}}) {
+  for (auto [n, h] :
+       std::vector<std::pair<std::string, std::string>>{{"--model", "model"},
+                                                        {"--lora", "LoRA adapter"},
+                                                        {"--tokens", "token ids 1,2,.."},
+                                                        {"--tokens-file", "a file of token ids"},
+                                                        {"--keys", "block keys HEX,.."},
+                                                        {"--candidates", "pods to consider p,q"},
+                                                        {"--max-blocks", "blocks to look at"}}) {
     opt(lookup, n, h);
   }
   CLI::App* watch = app.add_subcommand("watch", "applied events as they happen");
@@ -88,9 +91,14 @@ Opts Parse(int argc, char** argv) {
   opt(watch, "--count", "stop after N events");
   CLI::App* reg = app.add_subcommand("register", "register a publisher");
   for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
-           {"--pod", "pod"}, {"--model", "model"}, {"--endpoint", "the engine's PUB endpoint"},
-           {"--replay", "the engine's ROUTER endpoint"}, {"--topic", "topic"},
-           {"--dialect", "dialect"}, {"--dp", "data-parallel rank"}, {"--quota", "pairs"}}) {
+           {"--pod", "pod"},
+           {"--model", "model"},
+           {"--endpoint", "the engine's PUB endpoint"},
+           {"--replay", "the engine's ROUTER endpoint"},
+           {"--topic", "topic"},
+           {"--dialect", "dialect"},
+           {"--dp", "data-parallel rank"},
+           {"--quota", "pairs"}}) {
     opt(reg, n, h);
   }
   flag(reg, "--bind", "kvidx binds, the engine connects");
@@ -99,8 +107,10 @@ Opts Parse(int argc, char** argv) {
   opt(unreg, "--dp", "data-parallel rank");
   CLI::App* clear = app.add_subcommand("clear", "drop a pod's, a namespace's or every block");
   for (auto [n, h] : std::vector<std::pair<std::string, std::string>>{
-           {"--pod", "pod"}, {"--dp", "data-parallel rank (-1: every one)"},
-           {"--model", "model"}, {"--lora", "LoRA adapter"}}) {
+           {"--pod", "pod"},
+           {"--dp", "data-parallel rank (-1: every one)"},
+           {"--model", "model"},
+           {"--lora", "LoRA adapter"}}) {
     opt(clear, n, h);
   }
   flag(clear, "--all", "everything");

@@ -148,5 +148,46 @@ TEST(ConfigTest, OwnerWorkerIsStableAndSpreads) {
   for (int c : counts) EXPECT_GT(c, 60);
 }
 
+TEST(ConfigTest, FleetTomlParsesBackToTheSameFleet) {
+  ModelConfig m;
+  m.name = "llama";
+  m.block_size = 32;
+  m.lora_names = {{1, "sql"}, {7, "chat \"quoted\""}};
+  PublisherConfig a;
+  a.pod = "pod-0";
+  a.dp_rank = 3;
+  a.model = "llama";
+  a.endpoint = "tcp://10.0.0.1:5557";
+  a.replay_endpoint = "tcp://10.0.0.1:5558";
+  a.topic = "kv@";
+  a.dialect = Dialect::kSglang;
+  a.quota_pairs = 1000;
+  a.private_engine_hashes = true;
+  PublisherConfig b = a;
+  b.pod = "pod-1";
+  b.bind = true;
+  b.replay_endpoint = "";
+  b.dialect = Dialect::kKvbm;
+  auto c = ParseConfig(FleetToml({m}, {a, b}), "fleet");
+  ASSERT_TRUE(c.ok()) << c.status() << "\n" << FleetToml({m}, {a, b});
+  ASSERT_EQ(c->models.size(), 1u);
+  EXPECT_EQ(c->models[0].block_size, 32u);
+  EXPECT_EQ(c->models[0].lora_names, m.lora_names);
+  ASSERT_EQ(c->publishers.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const PublisherConfig& want = i == 0 ? a : b;
+    const PublisherConfig& got = c->publishers[i];
+    EXPECT_EQ(got.pod, want.pod);
+    EXPECT_EQ(got.dp_rank, want.dp_rank);
+    EXPECT_EQ(got.endpoint, want.endpoint);
+    EXPECT_EQ(got.replay_endpoint, want.replay_endpoint);
+    EXPECT_EQ(got.topic, want.topic);
+    EXPECT_EQ(got.dialect, want.dialect);
+    EXPECT_EQ(got.bind, want.bind);
+    EXPECT_EQ(got.quota_pairs, want.quota_pairs);
+    EXPECT_EQ(got.private_engine_hashes, want.private_engine_hashes);
+  }
+}
+
 }  // namespace
 }  // namespace kvidx::config

@@ -100,16 +100,18 @@ inline std::string WaitForFile(const std::string& path, std::chrono::millisecond
   return ss.str();
 }
 
-// The value of the first line `key = "value"` in a TOML text ("" if none).
+// The value of the first line `key = "value"` or `key = 'value'` in a TOML text ("" if none).
 inline std::string TomlString(const std::string& text, const std::string& key) {
   std::istringstream in(text);
   std::string line;
-  const std::string head = key + " = \"";
+  const std::string head = key + " = ";
   while (std::getline(in, line)) {
-    if (line.rfind(head, 0) != 0) continue;
-    size_t end = line.find('"', head.size());
-    return line.substr(head.size(),
-                       end == std::string::npos ? std::string::npos : end - head.size());
+    if (line.rfind(head, 0) != 0 || line.size() <= head.size()) continue;
+    const char quote = line[head.size()];  // '...' (literal) or "..." (basic)
+    if (quote != '"' && quote != '\'') continue;
+    size_t end = line.find(quote, head.size() + 1);
+    return line.substr(head.size() + 1,
+                       end == std::string::npos ? std::string::npos : end - head.size() - 1);
   }
   return "";
 }

@@ -37,7 +37,6 @@ struct BatchContent {
 };
 
 // The batch payload in encoding `e`, stamped `ts` (seconds), for blocks of `block_size` tokens.
-std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size,
-                                 const BatchContent& c);
+std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size, const BatchContent& c);
 
 }  // namespace kvidx::sim

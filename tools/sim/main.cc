@@ -25,6 +25,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "config/config.h"
 #include "index/block_key.h"
 #include "tools/sim/engine.h"
 
@@ -67,8 +68,7 @@ Args Parse(int argc, char** argv) {
   app.add_option("--dp", a.dp, "data-parallel ranks per pod")->check(CLI::PositiveNumber);
   app.add_option("--base-port", a.base_port, "first PUB port (0: the kernel picks every port)");
   app.add_option("--host", a.host, "address to bind");
-  app.add_option("--encoding", a.encoding,
-                 "vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix");
+  app.add_option("--encoding", a.encoding, "vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix");
   app.add_flag("--mixed-encodings", a.mixed_encodings, "cycle the encodings over the pods");
   app.add_option("--workload", a.workload, "synthetic or trace")
       ->check(CLI::IsMember({"synthetic", "trace"}));
@@ -198,8 +198,10 @@ int main(int argc, char** argv) {
   try {
     zmq::context_t ctx(1);
     std::vector<std::unique_ptr<kvidx::sim::SimEngine>> engines;
-    std::string toml = "# Written by kvidx-sim for its simulated fleet.\n[[model]]\nname = \"" +
-                       a.model + "\"\nblock_size = " + std::to_string(a.block_size) + "\n";
+    kvidx::config::ModelConfig model;
+    model.name = a.model;
+    model.block_size = a.block_size;
+    std::vector<kvidx::config::PublisherConfig> fleet;
     for (uint32_t p = 0; p < a.pods; ++p) {
       for (uint32_t r = 0; r < a.dp; ++r) {
         uint32_t i = p * a.dp + r;
@@ -222,16 +224,22 @@ int main(int argc, char** argv) {
         engines.push_back(std::make_unique<kvidx::sim::SimEngine>(ctx, o));
         o.pub_endpoint = engines.back()->options().pub_endpoint;
         o.replay_endpoint = engines.back()->options().replay_endpoint;
-        toml += "\n[[publisher]]\npod = \"" + o.pod + "\"\ndp_rank = " + std::to_string(r) +
-                "\nmodel = \"" + a.model + "\"\nendpoint = \"" + o.pub_endpoint +
-                "\"\nreplay_endpoint = \"" + o.replay_endpoint + "\"\ntopic = \"" + a.topic +
-                "\"\ndialect = \"" + kvidx::sim::DialectFor(o.encoding) + "\"\n";
+        kvidx::config::PublisherConfig pc;
+        pc.pod = o.pod;
+        pc.dp_rank = r;
+        pc.model = a.model;
+        pc.endpoint = o.pub_endpoint;
+        pc.replay_endpoint = o.replay_endpoint;
+        pc.topic = a.topic;
+        pc.dialect = *kvidx::wire::ParseDialect(kvidx::sim::DialectFor(o.encoding));
+        fleet.push_back(std::move(pc));
       }
     }
     if (!a.config_out.empty()) {  // whole or absent: readers wait for the name
       {
         std::ofstream out(a.config_out + ".tmp");
-        out << toml;
+        out << "# Written by kvidx-sim for its simulated fleet.\n"
+            << kvidx::config::FleetToml({model}, fleet);
       }
       std::rename((a.config_out + ".tmp").c_str(), a.config_out.c_str());
     }
