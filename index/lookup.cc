@@ -50,7 +50,9 @@ class PrefixWalk {
   void MarkTiers(uint32_t stamp);
   bool Start(uint32_t stamp);
 
-  static thread_local Scratch sc_;
+  static Scratch& ThreadScratch();
+
+  Scratch& sc_;
   const uint32_t npub_;
   const bool filter_;
   uint32_t allow_stamp_ = 0;
@@ -59,10 +61,13 @@ class PrefixWalk {
   std::vector<Candidate> cands_;
 };
 
-thread_local PrefixWalk::Scratch PrefixWalk::sc_;
+PrefixWalk::Scratch& PrefixWalk::ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
 
 PrefixWalk::PrefixWalk(uint32_t publishers, std::span<const PublisherId> candidates, size_t keys)
-    : npub_(publishers), filter_(!candidates.empty()) {
+    : sc_(ThreadScratch()), npub_(publishers), filter_(!candidates.empty()) {
   if (sc_.stamp.size() < npub_) {
     sc_.stamp.assign(npub_, 0);
     sc_.tiers.assign(npub_, 0);

@@ -239,6 +239,20 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name
   return std::unique_ptr<Segment>(new Segment(name, base, l.total_size, false));
 }
 
+absl::StatusOr<std::unique_ptr<Segment>> Segment::AwaitAttach(const std::string& name,
+                                                              Access access,
+                                                              std::optional<Geometry> expected,
+                                                              std::chrono::milliseconds timeout,
+                                                              const std::atomic<bool>* stop) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto s = Attach(name, access, expected);
+    if (!absl::IsNotFound(s.status())) return s;
+    if (std::chrono::steady_clock::now() >= until || (stop != nullptr && stop->load())) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name, Access access,
                                                          std::optional<Geometry> expected) {
   bool ro = access == Access::kReadOnly;

@@ -14,6 +14,8 @@
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -53,6 +55,12 @@ class Segment {
   // foreign or other-version layout, or when `expected` is given and differs.
   static absl::StatusOr<std::unique_ptr<Segment>> Attach(
       const std::string& name, Access access, std::optional<Geometry> expected = std::nullopt);
+  // Attach() repeated until the segment exists (its creator may not have made it yet), for up
+  // to `timeout` or until `*stop` (if given) is set: the one wait for a segment. NOT_FOUND if it
+  // never appeared; any other error of Attach at once.
+  static absl::StatusOr<std::unique_ptr<Segment>> AwaitAttach(
+      const std::string& name, Access access, std::optional<Geometry> expected,
+      std::chrono::milliseconds timeout, const std::atomic<bool>* stop = nullptr);
   // Attaches if the segment exists, else creates it. Safe against concurrent callers.
   static absl::StatusOr<std::unique_ptr<Segment>> OpenOrCreate(const std::string& name,
                                                                const Geometry& geometry,

@@ -67,24 +67,15 @@ int main(int argc, char** argv) {
     if (!listen.empty()) config->listen = listen;
     if (!metrics.empty()) config->metrics_listen = metrics;
     // Wait for the ingest workers to create the segment (they own its geometry).
-    std::unique_ptr<kvidx::index::Segment> segment;
-    for (int i = 0; i < 600 && !segment && !g_stop; ++i) {
-      auto s = kvidx::index::Segment::Attach(
-          config->segment, kvidx::index::Segment::Access::kReadOnly, config->geometry);
-      if (s.ok()) {
-        segment = std::move(*s);
-      } else if (!absl::IsNotFound(s.status())) {
-        KVIDX_LOG_ERROR("segment: %s", s.status().ToString().c_str());
-        return 1;
-      } else {
-        if (i == 0) KVIDX_LOG_INFO("waiting for segment %s", config->segment.c_str());
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-    }
-    if (!segment) {
-      KVIDX_LOG_ERROR("segment %s never appeared", config->segment.c_str());
+    KVIDX_LOG_INFO("attaching segment %s", config->segment.c_str());
+    auto attached = kvidx::index::Segment::AwaitAttach(
+        config->segment, kvidx::index::Segment::Access::kReadOnly, config->geometry,
+        std::chrono::seconds(60), &g_stop);
+    if (!attached.ok()) {
+      KVIDX_LOG_ERROR("segment: %s", attached.status().ToString().c_str());
       return 1;
     }
+    std::unique_ptr<kvidx::index::Segment> segment = std::move(*attached);
     auto control = kvidx::control::ControlArea::Open(kvidx::control::ControlName(config->segment),
                                                      config->segment_mode);
     if (!control.ok()) {

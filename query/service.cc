@@ -61,8 +61,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   }
   std::string lora = nsq.lora_name();
   if (lora.empty() && nsq.lora_id() > 0) {
-    static const std::map<int64_t, std::string> kNone;
-    const std::map<int64_t, std::string>* names = &kNone;
+    static const std::map<int64_t, std::string> no_names;
+    const std::map<int64_t, std::string>* names = &no_names;
     for (const auto& m : config_.models) {
       if (m.name == nsq.model()) names = &m.lora_names;
     }
@@ -230,7 +230,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_batches_applied(Ld(h->ingest.batches_applied));
   resp->set_events_applied(Ld(h->ingest.events_applied));
   auto& rejected = *resp->mutable_events_rejected();
-  for (int r = 1; r < static_cast<int>(wire::DecodeReason::kNumReasons) && r < 8; ++r) {
+  static_assert(static_cast<int>(wire::DecodeReason::kNumReasons) <= index::kDecodeReasonSlots);
+  for (int r = 1; r < static_cast<int>(wire::DecodeReason::kNumReasons); ++r) {
     rejected[wire::DecodeReasonName(static_cast<wire::DecodeReason>(r))] =
         Ld(h->ingest.decode_errors[r]);
   }

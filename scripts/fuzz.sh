@@ -11,7 +11,7 @@ out=build-fuzz
 mkdir -p "$out/corpus" "$out/seeds"
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I. -DMSGPACK_DEFAULT_API_VERSION=3 tests/fuzz/decoder_fuzz.cc ingest/decoder.cc \
-  ingest/fast_decoder.cc ingest/json_to_msgpack.cc wire/vocabulary.cc \
+  ingest/internal/object_parser.cc ingest/internal/kvbm_parser.cc ingest/fast_decoder.cc ingest/json_to_msgpack.cc wire/vocabulary.cc \
   $(pkg-config --libs absl_status absl_strings) -o "$out/decoder_fuzz" || exit 1
 # Seeds: each golden payload under every dialect byte (0 auto .. 5 kvbm).
 /usr/bin/python3 - "$out/seeds" <<'PY'

@@ -5,6 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include "gtest/gtest.h"
 
 #include "index/prefix_index.h"
@@ -31,6 +35,39 @@ TEST(SegmentTest, CreateIsPreallocatedAndAttachSeesTheSameGeometry) {
   auto again = Segment::Attach(seg.name(), Segment::Access::kReadWrite, SmallGeometry());
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ((*again)->header()->geometry, SmallGeometry());
+}
+
+TEST(SegmentTest, AwaitAttachWaitsForTheCreatorAndGivesUpAtItsDeadlineOrStop) {
+  const std::string name = UniqueSegmentName("await");
+  Segment::Remove(name);
+  // Never created: NOT_FOUND once the deadline passes, or at once when told to stop.
+  auto none = Segment::AwaitAttach(name, Segment::Access::kReadOnly, std::nullopt,
+                                   std::chrono::milliseconds(50));
+  EXPECT_TRUE(absl::IsNotFound(none.status())) << none.status();
+  std::atomic<bool> stop{true};
+  auto stopped = Segment::AwaitAttach(name, Segment::Access::kReadOnly, std::nullopt,
+                                      std::chrono::hours(1), &stop);
+  EXPECT_TRUE(absl::IsNotFound(stopped.status())) << stopped.status();
+  // Created by another thread while the attacher waits (which may be before or after the
+  // attacher starts: both end in a mapping).
+  std::unique_ptr<Segment> created;
+  std::thread creator([&] {
+    auto c = Segment::Create(name, SmallGeometry());
+    if (c.ok()) created = std::move(*c);
+  });
+  auto got = Segment::AwaitAttach(name, Segment::Access::kReadOnly, SmallGeometry(),
+                                  std::chrono::seconds(30));
+  creator.join();
+  Segment::Remove(name);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)->header()->geometry, SmallGeometry());
+  // Another error than NOT_FOUND is returned at once: here, another geometry.
+  Geometry other = SmallGeometry();
+  other.blocks += 1;
+  ScopedSegment seg("await-geo");
+  auto wrong =
+      Segment::AwaitAttach(seg.name(), Segment::Access::kReadOnly, other, std::chrono::hours(1));
+  EXPECT_TRUE(absl::IsFailedPrecondition(wrong.status())) << wrong.status();
 }
 
 TEST(SegmentTest, CreateTwiceIsAlreadyExistsAndOpenOrCreateAttaches) {
