@@ -15,7 +15,6 @@
 
 #include "gtest/gtest.h"
 
-#include <msgpack.hpp>
 #include <zmq_addon.hpp>
 
 #include "shared/clock.h"
@@ -528,22 +527,9 @@ TEST_F(PublisherLinkTest, UnreachableEngineIsReportedThenDropped) {
 // rebuilds them from a replay instead of resuming without them (its removals would be lost).
 TEST_F(PublisherLinkTest, SequenceIdPublisherIsRebuiltAfterAWorkerRestart) {
   auto seq_batch = [](std::vector<uint32_t> numbers, std::vector<std::vector<uint32_t>> tokens) {
-    msgpack::sbuffer buf;
-    msgpack::packer<msgpack::sbuffer> pk(buf);
-    pk.pack_map(1);
-    pk.pack(std::string("events"));
-    pk.pack_array(1);
-    pk.pack_map(tokens.empty() ? 2 : 3);
-    pk.pack(std::string("sequence_id"));
-    pk.pack(1);
-    pk.pack(std::string("block_numbers"));
-    pk.pack(numbers);
-    if (!tokens.empty()) {
-      pk.pack(std::string("block_token_ids"));
-      pk.pack(tokens);
-    }
-    return std::vector<uint8_t>(buf.data(), buf.data() + buf.size());
+    return sim::EncodeSeqIdBatch({sim::SeqIdEvent{1, std::move(numbers), std::move(tokens)}});
   };
+
   TestEngine engine(ctx_);
   auto link =
       MakeLink(engine.pub_endpoint(), engine.router_endpoint(), Options(), false, Dialect::kSeqId);

@@ -193,4 +193,24 @@ std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size,
   return {buf.data(), buf.data() + buf.size()};
 }
 
+std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_map(1);
+  PackStr(pk, "events");
+  pk.pack_array(static_cast<uint32_t>(events.size()));
+  for (const SeqIdEvent& e : events) {
+    pk.pack_map(e.block_tokens.empty() ? 2 : 3);
+    PackStr(pk, "sequence_id");
+    pk.pack(e.sequence_id);
+    PackStr(pk, "block_numbers");
+    pk.pack(e.block_numbers);
+    if (!e.block_tokens.empty()) {
+      PackStr(pk, "block_token_ids");
+      pk.pack(e.block_tokens);
+    }
+  }
+  return {buf.data(), buf.data() + buf.size()};
+}
+
 }  // namespace kvidx::sim

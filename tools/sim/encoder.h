@@ -1,6 +1,6 @@
 // The one msgpack encoder of engine batches for the simulator, the benches and the tests: every
-// encoding kvidx-sim speaks, written from wire.md (the Python peers in tests/integration keep
-// their own, independent encoders on purpose).
+// encoding kvidx-sim speaks and the sequence-id form, written from wire.md (the Python peers in
+// tests/integration keep their own, independent encoders on purpose).
 #pragma once
 
 #include <cstdint>
@@ -38,5 +38,15 @@ struct BatchContent {
 
 // The batch payload in encoding `e`, stamped `ts` (seconds), for blocks of `block_size` tokens.
 std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size, const BatchContent& c);
+
+// One event of the sequence-id form: blocks of a request's sequence stored (with their tokens)
+// or removed (without).
+struct SeqIdEvent {
+  int64_t sequence_id = 0;
+  std::vector<uint32_t> block_numbers;
+  std::vector<std::vector<uint32_t>> block_tokens;  // empty: a removal
+};
+// {"events": [{"sequence_id", "block_numbers", "block_token_ids"?}, ...]}
+std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events);
 
 }  // namespace kvidx::sim
