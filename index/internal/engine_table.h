@@ -49,8 +49,9 @@ class EngineTable {
 
  private:
   static uint64_t Mix(uint64_t engine_hash, NamespaceId ns, uint16_t scope) {
-    uint64_t x =
-        engine_hash ^ (uint64_t{ns} << 48) ^ (uint64_t{scope} << 32) ^ 0x9e3779b97f4a7c15ULL;
+    // ns in bits 48-63, scope in bits 32-47: the bits of (ns << 48) ^ (scope << 32).
+    const uint64_t tag = (uint64_t{ns} << 16 | uint64_t{scope}) << 32;
+    uint64_t x = engine_hash ^ tag ^ 0x9e3779b97f4a7c15ULL;
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
     x ^= x >> 33;
