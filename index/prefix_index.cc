@@ -56,11 +56,7 @@ std::optional<PublisherId> PrefixIndex::FindPublisher(std::string_view pod,
 
 absl::Status PrefixIndex::UnregisterPublisher(PublisherId p) {
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * s, WritablePublisher(p));
-  for (uint32_t i = 0; i < blocks_.count(); ++i) {
-    internal::BlockStripeWriter w(blocks_, registry_, blocks_.stripe(i));
-    if (w.ok()) w.DropPublisher(p);
-  }
-  St(s->index.pairs, uint64_t{0});
+  writer_.DropPublisherEverywhere(p, *s);
   registry_.FreePublisher(p);
   return absl::OkStatus();
 }
@@ -75,16 +71,15 @@ std::vector<NamespaceId> PrefixIndex::ActiveNamespaces() const {
 
 // --- Writes --------------------------------------------------------------------------------
 
-std::optional<BlockKey> PrefixIndex::KeyOf(PublisherId p, PublisherSlot& ps,
-                                           const StoreRequest& req, size_t i, NamespaceId ns,
-                                           BlockKey parent, uint32_t bs, bool by_engine,
-                                           BlockKey root, StoreResult& result) {
-  if (by_engine) return EngineHashKey(root, req.engine_hashes[i]);
+std::optional<BlockKey> PrefixIndex::KeyOf(const Keying& k, PublisherSlot& ps,
+                                           const StoreRequest& req, size_t i, BlockKey parent,
+                                           StoreResult& result) {
+  if (k.by_engine_hash) return EngineHashKey(k.root, req.engine_hashes[i]);
   if (!req.tokens.empty()) {
-    return ChainBlockKey(parent, req.tokens.subspan(i * bs, bs),
+    return ChainBlockKey(parent, req.tokens.subspan(i * k.block_size, k.block_size),
                          req.extra.empty() ? std::span<const uint8_t>() : req.extra[i]);
   }
-  std::optional<BlockKey> key = writer_.Resolve(ns, p, req.engine_hashes[i]);
+  std::optional<BlockKey> key = writer_.Resolve(k.ns, k.publisher, req.engine_hashes[i]);
   if (!key) {
     ++result.unresolved;
     AddRelaxed(ps.index.unresolved_blocks, uint64_t{1});
@@ -109,10 +104,9 @@ absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest
     return absl::InvalidArgumentError("store: extra keys must have one entry per block");
   }
   StoreResult result;
-  const bool by_engine = (Ld(nss->flags) & kKeyByEngineHash) != 0;
-  const BlockKey root = Ld(nss->root);
-  std::optional<BlockKey> parent = root;
-  if (!by_engine && !req.tokens.empty() && req.parent_engine_hash) {
+  const Keying k{p, ns, bs, (Ld(nss->flags) & kKeyByEngineHash) != 0, Ld(nss->root)};
+  std::optional<BlockKey> parent = k.root;
+  if (!k.by_engine_hash && !req.tokens.empty() && req.parent_engine_hash) {
     parent = writer_.Resolve(ns, p, *req.parent_engine_hash);
     if (!parent) {
       result.orphan = true;
@@ -121,7 +115,7 @@ absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    std::optional<BlockKey> key = KeyOf(p, *ps, req, i, ns, *parent, bs, by_engine, root, result);
+    std::optional<BlockKey> key = KeyOf(k, *ps, req, i, *parent, result);
     if (!key) continue;
     bool duplicate = false;
     const internal::BlockOp op{p, req.tier, req.engine_hashes[i], *key, ns};
@@ -270,13 +264,7 @@ absl::Status PrefixIndex::RecoverPublisher(PublisherId p) {
 uint32_t PrefixIndex::RepairAbandonedStripes() {
   if (read_only_) return 0;
   uint32_t repaired = 0;
-  for (uint32_t s = 0; s < blocks_.count(); ++s) {
-    internal::StripeView v = blocks_.stripe(s);
-    if ((Ld(v.h->version) & 1) == 0) continue;
-    uint64_t before = Ld(v.h->repairs);
-    { internal::BlockStripeWriter w(blocks_, registry_, v); }
-    repaired += Ld(v.h->repairs) != before;
-  }
+  for (uint32_t s = 0; s < blocks_.count(); ++s) repaired += writer_.RepairIfAbandoned(s);
   for (uint32_t s = 0; s < engine_.count(); ++s) repaired += engine_.RepairIfAbandoned(s);
   return repaired;
 }

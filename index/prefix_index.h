@@ -140,10 +140,17 @@ class PrefixIndex {
 
  private:
   absl::StatusOr<PublisherSlot*> WritablePublisher(PublisherId p);
+  // What keying a store request's blocks needs, fixed for the request.
+  struct Keying {
+    PublisherId publisher;
+    NamespaceId ns;
+    uint32_t block_size;
+    bool by_engine_hash;
+    BlockKey root;
+  };
   // Keys block i of a store request (nullopt: unresolved, counted and acknowledged).
-  std::optional<BlockKey> KeyOf(PublisherId p, PublisherSlot& ps, const StoreRequest& req, size_t i,
-                                NamespaceId ns, BlockKey parent, uint32_t bs, bool by_engine,
-                                BlockKey root, StoreResult& result);
+  std::optional<BlockKey> KeyOf(const Keying& k, PublisherSlot& ps, const StoreRequest& req,
+                                size_t i, BlockKey parent, StoreResult& result);
 
   char* base_;
   SegmentHeader* header_;

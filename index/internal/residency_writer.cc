@@ -161,6 +161,14 @@ void ResidencyWriter::DropPublisherEverywhere(PublisherId p, PublisherSlot& ps) 
   St(ps.index.pairs, uint64_t{0});
 }
 
+bool ResidencyWriter::RepairIfAbandoned(uint32_t s) {
+  const StripeView v = blocks_.stripe(s);
+  if ((Ld(v.h->version) & 1) == 0) return false;
+  const uint64_t before = Ld(v.h->repairs);
+  { BlockStripeWriter w(blocks_, registry_, v); }
+  return Ld(v.h->repairs) != before;
+}
+
 void ResidencyWriter::ClearPublisher(PublisherId p, PublisherSlot& ps) {
   ApplyJournal j{};
   j.op_index = Ld(ps.index.applied_ops) + 1;

@@ -46,6 +46,11 @@ class ResidencyWriter {
   absl::Status Remove(PublisherSlot& ps, const BlockOp& op, std::optional<uint8_t> redo_refs);
   // Drops every residency of `p` (journaled as one operation).
   void ClearPublisher(PublisherId p, PublisherSlot& ps);
+  // Drops every residency of `p` without a journal record (unregistration, recovery of a clear).
+  void DropPublisherEverywhere(PublisherId p, PublisherSlot& ps);
+  // Locks block stripe `s` if its version is odd (repairing it if its writer died); returns
+  // whether it was repaired.
+  bool RepairIfAbandoned(uint32_t s);
   // Drops every block of `ns`; `progress` (may be empty) is called every `every` stripes.
   uint64_t ClearNamespace(NamespaceId ns, uint32_t every, const std::function<void()>& progress);
   // Redoes the journaled operation of a dead writer, if any, and recounts the live pairs.
@@ -63,7 +68,6 @@ class ResidencyWriter {
   absl::Status MapEngineHash(PublisherSlot& ps, const BlockOp& op);
   // Takes back one reference a store just added.
   void UndoStore(PublisherSlot& ps, const BlockOp& op);
-  void DropPublisherEverywhere(PublisherId p, PublisherSlot& ps);
 
   const Registry& registry_;
   const BlockStripes& blocks_;
