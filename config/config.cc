@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include <pwd.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cstdlib>
@@ -13,6 +15,7 @@
 #include <toml++/toml.h>
 
 #include "control/layout.h"
+#include "shared/status.h"
 
 namespace kvidx::config {
 
@@ -38,6 +41,19 @@ absl::Status Read(const toml::table& t, const char* key, T* out, const std::stri
     if (auto v = n->value<std::string>()) {
       *out = *v;
       return absl::OkStatus();
+    }
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    if (const toml::array* a = n->as_array()) {
+      std::vector<std::string> v;
+      for (const toml::node& e : *a) {
+        auto str = e.value<std::string>();
+        if (!str) break;
+        v.push_back(*str);
+      }
+      if (v.size() == a->size()) {
+        *out = std::move(v);
+        return absl::OkStatus();
+      }
     }
   } else if constexpr (std::is_same_v<T, bool>) {
     if (auto v = n->value<bool>()) {
@@ -94,7 +110,142 @@ absl::Status EnvNumber(const char* name, T* out) {
   return absl::OkStatus();
 }
 
+// An octal mode string ("0640") of key `key` into `*out`.
+absl::Status ReadMode(const toml::table& t, const char* key, uint32_t* out,
+                      const std::string& where) {
+  std::string mode;
+  KVIDX_RETURN_IF_ERROR(Read(t, key, &mode, where));
+  if (mode.empty()) return absl::OkStatus();
+  char* end = nullptr;
+  unsigned long v = std::strtoul(mode.c_str(), &end, 8);
+  if (*end != '\0' || v > 0777) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": key '", key, "' is not an octal file mode: '", mode, "'"));
+  }
+  *out = static_cast<uint32_t>(v);
+  return absl::OkStatus();
+}
+
+// Whether `port` is in the ranges of `list` ("5557-5600,6001").
+bool PortListed(const std::string& list, uint64_t port) {
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    uint64_t lo = 0, hi = 0;
+    char dash = 0;
+    std::stringstream is(item);
+    is >> lo;
+    if (is >> dash) {
+      if (dash != '-' || !(is >> hi)) continue;
+    } else {
+      hi = lo;
+    }
+    if (port >= lo && port <= hi) return true;
+  }
+  return false;
+}
+
+// OK if `list` is a port list PortListed understands.
+absl::Status CheckPortList(const std::string& list) {
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t dash = item.find('-');
+    for (const std::string& part :
+         dash == std::string::npos
+             ? std::vector<std::string>{item}
+             : std::vector<std::string>{item.substr(0, dash), item.substr(dash + 1)}) {
+      char* end = nullptr;
+      unsigned long v = std::strtoul(part.c_str(), &end, 10);
+      if (part.empty() || *end != '\0' || v == 0 || v > 65535) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("bind_tcp_ports: '", item, "' is not a port or a port range"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Cross-key rules of the listeners and the bind allow-list.
+absl::Status CheckSecurity(const Config& c, const std::string& origin) {
+  if (!c.admin_tcp_listen.empty() && (c.tls_cert.empty() || c.tls_key.empty() ||
+                                      c.tls_client_ca.empty() || c.admin_allowed_clients.empty())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin,
+                     ": admin_tcp_listen needs mutual TLS: [tls] cert, key and client_ca, and "
+                     "admin_allowed_clients naming the operators' certificates"));
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError(origin + ": [tls] needs both cert and key");
+  }
+  if (c.tls_require_client_cert && (c.tls_client_ca.empty() || c.tls_cert.empty())) {
+    return absl::InvalidArgumentError(origin +
+                                      ": [tls] require_client_cert needs cert, key and client_ca");
+  }
+  if (!c.bind_ipc_dir.empty() &&
+      (c.bind_ipc_dir[0] != '/' || c.bind_ipc_dir.rfind("/dev/shm", 0) == 0 ||
+       c.bind_ipc_dir.find("/..") != std::string::npos)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": bind_ipc_dir '", c.bind_ipc_dir,
+                     "' must be an absolute directory outside /dev/shm, where the segments live"));
+  }
+  KVIDX_RETURN_IF_ERROR(CheckPortList(c.bind_tcp_ports));
+  for (const PublisherConfig& p : c.publishers) {
+    if (!p.bind) continue;
+    absl::Status st = CheckBindEndpoint(c, p.endpoint);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": publisher ", p.pod, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status CheckBindEndpoint(const Config& c, const std::string& endpoint) {
+  if (endpoint.rfind("tcp://", 0) == 0) {
+    size_t colon = endpoint.rfind(':');
+    std::string port = endpoint.substr(colon + 1);
+    char* end = nullptr;
+    unsigned long n = std::strtoul(port.c_str(), &end, 10);
+    if (!port.empty() && *end == '\0' && PortListed(c.bind_tcp_ports, n)) {
+      return absl::OkStatus();
+    }
+    return absl::PermissionDeniedError(
+        absl::StrCat("binding ", endpoint, " is not allowed: its port is not in bind_tcp_ports ('",
+                     c.bind_tcp_ports, "')"));
+  }
+  if (endpoint.rfind("ipc://", 0) == 0) {
+    std::string path = endpoint.substr(6);
+    std::string dir = c.bind_ipc_dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    bool under = !dir.empty() && path.size() > dir.size() + 1 && path.rfind(dir + "/", 0) == 0;
+    bool escapes = path.find("/../") != std::string::npos ||
+                   path.find("/./") != std::string::npos || path.find("//") != std::string::npos;
+    if (under && !escapes && path.rfind("/dev/shm", 0) != 0) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        absl::StrCat("binding ", endpoint, " is not allowed: ipc binds only under bind_ipc_dir ('",
+                     c.bind_ipc_dir, "'), never in /dev/shm, where the segments live"));
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("binding ", endpoint, " is not allowed: only tcp:// and ipc:// binds"));
+}
+
+absl::StatusOr<uint32_t> ResolveOwner(const std::string& owner) {
+  if (owner.empty()) return static_cast<uint32_t>(geteuid());
+  char* end = nullptr;
+  unsigned long n = std::strtoul(owner.c_str(), &end, 10);
+  if (*end == '\0') return static_cast<uint32_t>(n);
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (getpwnam_r(owner.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("segment_owner '", owner, "' is neither a user of this host nor a uid"));
+  }
+  return static_cast<uint32_t>(found->pw_uid);
+}
 
 std::string FleetToml(const std::vector<ModelConfig>& models,
                       const std::vector<PublisherConfig>& publishers) {
@@ -181,10 +332,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "publishers", &c.geometry.publishers, where);
     KVIDX_READ(*s, "namespaces", &c.geometry.namespaces, where);
     KVIDX_READ(*s, "stripes", &c.geometry.stripes, where);
-    std::string mode;
-    KVIDX_READ(*s, "mode", &mode, where);
-    if (!mode.empty())
-      c.segment_mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
+    KVIDX_READ(*s, "owner", &c.segment_owner, where);
+    known[s].insert({"mode", "control_mode"});
+    KVIDX_RETURN_IF_ERROR(ReadMode(*s, "mode", &c.segment_mode, where));
+    KVIDX_RETURN_IF_ERROR(ReadMode(*s, "control_mode", &c.control_mode, where));
   }
   if (const toml::table* s = root["ingest"].as_table()) {
     std::string where = origin + " [ingest]";
@@ -200,6 +351,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);
     KVIDX_READ(*s, "max_adapters_per_model", &c.max_adapters_per_model, where);
     KVIDX_READ(*s, "strict_tags", &c.strict_tags, where);
+    KVIDX_READ(*s, "bind_tcp_ports", &c.bind_tcp_ports, where);
+    KVIDX_READ(*s, "bind_ipc_dir", &c.bind_ipc_dir, where);
   }
   if (const toml::table* s = root["query"].as_table()) {
     std::string where = origin + " [query]";
@@ -212,6 +365,19 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "max_watch_streams", &c.max_watch_streams, where);
     KVIDX_READ(*s, "min_stats_interval_ms", &c.min_stats_interval_ms, where);
     KVIDX_READ(*s, "allow_rpc_bind", &c.allow_rpc_bind, where);
+    KVIDX_READ(*s, "admin_listen", &c.admin_listen, where);
+    KVIDX_READ(*s, "admin_group", &c.admin_group, where);
+    KVIDX_READ(*s, "admin_tcp_listen", &c.admin_tcp_listen, where);
+    KVIDX_READ(*s, "admin_allowed_clients", &c.admin_allowed_clients, where);
+    known[s].insert("admin_socket_mode");
+    KVIDX_RETURN_IF_ERROR(ReadMode(*s, "admin_socket_mode", &c.admin_socket_mode, where));
+  }
+  if (const toml::table* s = root["tls"].as_table()) {
+    std::string where = origin + " [tls]";
+    KVIDX_READ(*s, "cert", &c.tls_cert, where);
+    KVIDX_READ(*s, "key", &c.tls_key, where);
+    KVIDX_READ(*s, "client_ca", &c.tls_client_ca, where);
+    KVIDX_READ(*s, "require_client_cert", &c.tls_require_client_cert, where);
   }
   if (const toml::array* models = root["model"].as_array()) {
     for (const toml::node& n : *models) {
@@ -258,11 +424,6 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       if (!d)
         return absl::InvalidArgumentError(absl::StrCat(where, ": unknown dialect '", dialect, "'"));
       pc.dialect = *d;
-      if (pc.bind && pc.endpoint.rfind("ipc:///dev/shm", 0) == 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": pod ", pc.pod, " binds ", pc.endpoint,
-                         ": kvidx never binds in /dev/shm, where its segments live"));
-      }
       if (pc.pod.empty() || pc.model.empty() || pc.endpoint.empty()) {
         return absl::InvalidArgumentError(where + ": needs pod, model and endpoint");
       }
@@ -272,10 +433,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
   // A misspelt key would silently run with its default (`replay_endpont = ...` runs without
   // replay): every key must be one kvidx reads.
   {
-    absl::Status st = UnknownKeys(root, {"segment", "ingest", "query", "model", "publisher"},
+    absl::Status st = UnknownKeys(root, {"segment", "ingest", "query", "tls", "model", "publisher"},
                                   origin, "the top level");
     if (!st.ok()) return st;
-    for (const char* section : {"segment", "ingest", "query"}) {
+    for (const char* section : {"segment", "ingest", "query", "tls"}) {
       if (const toml::table* t = root[section].as_table()) {
         st = UnknownKeys(*t, known[t], origin, absl::StrCat("[", section, "]"));
         if (!st.ok()) return st;
@@ -304,6 +465,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
   EnvString("KVIDX_SEGMENT", &c.segment);
   EnvString("KVIDX_LISTEN", &c.listen);
   EnvString("KVIDX_METRICS_LISTEN", &c.metrics_listen);
+  EnvString("KVIDX_ADMIN_LISTEN", &c.admin_listen);
   for (auto [name, field] : {std::pair{"KVIDX_WORKERS", &c.workers},
                              std::pair{"KVIDX_REPLAY_TIMEOUT_MS", &c.replay_timeout_ms},
                              std::pair{"KVIDX_RECONNECT_INITIAL_MS", &c.reconnect_initial_ms},
@@ -321,6 +483,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     return absl::InvalidArgumentError(
         absl::StrCat("workers must be 1..", control::kMaxWorkers, ", not ", c.workers));
   }
+  KVIDX_RETURN_IF_ERROR(CheckSecurity(c, origin));
   return c;
 }
 

@@ -40,7 +40,13 @@ struct PublisherConfig {
 struct Config {
   std::string segment = "kvidx";
   index::Geometry geometry;
-  uint32_t segment_mode = 0660;
+  // The segment is the privilege boundary between ingest (writes) and query (reads): created
+  // 0640 by the ingest user, group-readable by the query's; the control area (commands only,
+  // never index data) 0660. Both must be owned by segment_owner (a user name or uid; "" = the
+  // user running this process) and carry exactly these modes, or attaching refuses them.
+  uint32_t segment_mode = 0640;
+  uint32_t control_mode = 0660;
+  std::string segment_owner;
 
   uint32_t workers = 2;
   uint32_t reconnect_initial_ms = 1000;  // AIBrix defaults: 1 s initial, 30 s max
@@ -57,9 +63,29 @@ struct Config {
   size_t max_buffered_batches = 100000;  // live batches held while a replay runs
   uint32_t max_adapters_per_model = 64;  // adapter namespaces a model may gain at run time
   bool strict_tags = false;
+  // Where kvidx may bind a SUB socket (publishers with bind = true): TCP ports from this list
+  // ("5557-5600,6001"), ipc:// paths under this directory. Empty: no binds at all. Never
+  // /dev/shm, where the segments live.
+  std::string bind_tcp_ports;
+  std::string bind_ipc_dir;
 
+  // The router-facing listener: lookups, stats, pods, sequences, WatchEvents, health. Admin
+  // calls there are refused with PERMISSION_DENIED.
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
+  // The admin listener: a unix socket (mode admin_socket_mode, group admin_group; "" = this
+  // process's group) serving every call, kvidxctl's default. "off": none.
+  std::string admin_listen = "unix:/run/kvidx/admin.sock";
+  std::string admin_group;
+  uint32_t admin_socket_mode = 0660;
+  // Admin over TCP, only when set: mutual TLS (tls_cert/tls_key, clients verified against
+  // tls_client_ca) and only clients whose certificate names (CN or a SAN) are listed.
+  std::string admin_tcp_listen;
+  std::vector<std::string> admin_allowed_clients;
+  // [tls]: server TLS on the router listener when tls_cert is set (re-read on SIGHUP);
+  // tls_require_client_cert makes routers present a certificate signed by tls_client_ca.
+  std::string tls_cert, tls_key, tls_client_ca;
+  bool tls_require_client_cert = false;
   uint32_t max_tokens = 131072;  // per lookup
   uint32_t max_lookups_per_call = 4096;
   uint32_t max_inflight_rpcs = 256;        // every RPC counts, not only Lookup
@@ -78,6 +104,14 @@ struct Config {
 // (with the file, line and key) for bad values; NOT_FOUND if the file is missing.
 absl::StatusOr<Config> LoadConfig(const std::string& path);
 absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& origin);
+
+// OK if kvidx may bind a SUB socket on `endpoint` under `c`'s allow-list (bind_tcp_ports,
+// bind_ipc_dir); PERMISSION_DENIED naming the rule otherwise. The one check the configuration,
+// the admin RPC and the worker executing a registration all apply.
+absl::Status CheckBindEndpoint(const Config& c, const std::string& endpoint);
+
+// The uid `owner` names (a user name or a number); "" = this process's effective uid.
+absl::StatusOr<uint32_t> ResolveOwner(const std::string& owner);
 
 // The worker (0..workers-1) that owns a publisher: a stable hash of pod and rank.
 uint32_t OwnerWorker(const std::string& pod, uint32_t dp_rank, uint32_t workers);

@@ -41,16 +41,27 @@ absl::Status WaitForCreator(int fd, const std::string& name) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ControlArea>> ControlArea::Open(const std::string& name,
-                                                               mode_t mode) {
-  bool created = true;
-  int fd = shm_open(ShmName(name).c_str(), O_RDWR | O_CREAT | O_EXCL, mode);
-  if (fd < 0 && errno == EEXIST) {
+absl::StatusOr<std::unique_ptr<ControlArea>> ControlArea::Open(const std::string& name, mode_t mode,
+                                                               std::optional<ShmOwnership> owner,
+                                                               bool create) {
+  bool created = create;
+  int fd = create ? shm_open(ShmName(name).c_str(), O_RDWR | O_CREAT | O_EXCL, mode) : -1;
+  if (!create || (fd < 0 && errno == EEXIST)) {
     created = false;
     fd = shm_open(ShmName(name).c_str(), O_RDWR, 0);
+    if (fd < 0 && errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("no control area named ", name));
+    }
   }
   if (fd < 0) {
     return absl::PermissionDeniedError(absl::StrCat("control area ", name, ": ", Errno()));
+  }
+  if (!created && owner) {
+    absl::Status own = CheckShmOwnership(fd, absl::StrCat("control area /dev/shm/", name), *owner);
+    if (!own.ok()) {
+      close(fd);
+      return own;
+    }
   }
   if (created) {
     fchmod(fd, mode);  // umask may have narrowed it

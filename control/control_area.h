@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +23,7 @@
 #include "absl/status/statusor.h"
 
 #include "control/layout.h"
+#include "shared/shm_file.h"
 
 namespace kvidx::control {
 
@@ -49,8 +51,12 @@ struct Answer {
 
 class ControlArea {
  public:
-  static absl::StatusOr<std::unique_ptr<ControlArea>> Open(const std::string& name,
-                                                           mode_t mode = 0660);
+  // With `owner`, an existing area must have that owner and mode (shared/shm_file.h). With
+  // `create` false (the query process: the ingest user creates the area) a missing area is
+  // NOT_FOUND.
+  static absl::StatusOr<std::unique_ptr<ControlArea>> Open(
+      const std::string& name, mode_t mode = 0660, std::optional<ShmOwnership> owner = std::nullopt,
+      bool create = true);
   static bool Remove(const std::string& name);
   ~ControlArea();
   ControlArea(const ControlArea&) = delete;

@@ -243,10 +243,11 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::AwaitAttach(const std::string&
                                                               Access access,
                                                               std::optional<Geometry> expected,
                                                               std::chrono::milliseconds timeout,
-                                                              const std::atomic<bool>* stop) {
+                                                              const std::atomic<bool>* stop,
+                                                              std::optional<ShmOwnership> owner) {
   const auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    auto s = Attach(name, access, expected);
+    auto s = Attach(name, access, expected, owner);
     if (!absl::IsNotFound(s.status())) return s;
     if (std::chrono::steady_clock::now() >= until || (stop != nullptr && stop->load())) return s;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -254,7 +255,8 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::AwaitAttach(const std::string&
 }
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name, Access access,
-                                                         std::optional<Geometry> expected) {
+                                                         std::optional<Geometry> expected,
+                                                         std::optional<ShmOwnership> owner) {
   bool ro = access == Access::kReadOnly;
   int fd = -1;
   try {
@@ -280,9 +282,26 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name
     fstat(fd, &st);
     size = static_cast<size_t>(st.st_size);
   }
+  if (owner) {
+    absl::Status own = CheckShmOwnership(fd, absl::StrCat("segment /dev/shm/", name), *owner);
+    if (!own.ok()) {
+      close(fd);
+      return own;
+    }
+  }
   if (size < sizeof(SegmentHeader)) {
     close(fd);
     return absl::FailedPreconditionError("segment is too small to be a kvidx index");
+  }
+  if (expected) {
+    auto want = ComputeLayout(*expected);
+    if (want.ok() && want->total_size != size) {
+      close(fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat("segment geometry differs from configuration: /dev/shm/", name, " is ", size,
+                       " bytes, the configured geometry makes ", want->total_size,
+                       " (stop the services and remove the segment to re-create it)"));
+    }
   }
   void* p = mmap(nullptr, size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
@@ -305,11 +324,12 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::OpenOrCreate(const std::string& name,
                                                                const Geometry& geometry,
-                                                               mode_t mode) {
+                                                               mode_t mode,
+                                                               std::optional<ShmOwnership> owner) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto created = Create(name, geometry, mode);
     if (created.ok() || !absl::IsAlreadyExists(created.status())) return created;
-    auto attached = Attach(name, Access::kReadWrite, geometry);
+    auto attached = Attach(name, Access::kReadWrite, geometry, owner);
     if (attached.ok() || !absl::IsNotFound(attached.status())) return attached;
   }
   return absl::UnavailableError("segment kept appearing and disappearing");

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 
 #include "index/layout.h"
+#include "shared/shm_file.h"
 
 namespace kvidx::index {
 
@@ -50,21 +51,26 @@ class Segment {
   // permissions of the shared-memory object (default: owner and group only).
   static absl::StatusOr<std::unique_ptr<Segment>> Create(const std::string& name,
                                                          const Geometry& geometry,
-                                                         mode_t mode = 0660);
+                                                         mode_t mode = 0640);
   // Attaches to an existing segment. NOT_FOUND if there is none; FAILED_PRECONDITION on a
-  // foreign or other-version layout, or when `expected` is given and differs.
+  // foreign or other-version layout, when `expected` is given and differs (size included,
+  // checked before mapping), or when `owner` is given and the object's owner or mode differ
+  // (a squatted or widened segment is never mapped).
   static absl::StatusOr<std::unique_ptr<Segment>> Attach(
-      const std::string& name, Access access, std::optional<Geometry> expected = std::nullopt);
+      const std::string& name, Access access, std::optional<Geometry> expected = std::nullopt,
+      std::optional<ShmOwnership> owner = std::nullopt);
   // Attach() repeated until the segment exists (its creator may not have made it yet), for up
   // to `timeout` or until `*stop` (if given) is set: the one wait for a segment. NOT_FOUND if it
   // never appeared; any other error of Attach at once.
   static absl::StatusOr<std::unique_ptr<Segment>> AwaitAttach(
       const std::string& name, Access access, std::optional<Geometry> expected,
-      std::chrono::milliseconds timeout, const std::atomic<bool>* stop = nullptr);
-  // Attaches if the segment exists, else creates it. Safe against concurrent callers.
-  static absl::StatusOr<std::unique_ptr<Segment>> OpenOrCreate(const std::string& name,
-                                                               const Geometry& geometry,
-                                                               mode_t mode = 0660);
+      std::chrono::milliseconds timeout, const std::atomic<bool>* stop = nullptr,
+      std::optional<ShmOwnership> owner = std::nullopt);
+  // Attaches if the segment exists, else creates it. Safe against concurrent callers. With
+  // `owner`, an existing segment must have that owner and mode (see Attach).
+  static absl::StatusOr<std::unique_ptr<Segment>> OpenOrCreate(
+      const std::string& name, const Geometry& geometry, mode_t mode = 0640,
+      std::optional<ShmOwnership> owner = std::nullopt);
   // Removes the name; mappings stay valid until unmapped. Returns false if it did not exist.
   static bool Remove(const std::string& name);
 

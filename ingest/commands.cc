@@ -64,6 +64,8 @@ absl::Status Worker::ExecuteRegister(const CommandArgs& a, CommandResult& r) {
   pc.replay_endpoint = FieldView(a.replay_endpoint);
   pc.topic = FieldView(a.topic);
   pc.dialect = ParseDialect(FieldView(a.dialect)).value_or(Dialect::kAuto);
+  // The control area is writable by the query's user: the worker applies the allow-list itself.
+  if (pc.bind) KVIDX_RETURN_IF_ERROR(config::CheckBindEndpoint(config_, pc.endpoint));
   KVIDX_RETURN_IF_ERROR(
       index_->RegisterPublisher(config::PublisherSpecFor(pc, *ns, config_.workers)).status());
   r.publishers = 1;

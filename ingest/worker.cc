@@ -42,11 +42,22 @@ absl::Status Worker::Init() {
     return absl::InvalidArgumentError(
         absl::StrCat("worker ", worker_, " of ", config_.workers, ": index out of range"));
   }
-  KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(config_.segment, config_.geometry,
-                                                                config_.segment_mode));
+  // The segment and the control area are this user's: one another user created (squatted) or
+  // left wider than configured is refused, never used.
+  KVIDX_ASSIGN_OR_RETURN(uint32_t owner, config::ResolveOwner(config_.segment_owner));
+  if (owner != geteuid()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment_owner '", config_.segment_owner, "' is uid ", owner,
+                     " but this worker runs as uid ", geteuid(),
+                     ": the segment would be created with another owner than the query expects"));
+  }
+  KVIDX_ASSIGN_OR_RETURN(segment_, index::Segment::OpenOrCreate(
+                                       config_.segment, config_.geometry, config_.segment_mode,
+                                       ShmOwnership{owner, config_.segment_mode}));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
-  KVIDX_ASSIGN_OR_RETURN(control_, control::ControlArea::Open(control::ControlName(config_.segment),
-                                                              config_.segment_mode));
+  KVIDX_ASSIGN_OR_RETURN(control_, control::ControlArea::Open(
+                                       control::ControlName(config_.segment), config_.control_mode,
+                                       ShmOwnership{owner, config_.control_mode}));
   control_->header()->rings[worker_ % control::kMaxWorkers].pid = static_cast<uint32_t>(getpid());
   ApplierConfig ac;
   ac.on_applied = [this](const AppliedInfo& a) {

@@ -56,6 +56,11 @@ grpc::Status KvIndexService::RegisterPublisher(grpc::ServerContext*,
   if (!wire::ParseDialect(dialect)) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "UNKNOWN_DIALECT", dialect);
   }
+  if (req->bind() && config_.allow_rpc_bind) {
+    if (absl::Status st = config::CheckBindEndpoint(config_, req->endpoint()); !st.ok())
+      return Error(grpc::StatusCode::PERMISSION_DENIED, "BIND_NOT_ALLOWED",
+                   std::string(st.message()));
+  }
   if (!config_.allow_rpc_bind) {
     // An RPC must not make kvidx bind a socket (ipc:// binds unlink the path first: the
     // segment's own name among them) nor connect to anything but TCP.

@@ -3,7 +3,8 @@
 //
 //   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] [--port-file F]
 // --listen HOST:0 takes a free port (and metrics HOST:0 too); --port-file then receives the
-// bound gRPC port and the metrics port, a line each, once serving.
+// bound gRPC port, the metrics port and the admin TCP port (0: none), a line each, once
+// serving. SIGHUP re-reads the TLS certificate files (query/listeners.h).
 #include <signal.h>
 
 #include <algorithm>
@@ -22,13 +23,16 @@
 #include "config/config.h"
 #include "control/control_area.h"
 #include "index/segment.h"
+#include "query/listeners.h"
 #include "query/metrics.h"
 #include "query/service.h"
 #include "shared/log.h"
 
 namespace {
 std::atomic<bool> g_stop{false};
+std::atomic<bool> g_hangup{false};
 void OnSignal(int) { g_stop = true; }
+void OnHangup(int) { g_hangup = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,18 +70,33 @@ int main(int argc, char** argv) {
     }
     if (!listen.empty()) config->listen = listen;
     if (!metrics.empty()) config->metrics_listen = metrics;
-    // Wait for the ingest workers to create the segment (they own its geometry).
+    // Wait for the ingest workers to create the segment and the control area (they own them;
+    // one of another owner or a wider mode is refused).
+    auto owner = kvidx::config::ResolveOwner(config->segment_owner);
+    if (!owner.ok()) {
+      KVIDX_LOG_ERROR("%s", owner.status().ToString().c_str());
+      return 1;
+    }
     KVIDX_LOG_INFO("attaching segment %s", config->segment.c_str());
     auto attached = kvidx::index::Segment::AwaitAttach(
         config->segment, kvidx::index::Segment::Access::kReadOnly, config->geometry,
-        std::chrono::seconds(60), &g_stop);
+        std::chrono::seconds(60), &g_stop, kvidx::ShmOwnership{*owner, config->segment_mode});
     if (!attached.ok()) {
       KVIDX_LOG_ERROR("segment: %s", attached.status().ToString().c_str());
       return 1;
     }
     std::unique_ptr<kvidx::index::Segment> segment = std::move(*attached);
-    auto control = kvidx::control::ControlArea::Open(kvidx::control::ControlName(config->segment),
-                                                     config->segment_mode);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    auto control = kvidx::control::ControlArea::Open(
+        kvidx::control::ControlName(config->segment), config->control_mode,
+        kvidx::ShmOwnership{*owner, config->control_mode}, /*create=*/false);
+    while (absl::IsNotFound(control.status()) && std::chrono::steady_clock::now() < until &&
+           !g_stop) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      control = kvidx::control::ControlArea::Open(
+          kvidx::control::ControlName(config->segment), config->control_mode,
+          kvidx::ShmOwnership{*owner, config->control_mode}, /*create=*/false);
+    }
     if (!control.ok()) {
       KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
       return 1;
@@ -85,17 +104,12 @@ int main(int argc, char** argv) {
     kvidx::query::KvIndexService service(*config, std::move(segment), std::move(*control));
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service);
-    builder.SetMaxReceiveMessageSize(
-        static_cast<int>(std::min<uint64_t>(config->max_request_bytes, INT32_MAX)));
-    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-    if (!server || port == 0) {
-      KVIDX_LOG_ERROR("cannot listen on %s", config->listen.c_str());
+    auto listeners = kvidx::query::Listeners::Start(*config, &service);
+    if (!listeners.ok()) {
+      KVIDX_LOG_ERROR("%s", listeners.status().ToString().c_str());
       return 1;
     }
+    const int port = (*listeners)->router_port();
     std::unique_ptr<kvidx::query::Metrics> m;
     if (config->metrics_listen != "off") {
       auto started = kvidx::query::Metrics::Start(config->metrics_listen, &service);
@@ -104,16 +118,24 @@ int main(int argc, char** argv) {
       else
         m = std::move(*started);
     }
-    KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d), metrics on %s",
-                   config->listen.c_str(), port, config->metrics_listen.c_str());
+    KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d%s), admin on %s%s%s, metrics on %s",
+                   config->listen.c_str(), port, config->tls_cert.empty() ? "" : ", TLS",
+                   config->admin_listen.c_str(),
+                   config->admin_tcp_listen.empty() ? "" : " and mTLS ",
+                   config->admin_tcp_listen.c_str(), config->metrics_listen.c_str());
     struct sigaction sa {};
     sa.sa_handler = OnSignal;
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = OnHangup;
+    sigaction(SIGHUP, &sa, nullptr);
     if (!port_file.empty()) {
       {
         std::ofstream out(port_file + ".tmp");
-        out << port << "\n" << (m ? m->port() : 0) << "\n";  // gRPC, then metrics (0: off)
+        // gRPC, metrics (0: off), admin over TCP (0: none)
+        out << port << "\n"
+            << (m ? m->port() : 0) << "\n"
+            << (*listeners)->admin_tcp_port() << "\n";
       }
       std::rename((port_file + ".tmp").c_str(), port_file.c_str());
     }
@@ -121,9 +143,15 @@ int main(int argc, char** argv) {
     while (!g_stop) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
       sd_notify(0, "WATCHDOG=1");
+      if (g_hangup.exchange(false)) {
+        // SIGHUP: the TLS listeners take the certificate files again (ExecReload).
+        sd_notify(0, "RELOADING=1");
+        (void)(*listeners)->ReloadTls();
+        sd_notify(0, "READY=1");
+      }
     }
     sd_notify(0, "STOPPING=1");
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    (*listeners)->Shutdown();
     KVIDX_LOG_INFO("stopped");
     return 0;
   } catch (const std::exception& e) {

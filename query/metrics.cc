@@ -110,6 +110,9 @@ class Snapshot final : public prometheus::Collectable {
             static_cast<double>(c.overloaded.load()));
     counter("kvidx_degraded_lookups_total", "Lookups read best-effort",
             static_cast<double>(c.degraded.load()));
+    counter("kvidx_permission_denied_total",
+            "Admin calls refused: on the router listener, or from a client not allowed",
+            static_cast<double>(c.permission_denied.load()));
     gauge("kvidx_healthy", "1 if every worker that owns publishers is alive", s.healthy() ? 1 : 0);
     for (const auto& w : s.workers()) {
       std::vector<ClientMetric::Label> l = {{"worker", std::to_string(w.worker())}};

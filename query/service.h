@@ -27,6 +27,7 @@ struct ServiceCounters {
   std::atomic<uint64_t> invalid_arguments{0};
   std::atomic<uint64_t> overloaded{0};
   std::atomic<uint64_t> degraded{0};
+  std::atomic<uint64_t> permission_denied{0};  // admin calls refused by a listener's surface
   // Lookup RPC latency (kLatencyBoundsUs buckets, the last one +Inf) and its sum.
   std::atomic<uint64_t> lookup_latency_buckets[index::kLatencyBounds + 1] = {};
   std::atomic<uint64_t> lookup_latency_sum_ns{0};
@@ -77,6 +78,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
 
   const index::PrefixIndex& index() const { return *index_; }
   const ServiceCounters& counters() const { return counters_; }
+  void CountPermissionDenied() { counters_.permission_denied.fetch_add(1); }
   void FillStats(v1::StatsResponse* resp) const;
 
  private:

@@ -1,6 +1,10 @@
 // kvidxctl: inspect and administer kvidx through its gRPC API.
 //
-//   kvidxctl [--server HOST:PORT] [--json] [--timeout-ms N] COMMAND [ARGS]
+//   kvidxctl [--server ADDR] [--config FILE] [--tls-ca F [--tls-cert F --tls-key F]]
+//            [--json] [--timeout-ms N] COMMAND [ARGS]
+// The server is --server, else $KVIDX_SERVER, else the configuration's admin socket
+// (admin_listen of --config / $KVIDX_CONFIG / /etc/kvidx/kvidx.toml), else
+// unix:/run/kvidx/admin.sock. The router listener refuses register, unregister and clear.
 //     status                         totals, occupancy, ingest counters, per-worker lag
 //     pods                           every publisher with its state
 //     pod NAME [--dp N]              one publisher and its counters
@@ -14,6 +18,8 @@
 //     sequences POD [--dp N]          sequences of a sequence-id publisher
 //     sequence POD ID [--dp N]        one sequence and its block keys
 //     ping
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -27,6 +33,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include "config/config.h"
 #include "kvidx.grpc.pb.h"
 
 namespace {
@@ -39,8 +46,9 @@ using kvidx::v1::KvIndex;
 }
 
 struct Opts {
-  std::string server =
-      std::getenv("KVIDX_SERVER") ? std::getenv("KVIDX_SERVER") : "127.0.0.1:50051";
+  std::string server;
+  std::string config;
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
   bool json = false;
   int timeout_ms = 5000;
   std::string command;
@@ -55,7 +63,14 @@ Opts Parse(int argc, char** argv) {
   CLI::App app("kvidxctl: inspect and administer kvidx through its gRPC API");
   app.require_subcommand(1);
   app.fallthrough();  // --server, --json and --timeout-ms also after the command
-  app.add_option("--server", o.server, "kvidx-query address (env KVIDX_SERVER)");
+  app.add_option("--server", o.server,
+                 "kvidx-query address: unix:PATH or HOST:PORT (env KVIDX_SERVER; default the "
+                 "configuration's admin socket)");
+  app.add_option("--config", o.config, "configuration naming the admin socket (env KVIDX_CONFIG)");
+  app.add_option("--tls-ca", o.tls_ca, "TLS: the CA that signed the server's certificate");
+  app.add_option("--tls-cert", o.tls_cert, "mutual TLS: this client's certificate");
+  app.add_option("--tls-key", o.tls_key, "mutual TLS: this client's key");
+  app.add_option("--tls-server-name", o.tls_server_name, "TLS: the name the server's cert has");
   app.add_flag("--json", o.json, "print answers as JSON");
   app.add_option("--timeout-ms", o.timeout_ms, "deadline of each call");
   std::map<std::string, std::string> values;
@@ -139,6 +154,47 @@ std::string Flag(const Opts& o, const std::string& k, const std::string& def = "
   return it == o.flags.end() ? def : it->second;
 }
 
+// --server, else $KVIDX_SERVER, else the configuration's admin socket, else the default one.
+std::string ServerOf(const Opts& o) {
+  if (!o.server.empty()) return o.server;
+  if (const char* env = std::getenv("KVIDX_SERVER")) return env;  // NOLINT(concurrency-mt-unsafe)
+  std::string path = o.config;
+  if (path.empty()) {
+    const char* env = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
+    path = env != nullptr ? env : "/etc/kvidx/kvidx.toml";
+  }
+  if (access(path.c_str(), R_OK) == 0) {
+    auto c = kvidx::config::LoadConfig(path);
+    if (c.ok() && c->admin_listen != "off" && !c->admin_listen.empty()) return c->admin_listen;
+    if (c.ok()) return c->listen;
+  }
+  return "unix:/run/kvidx/admin.sock";
+}
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (!in) {
+    std::fprintf(stderr, "kvidxctl: cannot read %s\n", path.c_str());
+    std::exit(2);
+  }
+  return ss.str();
+}
+
+std::shared_ptr<grpc::Channel> Connect(const Opts& o) {
+  if (o.tls_ca.empty()) return grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFileOrDie(o.tls_ca);
+  if (!o.tls_cert.empty()) {
+    tls.pem_cert_chain = ReadFileOrDie(o.tls_cert);
+    tls.pem_private_key = ReadFileOrDie(o.tls_key);
+  }
+  grpc::ChannelArguments args;
+  if (!o.tls_server_name.empty()) args.SetSslTargetNameOverride(o.tls_server_name);
+  return grpc::CreateCustomChannel(o.server, grpc::SslCredentials(tls), args);
+}
+
 int Fail(const Opts& o, const grpc::Status& st) {
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
       st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -146,7 +202,13 @@ int Fail(const Opts& o, const grpc::Status& st) {
                  o.server.c_str(), st.error_message().c_str());
     return 3;
   }
-  std::fprintf(stderr, "kvidxctl: %s\n", st.error_message().c_str());
+  kvidx::v1::ErrorDetail detail;
+  if (detail.ParseFromString(st.error_details()) && !detail.reason().empty()) {
+    std::fprintf(stderr, "kvidxctl: %s [%s]\n", st.error_message().c_str(),
+                 detail.reason().c_str());
+  } else {
+    std::fprintf(stderr, "kvidxctl: %s\n", st.error_message().c_str());
+  }
   return 1;
 }
 
@@ -481,7 +543,8 @@ int Clear(const Opts& o, KvIndex::Stub& stub) {
 
 int main(int argc, char** argv) {
   Opts o = Parse(argc, argv);
-  auto channel = grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials());
+  o.server = ServerOf(o);
+  auto channel = Connect(o);
   auto stub = KvIndex::NewStub(channel);
   if (o.command == "status") return Status(o, *stub);
   if (o.command == "pods") return Pods(o, *stub);

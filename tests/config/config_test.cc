@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 
@@ -21,6 +23,7 @@ mode = "0640"
 [ingest]
 workers = 3
 replay_timeout_ms = 500
+bind_tcp_ports = "5557"
 
 [query]
 listen = "127.0.0.1:6000"
@@ -99,11 +102,86 @@ TEST(ConfigTest, UnknownKeysAreAnErrorNamingFileLineAndKey) {
 // Issue 10: kvidx never binds where its segments live.
 TEST(ConfigTest, BindingInDevShmIsRefused) {
   auto c = ParseConfig(
+      "[ingest]\nbind_ipc_dir = \"/run/kvidx/ipc\"\n"
       "[[model]]\nname = \"m\"\n[[publisher]]\npod = \"a\"\nmodel = \"m\"\n"
       "endpoint = \"ipc:///dev/shm/kvidx\"\nbind = true\n",
       "b.toml");
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("never binds in /dev/shm"), std::string::npos);
+  EXPECT_NE(c.status().message().find("never in /dev/shm"), std::string::npos) << c.status();
+  // Nor may the allowed directory itself be there.
+  auto d = ParseConfig("[ingest]\nbind_ipc_dir = \"/dev/shm/x\"\n", "d.toml");
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("outside /dev/shm"), std::string::npos) << d.status();
+}
+
+// Issue 10: binds only from the allow-list of the configuration (ports, an ipc directory).
+TEST(ConfigTest, BindEndpointsComeFromTheAllowList) {
+  auto c = ParseConfig(
+      "[ingest]\nbind_tcp_ports = \"5557-5560,6001\"\n"
+      "bind_ipc_dir = \"/run/kvidx/ipc/\"\n",
+      "a.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (const char* ok :
+       {"tcp://*:5557", "tcp://0.0.0.0:5560", "tcp://[::1]:6001", "ipc:///run/kvidx/ipc/pod-a"}) {
+    EXPECT_TRUE(CheckBindEndpoint(*c, ok).ok()) << ok;
+  }
+  for (const char* no : {"tcp://*:5561", "tcp://*:6000", "tcp://*:*", "tcp://*:", "inproc://x",
+                         "ipc:///run/kvidx/ipc/", "ipc:///run/kvidx/ipc/../../dev/shm/kvidx",
+                         "ipc:///run/kvidx/ipcx", "ipc:///dev/shm/kvidx", "ipc://@abstract"}) {
+    absl::Status st = CheckBindEndpoint(*c, no);
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << no;
+    EXPECT_NE(st.message().find("not allowed"), std::string_view::npos) << st;
+  }
+  // With no allow-list nothing binds; a configured bind outside it is a configuration error.
+  Config none;
+  EXPECT_FALSE(CheckBindEndpoint(none, "tcp://*:5557").ok());
+  auto bad = ParseConfig(
+      "[[model]]\nname = \"m\"\n[[publisher]]\npod = \"a\"\nmodel = \"m\"\n"
+      "endpoint = \"tcp://*:5557\"\nbind = true\n",
+      "bad.toml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("bind_tcp_ports"), std::string::npos) << bad.status();
+  EXPECT_FALSE(ParseConfig("[ingest]\nbind_tcp_ports = \"5557-x\"\n", "p.toml").ok());
+  EXPECT_FALSE(ParseConfig("[ingest]\nbind_tcp_ports = \"70000\"\n", "p.toml").ok());
+}
+
+// Issue 10: the listeners' security keys, and the rules between them.
+TEST(ConfigTest, ListenerSecurityKeys) {
+  auto c = ParseConfig(
+      "[segment]\nowner = \"kvidx-ingest\"\nmode = \"0640\"\ncontrol_mode = \"0660\"\n"
+      "[query]\nadmin_listen = \"unix:/run/kvidx/admin.sock\"\nadmin_group = \"kvidx-admin\"\n"
+      "admin_socket_mode = \"0660\"\nadmin_tcp_listen = \"0.0.0.0:50052\"\n"
+      "admin_allowed_clients = [\"operator\", \"spiffe://kvidx/ops\"]\n"
+      "[tls]\ncert = \"/etc/kvidx/tls/server.pem\"\nkey = \"/etc/kvidx/tls/server.key\"\n"
+      "client_ca = \"/etc/kvidx/tls/ca.pem\"\nrequire_client_cert = true\n",
+      "s.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->segment_owner, "kvidx-ingest");
+  EXPECT_EQ(c->control_mode, 0660u);
+  EXPECT_EQ(c->admin_group, "kvidx-admin");
+  EXPECT_EQ(c->admin_tcp_listen, "0.0.0.0:50052");
+  EXPECT_EQ(c->admin_allowed_clients, (std::vector<std::string>{"operator", "spiffe://kvidx/ops"}));
+  EXPECT_EQ(c->tls_client_ca, "/etc/kvidx/tls/ca.pem");
+  EXPECT_TRUE(c->tls_require_client_cert);
+  // Defaults: segment 0640, admin on a unix socket, no admin over TCP, no TLS.
+  auto d = ParseConfig("", "<defaults>");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->segment_mode, 0640u);
+  EXPECT_EQ(d->admin_listen, "unix:/run/kvidx/admin.sock");
+  EXPECT_TRUE(d->admin_tcp_listen.empty());
+  // Admin over TCP without mutual TLS and an allow-list is refused.
+  for (const char* text :
+       {"[query]\nadmin_tcp_listen = \"0.0.0.0:50052\"\n",
+        "[query]\nadmin_tcp_listen = \"0.0.0.0:50052\"\n[tls]\ncert = \"a\"\nkey = \"b\"\n"
+        "client_ca = \"c\"\n",
+        "[tls]\ncert = \"a\"\n", "[tls]\nrequire_client_cert = true\n",
+        "[segment]\nmode = \"0999\"\n", "[query]\nadmin_allowed_clients = [1]\n"}) {
+    EXPECT_FALSE(ParseConfig(text, "bad.toml").ok()) << text;
+  }
+  EXPECT_EQ(*ResolveOwner(""), geteuid());
+  EXPECT_EQ(*ResolveOwner("0"), 0u);
+  EXPECT_EQ(*ResolveOwner("root"), 0u);
+  EXPECT_FALSE(ResolveOwner("no-such-user-kvidx").ok());
 }
 
 // The configuration README.md shows parses, every key of it known.
@@ -168,7 +246,8 @@ TEST(ConfigTest, FleetTomlParsesBackToTheSameFleet) {
   b.bind = true;
   b.replay_endpoint = "";
   b.dialect = Dialect::kKvbm;
-  auto c = ParseConfig(FleetToml({m}, {a, b}), "fleet");
+  // The bind needs its port in the allow-list, as any configuration would.
+  auto c = ParseConfig("[ingest]\nbind_tcp_ports = \"5557\"\n" + FleetToml({m}, {a, b}), "fleet");
   ASSERT_TRUE(c.ok()) << c.status() << "\n" << FleetToml({m}, {a, b});
   ASSERT_EQ(c->models.size(), 1u);
   EXPECT_EQ(c->models[0].block_size, 32u);

@@ -27,10 +27,11 @@ namespace {
 using v1::KvIndex;
 
 struct Env {
-  std::string dir, segment, config, grpc_addr;
+  std::string dir, segment, config, grpc_addr, admin_addr;
   int metrics_port = 0;
   std::unique_ptr<Process> sim, w0, w1, query;
-  std::unique_ptr<KvIndex::Stub> stub;
+  std::unique_ptr<KvIndex::Stub> stub;        // the router listener
+  std::unique_ptr<KvIndex::Stub> admin_stub;  // the admin unix socket
   std::vector<std::vector<uint32_t>> prompts;
 };
 Env* env = nullptr;
@@ -56,11 +57,13 @@ class QueryTest : public ::testing::Test {
     std::stringstream ss;
     ss << in.rdbuf();
     env->config = env->dir + "/kvidx.toml";
+    env->admin_addr = "unix:" + env->dir + "/admin.sock";
     std::ofstream out(env->config);
     out << "[segment]\nname = \"" << env->segment
         << "\"\nblocks = 100000\npairs = 400000\npublishers = 32\nnamespaces = 8\nstripes = 64\n"
         << "[ingest]\nworkers = 2\nreconnect_initial_ms = 100\n"
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
+        << "admin_listen = \"" << env->admin_addr << "\"\n"
         << "max_tokens = 4096\nmax_lookups_per_call = 256\nmax_watch_streams = 2\n"
         << "max_request_bytes = 1048576\n\n"
         << "[[model]]\nname = \"qm4\"\nblock_size = 4\n\n"  // the sequence-id peer's
@@ -86,6 +89,8 @@ class QueryTest : public ::testing::Test {
     env->grpc_addr = "127.0.0.1:" + std::to_string(grpc_port);
     env->stub =
         KvIndex::NewStub(grpc::CreateChannel(env->grpc_addr, grpc::InsecureChannelCredentials()));
+    env->admin_stub =
+        KvIndex::NewStub(grpc::CreateChannel(env->admin_addr, grpc::InsecureChannelCredentials()));
     // Wait until the server answers and the index has content and sample prompts exist.
     WaitFor(
         [] {
@@ -119,6 +124,7 @@ class QueryTest : public ::testing::Test {
     return d.reason();
   }
   KvIndex::Stub& stub() { return *env->stub; }
+  KvIndex::Stub& admin() { return *env->admin_stub; }
 };
 
 v1::LookupQuery TokensQuery(const std::vector<uint32_t>& t, const std::string& model = "qm") {
@@ -136,7 +142,7 @@ std::pair<int, std::string> Ctl(std::vector<std::string> args, bool to_server = 
   argv.insert(argv.end(), args.begin(), args.end());
   if (to_server) {
     argv.push_back("--server");
-    argv.push_back(env->grpc_addr);
+    argv.push_back(env->admin_addr);
   }
   Process p(argv, log);
   int st = p.Wait(std::chrono::milliseconds(20000));
@@ -164,6 +170,77 @@ TEST_F(QueryTest, KvidxctlAnswersThroughTheRealServerAndRefusesBadArguments) {
   EXPECT_EQ(rc, 2) << out;
   std::tie(rc, out) = Ctl({"ping", "--server", "127.0.0.1:1", "--timeout-ms", "500"}, false);
   EXPECT_EQ(rc, 3) << out;  // the server is not there: said so, exit 3
+}
+
+std::string Scrape(int port);  // GET /metrics (below)
+
+// Issue 10: two surfaces. The router listener answers reads and refuses every call that
+// changes state, with the reason; the admin unix socket (mode 0660) serves them, and kvidxctl
+// finds it through the configuration.
+TEST_F(QueryTest, AdminCallsAreRefusedOnTheRouterListenerAndServedOnTheAdminSocket) {
+  v1::ClearRequest clear;
+  clear.mutable_pod()->set_pod("no-such-pod");
+  clear.mutable_pod()->set_dp_rank(0);
+  v1::ClearResponse cr;
+  v1::RegisterPublisherRequest reg;
+  reg.set_pod("intruder");
+  reg.set_model("qm");
+  reg.set_endpoint("tcp://127.0.0.1:9");
+  v1::Pod pod;
+  v1::UnregisterPublisherRequest un;
+  un.set_pod("pod-0");
+  v1::UnregisterPublisherResponse ur;
+  std::vector<grpc::Status> refused;
+  {
+    grpc::ClientContext ctx;
+    refused.push_back(stub().Clear(&ctx, clear, &cr));
+  }
+  {
+    grpc::ClientContext ctx;
+    refused.push_back(stub().RegisterPublisher(&ctx, reg, &pod));
+  }
+  {
+    grpc::ClientContext ctx;
+    refused.push_back(stub().UnregisterPublisher(&ctx, un, &ur));
+  }
+  for (const grpc::Status& st : refused) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+    EXPECT_EQ(Reason(st), "ADMIN_ONLY");
+    EXPECT_NE(st.error_message().find(env->admin_addr), std::string::npos) << st.error_message();
+  }
+  // Nothing changed: pod-0 is still there, the intruder was never registered.
+  v1::ListPodsResponse pods;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub().ListPods(&ctx, {}, &pods).ok());
+  }
+  bool pod0 = false;
+  for (const auto& p : pods.pods()) {
+    EXPECT_NE(p.pod(), "intruder");
+    pod0 |= p.pod() == "pod-0";
+  }
+  EXPECT_TRUE(pod0);
+  // The admin socket answers the same call (NOT_FOUND: it reached the workers).
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(admin().Clear(&ctx, clear, &cr).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  struct stat st {};
+  ASSERT_EQ(stat((env->dir + "/admin.sock").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // kvidxctl: refused with the reason on the router listener; through the configuration it
+  // finds the admin socket.
+  auto [rc, out] = Ctl({"--server", env->grpc_addr, "clear", "--pod", "x"}, false);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("ADMIN_ONLY"), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"--config", env->config, "clear", "--pod", "x"}, false);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("UNKNOWN_POD"), std::string::npos) << out;
+  // The refusals are counted.
+  std::string metrics = Scrape(env->metrics_port);
+  EXPECT_NE(metrics.find("kvidx_permission_denied_total"), std::string::npos);
+  EXPECT_EQ(metrics.find("kvidx_permission_denied_total 0\n"), std::string::npos);
 }
 
 TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {
@@ -364,7 +441,7 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   v1::Pod pod;
   {
     grpc::ClientContext ctx;
-    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    grpc::Status st = admin().RegisterPublisher(&ctx, reg, &pod);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   EXPECT_EQ(pod.pod(), "extra-0");
@@ -382,7 +459,7 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   reg.set_model("unconfigured");
   {
     grpc::ClientContext ctx;
-    EXPECT_EQ(stub().RegisterPublisher(&ctx, reg, &pod).error_code(),
+    EXPECT_EQ(admin().RegisterPublisher(&ctx, reg, &pod).error_code(),
               grpc::StatusCode::FAILED_PRECONDITION);
   }
   // Clear one pod.
@@ -392,13 +469,13 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   v1::ClearResponse cr;
   {
     grpc::ClientContext ctx;
-    ASSERT_TRUE(stub().Clear(&ctx, clear, &cr).ok());
+    ASSERT_TRUE(admin().Clear(&ctx, clear, &cr).ok());
   }
   EXPECT_EQ(cr.publishers_cleared(), 1u);
   clear.mutable_pod()->set_pod("nobody");
   {
     grpc::ClientContext ctx;
-    EXPECT_EQ(stub().Clear(&ctx, clear, &cr).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(admin().Clear(&ctx, clear, &cr).error_code(), grpc::StatusCode::NOT_FOUND);
   }
   // Unregister the extra engine.
   v1::UnregisterPublisherRequest un;
@@ -406,7 +483,7 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   v1::UnregisterPublisherResponse ur;
   {
     grpc::ClientContext ctx;
-    grpc::Status st = stub().UnregisterPublisher(&ctx, un, &ur);
+    grpc::Status st = admin().UnregisterPublisher(&ctx, un, &ur);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   EXPECT_GT(ur.pairs_dropped(), 0u);
@@ -419,12 +496,12 @@ TEST_F(QueryTest, RegisterClearAndUnregisterThroughTheWorkers) {
   clear.set_all(true);
   {
     grpc::ClientContext ctx;
-    ASSERT_TRUE(stub().Clear(&ctx, clear, &cr).ok());
+    ASSERT_TRUE(admin().Clear(&ctx, clear, &cr).ok());
   }
   EXPECT_GT(cr.blocks_cleared(), 0u);
   v1::ClearRequest none;
   grpc::ClientContext ctx;
-  EXPECT_EQ(stub().Clear(&ctx, none, &cr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(admin().Clear(&ctx, none, &cr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // The API from another language: Python stubs generated from proto/ at test time.
@@ -453,7 +530,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   v1::Pod pod;
   {
     grpc::ClientContext ctx;
-    ASSERT_TRUE(stub().RegisterPublisher(&ctx, reg, &pod).ok());
+    ASSERT_TRUE(admin().RegisterPublisher(&ctx, reg, &pod).ok());
   }
   v1::ListSequencesRequest list;
   list.set_pod("seq-pod");
@@ -508,7 +585,7 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   un.set_pod("seq-pod");
   v1::UnregisterPublisherResponse ur;
   grpc::ClientContext ctx;
-  EXPECT_TRUE(stub().UnregisterPublisher(&ctx, un, &ur).ok());
+  EXPECT_TRUE(admin().UnregisterPublisher(&ctx, un, &ur).ok());
 }
 
 // Issue 10: an RPC may not make kvidx bind (an ipc:// bind unlinks its path first, the
@@ -522,14 +599,14 @@ TEST_F(QueryTest, RegisterPublisherMayNotBindNorNameNonTcpEndpoints) {
   v1::Pod pod;
   {
     grpc::ClientContext ctx;
-    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    grpc::Status st = admin().RegisterPublisher(&ctx, reg, &pod);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
     EXPECT_EQ(Reason(st), "BIND_NOT_ALLOWED");
   }
   reg.set_bind(false);
   {
     grpc::ClientContext ctx;
-    grpc::Status st = stub().RegisterPublisher(&ctx, reg, &pod);
+    grpc::Status st = admin().RegisterPublisher(&ctx, reg, &pod);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
     EXPECT_EQ(Reason(st), "ENDPOINT_NOT_ALLOWED");
   }
