@@ -61,10 +61,10 @@ class SurfaceService final : public v1::KvIndex::Service {
   SurfaceService(Surface surface, const config::Config& config, KvIndexService* impl)
       : surface_(surface), config_(config), impl_(impl) {}
 
-#define KVIDX_FORWARD(Method, Req, Resp)                                                    \
+#define KVIDX_FORWARD(Method, Req, Resp)                                                       \
   grpc::Status Method(grpc::ServerContext* ctx, const v1::Req* req, v1::Resp* resp) override { \
-    grpc::Status admitted = Admit(*ctx, #Method);                                             \
-    return admitted.ok() ? impl_->Method(ctx, req, resp) : admitted;                          \
+    grpc::Status admitted = Admit(*ctx, #Method);                                              \
+    return admitted.ok() ? impl_->Method(ctx, req, resp) : admitted;                           \
   }
   KVIDX_FORWARD(Lookup, LookupRequest, LookupResponse)
   KVIDX_FORWARD(Stats, StatsRequest, StatsResponse)
@@ -115,8 +115,9 @@ class SurfaceService final : public v1::KvIndex::Service {
   KvIndexService* impl_;
 };
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    Surface surface, const config::Config& c, bool* tls) {
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(Surface surface,
+                                                                     const config::Config& c,
+                                                                     bool* tls) {
   *tls = false;
   if (surface == Surface::kAdmin || (surface == Surface::kRouter && c.tls_cert.empty())) {
     return grpc::InsecureServerCredentials();
@@ -128,11 +129,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
   if (!c.tls_client_ca.empty()) {
     KVIDX_ASSIGN_OR_RETURN(opts.pem_root_certs, ReadPem(c.tls_client_ca, "client_ca"));
   }
-  opts.client_certificate_request =
-      surface == Surface::kAdminTls || c.tls_require_client_cert
-          ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-      : c.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+  opts.client_certificate_request = surface == Surface::kAdminTls || c.tls_require_client_cert
+                                        ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                    : c.tls_client_ca.empty()
+                                        ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
   *tls = true;
   return grpc::SslServerCredentials(opts);
 }
@@ -207,7 +208,7 @@ Listeners::Listeners(const config::Config& config, KvIndexService* service)
     : config_(config), service_(service) {}
 
 absl::StatusOr<std::unique_ptr<Listeners>> Listeners::Start(const config::Config& config,
-                                                           KvIndexService* service) {
+                                                            KvIndexService* service) {
   std::unique_ptr<Listeners> ls(new Listeners(config, service));
   auto add = [&](Surface surface, const std::string& address) -> absl::Status {
     KVIDX_ASSIGN_OR_RETURN(std::unique_ptr<Listener> l, ls->StartOne(surface, address));

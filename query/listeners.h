@@ -34,7 +34,7 @@ bool IsAdminMethod(std::string_view method);
 class Listeners {
  public:
   static absl::StatusOr<std::unique_ptr<Listeners>> Start(const config::Config& config,
-                                                         KvIndexService* service);
+                                                          KvIndexService* service);
   ~Listeners();
   Listeners(const Listeners&) = delete;
   Listeners& operator=(const Listeners&) = delete;
@@ -48,8 +48,7 @@ class Listeners {
 
  private:
   Listeners(const config::Config& config, KvIndexService* service);
-  absl::StatusOr<std::unique_ptr<Listener>> StartOne(Surface surface,
-                                                     const std::string& address);
+  absl::StatusOr<std::unique_ptr<Listener>> StartOne(Surface surface, const std::string& address);
 
   config::Config config_;
   KvIndexService* service_;

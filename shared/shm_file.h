@@ -12,7 +12,7 @@
 namespace kvidx {
 
 struct ShmOwnership {
-  uint32_t uid = 0;     // the owner it must have
+  uint32_t uid = 0;      // the owner it must have
   uint32_t mode = 0640;  // exactly these permission bits
 };
 
