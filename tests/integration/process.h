@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,9 +22,16 @@ inline std::string BuildPath(const std::string& rel) {
   return std::string(KVIDX_BUILD_ROOT) + "/" + rel;
 }
 
+// Who a child runs as (a root test dropping privileges): set before exec.
+struct Credentials {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups
+};
+
 class Process {
  public:
-  Process(std::vector<std::string> argv, std::string log_path)
+  Process(std::vector<std::string> argv, std::string log_path, const Credentials* as = nullptr)
       : argv_(std::move(argv)), log_(std::move(log_path)) {
     pid_t parent = getpid();
     pid_ = fork();
@@ -35,6 +43,11 @@ class Process {
         dup2(fd, 2);
       }
       setpgid(0, 0);
+      if (as != nullptr && (setgroups(as->groups.size(), as->groups.data()) != 0 ||
+                            setgid(as->gid) != 0 || setuid(as->uid) != 0)) {
+        _exit(126);
+      }
+      if (as != nullptr) DieWithParent(parent);  // a credential change clears PDEATHSIG
       std::vector<char*> args;
       for (auto& a : argv_) args.push_back(a.data());
       args.push_back(nullptr);

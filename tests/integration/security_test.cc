@@ -90,10 +90,10 @@ class SecurityTest : public ::testing::Test {
     env->certs = env->dir + "/certs";
     mkdir(env->dir.c_str(), 0755);
     {
-      Process certs({"/bin/bash", std::string(KVIDX_SOURCE_ROOT) +
-                                      "/tests/integration/make_certs.sh",
-                     env->certs},
-                    env->dir + "/certs.log");
+      Process certs(
+          {"/bin/bash", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/make_certs.sh",
+           env->certs},
+          env->dir + "/certs.log");
       int st = certs.Wait(std::chrono::milliseconds(60000));
       ASSERT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << certs.Log();
     }
@@ -174,11 +174,11 @@ TEST_F(SecurityTest, AdminOverTcpNeedsAnAllowedClientCertificate) {
   }
   EXPECT_TRUE(ClearPod(*op, "registered-by-operator").ok());
   // kvidxctl with the operator's certificate.
-  Process ctl({BuildPath("tools/kvidxctl"), "--server",
-               "127.0.0.1:" + std::to_string(env->admin_port), "--tls-ca",
-               env->certs + "/ca1.pem", "--tls-cert", env->certs + "/operator.pem", "--tls-key",
-               env->certs + "/operator.key", "pods"},
-              env->dir + "/ctl-tls.log");
+  Process ctl(
+      {BuildPath("tools/kvidxctl"), "--server", "127.0.0.1:" + std::to_string(env->admin_port),
+       "--tls-ca", env->certs + "/ca1.pem", "--tls-cert", env->certs + "/operator.pem", "--tls-key",
+       env->certs + "/operator.key", "pods"},
+      env->dir + "/ctl-tls.log");
   int st = ctl.Wait(std::chrono::milliseconds(20000));
   EXPECT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << ctl.Log();
   EXPECT_NE(ctl.Log().find("registered-by-operator"), std::string::npos) << ctl.Log();
