@@ -197,6 +197,40 @@ void InitSegment(char* base, const SegmentLayout& l, const Geometry& geometry) {
   }
 }
 
+// Checks the segment file open on `fd` before it is mapped: its owner and mode (if `owner`),
+// a size that can hold a header and, with `expected`, the configured geometry's size. Sets
+// `*size`. Waits briefly for a creator still sizing it.
+absl::Status CheckSegmentFile(int fd, const std::string& name,
+                              const std::optional<Geometry>& expected,
+                              const std::optional<ShmOwnership>& owner, size_t* size_out) {
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0) return absl::InternalError("fstat on segment failed");
+  // The creator fallocates before it maps, so the size is final once non-zero.
+  size_t size = static_cast<size_t>(st.st_size);
+  for (int i = 0; i < 500 && size < sizeof(SegmentHeader); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fstat(fd, &st);
+    size = static_cast<size_t>(st.st_size);
+  }
+  if (owner) {
+    KVIDX_RETURN_IF_ERROR(CheckShmOwnership(fd, absl::StrCat("segment /dev/shm/", name), *owner));
+  }
+  if (size < sizeof(SegmentHeader)) {
+    return absl::FailedPreconditionError("segment is too small to be a kvidx index");
+  }
+  if (expected) {
+    auto want = ComputeLayout(*expected);
+    if (want.ok() && want->total_size != size) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("segment geometry differs from configuration: /dev/shm/", name, " is ", size,
+                       " bytes, the configured geometry makes ", want->total_size,
+                       " (stop the services and remove the segment to re-create it)"));
+    }
+  }
+  *size_out = size;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(const std::string& name,
@@ -269,39 +303,11 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Attach(const std::string& name
     }
     return absl::PermissionDeniedError(absl::StrCat("cannot open segment ", name, ": ", e.what()));
   }
-  struct stat st {};
-  if (fd < 0 || fstat(fd, &st) != 0) {
+  size_t size = 0;
+  absl::Status checked = CheckSegmentFile(fd, name, expected, owner, &size);
+  if (!checked.ok()) {
     if (fd >= 0) close(fd);
-    return absl::InternalError("fstat on segment failed");
-  }
-  // The creator fallocates before it maps, so the size is final once non-zero; wait briefly for
-  // a creator that is still initialising.
-  size_t size = static_cast<size_t>(st.st_size);
-  for (int i = 0; i < 500 && size < sizeof(SegmentHeader); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    fstat(fd, &st);
-    size = static_cast<size_t>(st.st_size);
-  }
-  if (owner) {
-    absl::Status own = CheckShmOwnership(fd, absl::StrCat("segment /dev/shm/", name), *owner);
-    if (!own.ok()) {
-      close(fd);
-      return own;
-    }
-  }
-  if (size < sizeof(SegmentHeader)) {
-    close(fd);
-    return absl::FailedPreconditionError("segment is too small to be a kvidx index");
-  }
-  if (expected) {
-    auto want = ComputeLayout(*expected);
-    if (want.ok() && want->total_size != size) {
-      close(fd);
-      return absl::FailedPreconditionError(
-          absl::StrCat("segment geometry differs from configuration: /dev/shm/", name, " is ", size,
-                       " bytes, the configured geometry makes ", want->total_size,
-                       " (stop the services and remove the segment to re-create it)"));
-    }
+    return checked;
   }
   void* p = mmap(nullptr, size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);

@@ -147,5 +147,27 @@ TEST(ControlTest, AnAreaOfAnotherSizeIsRefusedNamingBoth) {
   EXPECT_NE(a.status().message().find("size 4096"), std::string::npos) << a.status();
 }
 
+// Issue 10: the query process never creates the area (its owner is the ingest user), and an
+// area of another owner or mode is refused before it is mapped.
+TEST(ControlTest, AnAreaOfAnotherOwnerOrModeIsRefusedAndTheQueryNeverCreatesOne) {
+  std::string name = kvidx::testing::UniqueSegmentName("control-owner");
+  ControlArea::Remove(name);
+  const auto me = static_cast<uint32_t>(geteuid());
+  auto missing = ControlArea::Open(name, 0660, ShmOwnership{me, 0660}, /*create=*/false);
+  EXPECT_TRUE(absl::IsNotFound(missing.status())) << missing.status();
+  EXPECT_NE(access(("/dev/shm/" + name).c_str(), F_OK), 0) << "it was created";
+  auto created = ControlArea::Open(name, 0660);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(ControlArea::Open(name, 0660, ShmOwnership{me, 0660}, false).ok());
+  auto wrong_mode = ControlArea::Open(name, 0660, ShmOwnership{me, 0600}, false);
+  auto wrong_owner = ControlArea::Open(name, 0660, ShmOwnership{me + 1, 0660}, false);
+  ControlArea::Remove(name);
+  for (const auto* r : {&wrong_mode, &wrong_owner}) {
+    ASSERT_FALSE(r->ok());
+    EXPECT_TRUE(absl::IsFailedPrecondition(r->status())) << r->status();
+    EXPECT_NE(r->status().message().find("with mode 0660"), std::string::npos) << r->status();
+  }
+}
+
 }  // namespace
 }  // namespace kvidx::control

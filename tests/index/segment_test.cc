@@ -9,6 +9,7 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 #include "index/prefix_index.h"
@@ -31,9 +32,24 @@ TEST(SegmentTest, CreateIsPreallocatedAndAttachSeesTheSameGeometry) {
   ASSERT_EQ(stat(("/dev/shm/" + seg.name()).c_str(), &st), 0);
   EXPECT_EQ(static_cast<uint64_t>(st.st_size), layout->total_size);
   EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, layout->total_size);  // reserved
-  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);  // the ingest user writes, its group reads
   auto again = Segment::Attach(seg.name(), Segment::Access::kReadWrite, SmallGeometry());
   ASSERT_TRUE(again.ok()) << again.status();
+  // With the ownership the configuration expects it attaches; another owner or mode is
+  // refused before mapping, naming what was found.
+  EXPECT_TRUE(Segment::Attach(seg.name(), Segment::Access::kReadOnly, SmallGeometry(),
+                              ShmOwnership{static_cast<uint32_t>(geteuid()), 0640})
+                  .ok());
+  for (ShmOwnership want : {ShmOwnership{static_cast<uint32_t>(geteuid()), 0600},
+                            ShmOwnership{static_cast<uint32_t>(geteuid()) + 1, 0640}}) {
+    auto refused = Segment::Attach(seg.name(), Segment::Access::kReadOnly, SmallGeometry(), want);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(refused.status().message().find(
+                  absl::StrCat("owned by uid ", geteuid(), " with mode 0640")),
+              std::string_view::npos)
+        << refused.status();
+  }
   EXPECT_EQ((*again)->header()->geometry, SmallGeometry());
 }
 

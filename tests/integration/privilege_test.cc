@@ -75,8 +75,7 @@ class PrivilegeTest : public ::testing::Test {
   }
   std::string Config(const std::string& segment, const std::string& tag) {
     std::string path = dir_ + "/" + tag + ".toml";
-    std::ofstream(path) << "[segment]\nname = \"" << segment
-                        << "\"\nowner = \"" << kIngestUid
+    std::ofstream(path) << "[segment]\nname = \"" << segment << "\"\nowner = \"" << kIngestUid
                         << "\"\nblocks = 10000\npairs = 40000\npublishers = 16\nnamespaces = 4\n"
                         << "stripes = 16\n[ingest]\nworkers = 1\n"
                         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\n"
@@ -101,9 +100,9 @@ TEST_F(PrivilegeTest, QueryUserReadsTheSegmentButCannotWriteItAndOthersCannotOpe
   const std::string config = Config(segment_, "boundary");
   Process ingest({BuildPath("ingest/kvidx-ingest"), "--config", config, "--worker", "0"},
                  dir_ + "/ingest.log", &kIngest);
-  Process query({BuildPath("query/kvidx-query"), "--config", config, "--port-file",
-                 dir_ + "/query.port"},
-                dir_ + "/query.log", &kQuery);
+  Process query(
+      {BuildPath("query/kvidx-query"), "--config", config, "--port-file", dir_ + "/query.port"},
+      dir_ + "/query.log", &kQuery);
   std::string ports = WaitForFile(dir_ + "/query.port", std::chrono::milliseconds(30000));
   ASSERT_FALSE(ports.empty()) << query.Log() << ingest.Log();
   // The segment and control area are the ingest user's, group-readable only.
@@ -117,8 +116,8 @@ TEST_F(PrivilegeTest, QueryUserReadsTheSegmentButCannotWriteItAndOthersCannotOpe
   EXPECT_EQ(st.st_mode & 0777, 0660u);
   // The query, running as its own user, serves from the mapping.
   int port = std::stoi(ports);
-  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                                       grpc::InsecureChannelCredentials()));
+  auto stub = v1::KvIndex::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::StatsResponse stats;
   ASSERT_TRUE(stub->Stats(&ctx, {}, &stats).ok());
@@ -126,10 +125,12 @@ TEST_F(PrivilegeTest, QueryUserReadsTheSegmentButCannotWriteItAndOthersCannotOpe
   EXPECT_EQ(RunAs(kQuery, [&] { return ShmOpenErrno(segment_, O_RDONLY); }), 0);
   EXPECT_EQ(RunAs(kQuery, [&] { return ShmOpenErrno(segment_, O_RDWR); }), EACCES);
   EXPECT_EQ(RunAs(kOther, [&] { return ShmOpenErrno(segment_, O_RDONLY); }), EACCES);
-  EXPECT_EQ(RunAs(kOther, [&] {
-              return index::Segment::Attach(segment_, index::Segment::Access::kReadOnly).ok() ? 1
-                                                                                              : 0;
-            }),
+  EXPECT_EQ(RunAs(kOther,
+                  [&] {
+                    return index::Segment::Attach(segment_, index::Segment::Access::kReadOnly).ok()
+                               ? 1
+                               : 0;
+                  }),
             0);
   query.Signal(SIGTERM);
   ingest.Signal(SIGTERM);
@@ -171,12 +172,11 @@ TEST_F(PrivilegeTest, SquattedOrWideSegmentsAreRefusedAtAttachNamingWhatWasFound
   ASSERT_EQ(RunAs(kIngest,
                   [&] { return index::Segment::Create(wide, SmallGeometry(), 0644).ok() ? 0 : 1; }),
             0);
-  auto attached = index::Segment::Attach(wide, index::Segment::Access::kReadOnly,
-                                         SmallGeometry(), ShmOwnership{kIngestUid, 0640});
+  auto attached = index::Segment::Attach(wide, index::Segment::Access::kReadOnly, SmallGeometry(),
+                                         ShmOwnership{kIngestUid, 0640});
   ASSERT_FALSE(attached.ok());
   EXPECT_EQ(attached.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(attached.status().message().find("mode 0644"), std::string::npos)
-      << attached.status();
+  EXPECT_NE(attached.status().message().find("mode 0644"), std::string::npos) << attached.status();
   // And with the configured ownership it attaches.
   EXPECT_TRUE(index::Segment::Attach(wide, index::Segment::Access::kReadOnly, SmallGeometry(),
                                      ShmOwnership{kIngestUid, 0644})
