@@ -104,7 +104,8 @@ int main(int argc, char** argv) {
         << "\npairs = " << g.pairs
         << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:"
         << port
-        << "\"\nmetrics_listen = \"off\"\nmax_lookups_per_call = 4096\nmax_inflight_rpcs = 1024\n"
+        << "\"\nmetrics_listen = \"off\"\nadmin_listen = \"off\"\nmax_lookups_per_call = "
+           "4096\nmax_inflight_rpcs = 1024\n"
         << "[[model]]\nname = \"bench\"\nblock_size = 16\n";
   }
   pid_t server = fork();

@@ -182,7 +182,9 @@ absl::StatusOr<std::unique_ptr<Listeners::Listener>> Listeners::StartOne(
     l->server = builder.BuildAndStart();
   }
   if (!l->server || (!unix_socket && l->port == 0)) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address,
+        unix_socket ? " (does its directory exist? set [query] admin_listen, or \"off\")" : ""));
   }
   if (unix_socket) {
     std::string path = address.substr(5);

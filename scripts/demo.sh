@@ -46,6 +46,7 @@ workers = 2
 [query]
 listen = "$GRPC"
 metrics_listen = "$METRICS"
+admin_listen = "unix:$DIR/admin.sock"
 
 TOML
 cat "$DIR/sim.toml" >>"$DIR/kvidx.toml"
@@ -88,6 +89,10 @@ ctl watch --count 8
 say "a bad request: more tokens than the configured maximum"
 python3 -c "print(','.join(['7'] * 140000))" >"$DIR/huge.txt"
 ctl lookup --model demo-model --tokens-file "$DIR/huge.txt" || true
+
+say "admin calls: refused on the router listener, served on the admin socket"
+ctl clear --pod pod-0 || true
+"$B/tools/kvidxctl" --server "unix:$DIR/admin.sock" clear --pod pod-0
 
 say "Prometheus metrics (excerpt)"
 if command -v curl >/dev/null; then

@@ -3,7 +3,7 @@
 //   kvidxctl [--server ADDR] [--config FILE] [--tls-ca F [--tls-cert F --tls-key F]]
 //            [--json] [--timeout-ms N] COMMAND [ARGS]
 // The server is --server, else $KVIDX_SERVER, else the configuration's admin socket
-// (admin_listen of --config / $KVIDX_CONFIG / /etc/kvidx/kvidx.toml), else
+// (admin_listen of --config / $KVIDX_CONFIG / SYSCONFDIR/kvidx/kvidx.toml), else
 // unix:/run/kvidx/admin.sock. The router listener refuses register, unregister and clear.
 //     status                         totals, occupancy, ingest counters, per-worker lag
 //     pods                           every publisher with its state
@@ -161,7 +161,7 @@ std::string ServerOf(const Opts& o) {
   std::string path = o.config;
   if (path.empty()) {
     const char* env = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
-    path = env != nullptr ? env : "/etc/kvidx/kvidx.toml";
+    path = env != nullptr ? env : KVIDX_SYSCONFDIR "/kvidx/kvidx.toml";
   }
   if (access(path.c_str(), R_OK) == 0) {
     auto c = kvidx::config::LoadConfig(path);
@@ -203,7 +203,8 @@ int Fail(const Opts& o, const grpc::Status& st) {
     return 3;
   }
   kvidx::v1::ErrorDetail detail;
-  if (detail.ParseFromString(st.error_details()) && !detail.reason().empty()) {
+  if (detail.ParseFromString(st.error_details()) && !detail.reason().empty() &&
+      st.error_message().find(detail.reason()) == std::string::npos) {
     std::fprintf(stderr, "kvidxctl: %s [%s]\n", st.error_message().c_str(),
                  detail.reason().c_str());
   } else {

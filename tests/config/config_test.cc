@@ -270,3 +270,17 @@ TEST(ConfigTest, FleetTomlParsesBackToTheSameFleet) {
 
 }  // namespace
 }  // namespace kvidx::config
+
+namespace kvidx::config {
+namespace {
+// The configuration meson install puts beside the units parses, and says what they need.
+TEST(ConfigTest, TheInstalledConfigurationParses) {
+  auto c = LoadConfig(std::string(KVIDX_SOURCE_ROOT) + "/systemd/kvidx.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->segment_owner, "kvidx-ingest");
+  EXPECT_EQ(c->segment_mode, 0640u);
+  EXPECT_EQ(c->admin_listen, "unix:/run/kvidx/admin.sock");
+  EXPECT_EQ(c->admin_group, "kvidx-admin");
+}
+}  // namespace
+}  // namespace kvidx::config
