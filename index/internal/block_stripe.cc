@@ -24,8 +24,9 @@ uint32_t RepairHolders(const StripeGeometry& sg, const StripeView& v, uint32_t i
   for (HolderSlot& slot : v.blocks[i].inline_holders) count += note(slot);
   uint32_t* clink = &v.blocks[i].chunk_head;
   uint32_t c = Ld(*clink);
-  while (c != kNil) {
-    if (c >= sg.chunks_per_stripe || seen_chunk[c]) {
+  // `steps` bounds the walk: a cycle through empty chunks (never marked seen) ends too.
+  for (uint32_t steps = 0; c != kNil; ++steps) {
+    if (c >= sg.chunks_per_stripe || seen_chunk[c] || steps >= sg.chunks_per_stripe) {
       St(*clink, kNil);
       break;
     }
@@ -96,8 +97,9 @@ void RepairBlockStripe(const StripeGeometry& sg, const StripeView& v) {
   for (uint32_t b = 0; b < sg.buckets_per_stripe; ++b) {
     uint32_t* link = &v.buckets[b];
     uint32_t i = Ld(*link);
-    while (i != kNil) {
-      if (i >= sg.blocks_per_stripe || seen_block[i]) {
+    // `steps` bounds the walk: a cycle through blocks without holders (never kept) ends too.
+    for (uint32_t steps = 0; i != kNil; ++steps) {
+      if (i >= sg.blocks_per_stripe || seen_block[i] || steps >= sg.blocks_per_stripe) {
         St(*link, kNil);
         break;
       }
@@ -207,6 +209,10 @@ BlockStripeWriter::BlockStripeWriter(const BlockStripes& stripes, const Registry
       v_(v),
       guard_(v.h, [&stripes, v] { RepairBlockStripe(stripes.sg(), v); }) {}
 
+BlockStripeWriter::~BlockStripeWriter() {
+  if (corrupt_ && guard_.ok()) RepairBlockStripe(stripes_.sg(), v_);
+}
+
 void BlockStripeWriter::SetRefs(uint32_t block, HolderSlot* slot, PublisherId p, Tier tier,
                                 uint8_t refs) {
   St(*slot, PackHolder(p, tier, refs));
@@ -222,8 +228,11 @@ absl::Status BlockStripeWriter::MakeRoom(PublisherId p, PublisherSlot& ps, uint3
     }
     AddRelaxed(ps.index.quota_evictions, uint64_t{1});
   }
+  uint32_t evictions = 0;
   while (!HasRoomOn(block)) {
-    if (!EvictOldest(block)) {
+    // A corrupt stripe (found while evicting) is repaired when this writer ends; the store is
+    // refused rather than evicting on through links that cannot be trusted.
+    if (corrupt_ || Overran(evictions, stripes_.sg().blocks_per_stripe) || !EvictOldest(block)) {
       AddRelaxed(ps.index.rejected_stores, uint64_t{1});
       return absl::ResourceExhaustedError(block == kNil ? "stripe is full"
                                                         : "stripe holder pool is full");
@@ -237,8 +246,9 @@ void BlockStripeWriter::AddHolder(uint32_t block, PublisherId p, Tier tier, uint
   if (HolderSlot* slot = FindFreeSlot(block)) {
     St(*slot, packed);
   } else {
-    uint32_t c = Ld(v_.h->free_chunks);  // MakeRoom() left one
-    St(v_.h->free_chunks, Ld(v_.chunks[c].next));
+    uint32_t c = Chunk(Ld(v_.h->free_chunks));  // MakeRoom() left one
+    if (c == kNil) return;  // a corrupt free list: repaired when the writer ends
+    St(v_.h->free_chunks, Chunk(Ld(v_.chunks[c].next)));
     St(v_.chunks[c].slots[0], packed);
     for (int k = 1; k < kChunkHolders; ++k) St(v_.chunks[c].slots[k], HolderSlot{0});
     St(v_.chunks[c].next, Ld(v_.blocks[block].chunk_head));
@@ -251,8 +261,9 @@ void BlockStripeWriter::AddHolder(uint32_t block, PublisherId p, Tier tier, uint
 
 void BlockStripeWriter::InsertBlock(BlockKey key, NamespaceId ns, PublisherId p, Tier tier,
                                     uint8_t refs) {
-  uint32_t nb = Ld(v_.h->free_blocks);  // MakeRoom() left one
-  St(v_.h->free_blocks, Ld(v_.blocks[nb].next));
+  uint32_t nb = Block(Ld(v_.h->free_blocks));  // MakeRoom() left one
+  if (nb == kNil) return;                      // a corrupt free list: repaired when the writer ends
+  St(v_.h->free_blocks, Block(Ld(v_.blocks[nb].next)));
   BlockNode& n = v_.blocks[nb];
   St(n.key, key);
   St(n.chunk_head, kNil);
@@ -280,7 +291,15 @@ void BlockStripeWriter::ClearSlot(uint32_t block, HolderSlot* slot, uint32_t chu
     if (SlotRefs(Ld(s)) != 0) return;
   }
   uint32_t* link = &v_.blocks[block].chunk_head;
-  while (Ld(*link) != chunk) link = &v_.chunks[Ld(*link)].next;
+  uint32_t steps = 0;
+  while (Ld(*link) != chunk) {
+    uint32_t c = Chunk(Ld(*link));
+    if (c == kNil || Overran(steps, stripes_.sg().chunks_per_stripe)) {
+      corrupt_ = true;
+      return;
+    }
+    link = &v_.chunks[c].next;
+  }
   St(*link, Ld(v_.chunks[chunk].next));  // unlinks the chunk
   St(v_.chunks[chunk].next, Ld(v_.h->free_chunks));
   St(v_.h->free_chunks, chunk);
@@ -293,8 +312,8 @@ void BlockStripeWriter::RemoveHolder(uint32_t block, HolderSlot* slot, uint32_t 
 
 void BlockStripeWriter::LruUnlink(uint32_t i) {
   BlockNode& n = v_.blocks[i];
-  uint32_t prev = Ld(n.lru_prev);
-  uint32_t next = Ld(n.lru_next);
+  uint32_t prev = Block(Ld(n.lru_prev));
+  uint32_t next = Block(Ld(n.lru_next));
   if (prev != kNil)
     St(v_.blocks[prev].lru_next, next);
   else
@@ -309,7 +328,7 @@ void BlockStripeWriter::LruUnlink(uint32_t i) {
 
 void BlockStripeWriter::LruAppend(uint32_t i) {
   BlockNode& n = v_.blocks[i];
-  uint32_t tail = Ld(v_.h->lru_newest);
+  uint32_t tail = Block(Ld(v_.h->lru_newest));
   St(n.lru_prev, tail);
   St(n.lru_next, kNil);
   if (tail != kNil)
@@ -337,7 +356,15 @@ template <typename F>
 void BlockStripeWriter::DropBlock(uint32_t i, F&& on_drop) {
   BlockNode& n = v_.blocks[i];
   uint32_t* link = &v_.buckets[stripes_.bucket(Ld(n.key))];
-  while (Ld(*link) != i) link = &v_.blocks[Ld(*link)].next;
+  uint32_t steps = 0;
+  while (Ld(*link) != i) {
+    uint32_t b = Block(Ld(*link));
+    if (b == kNil || Overran(steps, stripes_.sg().blocks_per_stripe)) {
+      corrupt_ = true;  // not reachable from its bucket: the repair frees it
+      return;
+    }
+    link = &v_.blocks[b].next;
+  }
   St(*link, Ld(n.next));  // the block is now unreachable: one store
   LruUnlink(i);
   uint32_t dropped = 0;
@@ -350,10 +377,11 @@ void BlockStripeWriter::DropBlock(uint32_t i, F&& on_drop) {
     St(slot, HolderSlot{0});
     return false;
   });
-  uint32_t c = Ld(n.chunk_head);
+  uint32_t c = Chunk(Ld(n.chunk_head));
   St(n.chunk_head, kNil);
-  while (c != kNil) {
-    uint32_t next = Ld(v_.chunks[c].next);
+  for (uint32_t chunk_steps = 0; c != kNil;) {
+    if (Overran(chunk_steps, stripes_.sg().chunks_per_stripe)) break;
+    uint32_t next = Chunk(Ld(v_.chunks[c].next));
     St(v_.chunks[c].next, Ld(v_.h->free_chunks));
     St(v_.h->free_chunks, c);
     c = next;
@@ -366,8 +394,8 @@ void BlockStripeWriter::DropBlock(uint32_t i, F&& on_drop) {
 }
 
 bool BlockStripeWriter::EvictOldest(uint32_t keep) {
-  uint32_t i = Ld(v_.h->lru_oldest);
-  if (i == keep && i != kNil) i = Ld(v_.blocks[i].lru_next);
+  uint32_t i = Block(Ld(v_.h->lru_oldest));
+  if (i == keep && i != kNil) i = Block(Ld(v_.blocks[i].lru_next));
   if (i == kNil) return false;
   DropBlock(i, [this](PublisherId p) { registry_.NotePairDropped(p, /*evicted=*/true); });
   AddRelaxed(v_.h->evicted_blocks, uint64_t{1});
@@ -375,8 +403,8 @@ bool BlockStripeWriter::EvictOldest(uint32_t keep) {
 }
 
 bool BlockStripeWriter::EvictForQuota(PublisherId p, uint32_t keep) {
-  uint32_t i = Ld(v_.h->lru_oldest);
-  for (uint32_t n = 0; i != kNil && n < kQuotaScan; ++n, i = Ld(v_.blocks[i].lru_next)) {
+  uint32_t i = Block(Ld(v_.h->lru_oldest));
+  for (uint32_t n = 0; i != kNil && n < kQuotaScan; ++n, i = Block(Ld(v_.blocks[i].lru_next))) {
     if (i == keep) continue;
     HolderSlot* hit = nullptr;
     uint32_t hit_chunk = kNil;
@@ -402,9 +430,9 @@ uint32_t BlockStripeWriter::DropPublisher(PublisherId p) {
   const StripeGeometry& sg = stripes_.sg();
   std::vector<std::pair<HolderSlot*, uint32_t>> mine;
   for (uint32_t b = 0; b < sg.buckets_per_stripe; ++b) {
-    uint32_t i = Ld(v_.buckets[b]);
-    while (i != kNil) {
-      uint32_t next_block = Ld(v_.blocks[i].next);
+    uint32_t i = Block(Ld(v_.buckets[b]));
+    for (uint32_t steps = 0; i != kNil && !Overran(steps, sg.blocks_per_stripe);) {
+      uint32_t next_block = Block(Ld(v_.blocks[i].next));
       // Collect first: clearing a slot may free the chunk being walked.
       mine.clear();
       ForEachSlot(i, [&](HolderSlot& slot, uint32_t c) {
@@ -425,9 +453,9 @@ uint64_t BlockStripeWriter::DropNamespace(NamespaceId ns) {
   if (Ld(v_.h->live_blocks) == 0) return 0;
   uint64_t dropped = 0;
   for (uint32_t b = 0; b < stripes_.sg().buckets_per_stripe; ++b) {
-    uint32_t i = Ld(v_.buckets[b]);
-    while (i != kNil) {
-      uint32_t next = Ld(v_.blocks[i].next);
+    uint32_t i = Block(Ld(v_.buckets[b]));
+    for (uint32_t steps = 0; i != kNil && !Overran(steps, stripes_.sg().blocks_per_stripe);) {
+      uint32_t next = Block(Ld(v_.blocks[i].next));
       if (Ld(v_.blocks[i].ns) == ns) {
         DropBlock(i, [this](PublisherId p) { registry_.NotePairDropped(p, /*evicted=*/false); });
         ++dropped;
@@ -442,7 +470,10 @@ uint64_t BlockStripeWriter::CountPublisher(PublisherId p) const {
   if (Ld(v_.h->live_residencies) == 0) return 0;
   uint64_t pairs = 0;
   for (uint32_t b = 0; b < stripes_.sg().buckets_per_stripe; ++b) {
-    for (uint32_t i = Ld(v_.buckets[b]); i != kNil; i = Ld(v_.blocks[i].next)) {
+    uint32_t steps = 0;
+    for (uint32_t i = Block(Ld(v_.buckets[b]));
+         i != kNil && !Overran(steps, stripes_.sg().blocks_per_stripe);
+         i = Block(Ld(v_.blocks[i].next))) {
       ForEachSlot(i, [&](HolderSlot& slot, uint32_t) {
         HolderSlot hs = Ld(slot);
         pairs += SlotRefs(hs) != 0 && SlotPublisher(hs) == p;

@@ -70,6 +70,8 @@ void RepairBlockStripe(const StripeGeometry& sg, const StripeView& v);
 class BlockStripeWriter {
  public:
   BlockStripeWriter(const BlockStripes& stripes, const Registry& registry, StripeView v);
+  // Repairs the stripe (still under its lock) if an index followed was out of range.
+  ~BlockStripeWriter();
   BlockStripeWriter(const BlockStripeWriter&) = delete;
   BlockStripeWriter& operator=(const BlockStripeWriter&) = delete;
 
@@ -116,17 +118,39 @@ class BlockStripeWriter {
   void DropBlock(uint32_t i, F&& on_drop);
   bool EvictOldest(uint32_t keep);
   bool EvictForQuota(PublisherId p, uint32_t keep);
+  // Every index a writer follows in the segment goes through these: kNil or in range, else it
+  // reads as kNil (the chain ends there, nothing outside the stripe is touched) and the stripe
+  // is repaired when the writer ends. `steps` bounds a walk: a cycle ends it the same way.
+  uint32_t Block(uint32_t i) const { return Checked(i, stripes_.sg().blocks_per_stripe); }
+  uint32_t Chunk(uint32_t i) const { return Checked(i, stripes_.sg().chunks_per_stripe); }
+  uint32_t Checked(uint32_t i, uint32_t cap) const {
+    if (i == kNil || i < cap) [[likely]]
+      return i;
+    corrupt_ = true;
+    return kNil;
+  }
+  bool Overran(uint32_t& steps, uint32_t cap) const {
+    if (++steps <= cap) [[likely]]
+      return false;
+    corrupt_ = true;
+    return true;
+  }
 
   const BlockStripes& stripes_;
   const Registry& registry_;
   StripeView v_;
   StripeWriteGuard<StripeHeader> guard_;
+  mutable bool corrupt_ = false;
 };
 
 // Inline: the writer's lookups inside a locked stripe, on every store and remove.
 inline uint32_t BlockStripeWriter::Find(BlockKey key) const {
-  uint32_t i = Ld(v_.buckets[stripes_.bucket(key)]);
-  while (i != kNil && Ld(v_.blocks[i].key) != key) i = Ld(v_.blocks[i].next);
+  uint32_t i = Block(Ld(v_.buckets[stripes_.bucket(key)]));
+  uint32_t steps = 0;
+  while (i != kNil && Ld(v_.blocks[i].key) != key) {
+    if (Overran(steps, stripes_.sg().blocks_per_stripe)) return kNil;
+    i = Block(Ld(v_.blocks[i].next));
+  }
   return i;
 }
 
@@ -137,7 +161,10 @@ inline bool BlockStripeWriter::ForEachSlot(uint32_t block, F&& fn) const {
   for (HolderSlot& slot : v_.blocks[block].inline_holders) {
     if (fn(slot, kNil)) return true;
   }
-  for (uint32_t c = Ld(v_.blocks[block].chunk_head); c != kNil; c = Ld(v_.chunks[c].next)) {
+  uint32_t steps = 0;
+  for (uint32_t c = Chunk(Ld(v_.blocks[block].chunk_head)); c != kNil;
+       c = Chunk(Ld(v_.chunks[c].next))) {
+    if (Overran(steps, stripes_.sg().chunks_per_stripe)) return false;
     for (HolderSlot& slot : v_.chunks[c].slots) {
       if (fn(slot, c)) return true;
     }
@@ -174,8 +201,8 @@ inline bool BlockStripeWriter::Empty(uint32_t block) const {
 }
 
 inline bool BlockStripeWriter::HasRoomOn(uint32_t block) const {
-  if (block == kNil) return Ld(v_.h->free_blocks) != kNil;
-  return FindFreeSlot(block) != nullptr || Ld(v_.h->free_chunks) != kNil;
+  if (block == kNil) return Block(Ld(v_.h->free_blocks)) != kNil;
+  return FindFreeSlot(block) != nullptr || Chunk(Ld(v_.h->free_chunks)) != kNil;
 }
 
 // Inline: the lookup walk calls it once per block.

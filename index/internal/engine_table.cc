@@ -12,6 +12,16 @@ namespace {
 // each insert a little, not a pass over the stripe.
 constexpr uint32_t kSweepBuckets = 64;
 
+// Whether the chain from `head` stays in range and ends within the stripe's node count: every
+// index a writer follows is checked first, so a corrupt chain is repaired, never followed.
+bool ChainOk(const StripeGeometry& sg, const EngineView& v, uint32_t head) {
+  uint32_t steps = 0;
+  for (uint32_t i = head; i != kNil; i = Ld(v.nodes[i].next)) {
+    if (i >= sg.engine_nodes_per_stripe || ++steps > sg.engine_nodes_per_stripe) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void RepairEngineStripe(const StripeGeometry& sg, const EngineView& v) {
@@ -57,6 +67,7 @@ void EngineTable::Sweep(const EngineView& v) {
   for (uint32_t step = 0; step < std::min(nb, kSweepBuckets) && Ld(v.h->free_nodes) == kNil;
        ++step, cursor = (cursor + 1) % nb) {
     uint32_t* link = &v.buckets[cursor];
+    if (!ChainOk(sg_, v, Ld(*link))) RepairEngineStripe(sg_, v);
     while (Ld(*link) != kNil) {
       uint32_t i = Ld(*link);
       if (blocks_.Exists(Ld(v.nodes[i].block_key))) {
@@ -80,6 +91,11 @@ absl::Status EngineTable::Ensure(uint64_t engine_hash, NamespaceId ns, uint16_t 
   StripeWriteGuard<EngineStripeHeader> guard(v.h, [this, &v] { RepairEngineStripe(sg_, v); });
   if (!guard.ok()) return absl::InternalError("engine stripe lock unrecoverable");
   uint32_t* head = &v.buckets[bucket(mixed)];
+  const uint32_t free_head = Ld(v.h->free_nodes);
+  if (!ChainOk(sg_, v, Ld(*head)) ||
+      (free_head != kNil && free_head >= sg_.engine_nodes_per_stripe)) {
+    RepairEngineStripe(sg_, v);
+  }
   for (uint32_t i = Ld(*head); i != kNil; i = Ld(v.nodes[i].next)) {
     EngineNode& n = v.nodes[i];
     if (Ld(n.engine_hash) != engine_hash || Ld(n.ns) != ns || Ld(n.scope) != scope) continue;
