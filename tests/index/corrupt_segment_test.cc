@@ -24,9 +24,12 @@ void Scribble(const internal::BlockStripes& stripes, std::mt19937_64& rng, int n
   const StripeGeometry& sg = stripes.sg();
   auto hostile = [&](uint32_t cap) -> uint32_t {
     switch (rng() % 4) {
-      case 0: return cap + static_cast<uint32_t>(rng() % 1000);  // just past the end
-      case 1: return 0xFFFFFFFEu;                                  // far past it
-      default: return static_cast<uint32_t>(rng() % cap);         // in range: cycles, sharing
+      case 0:
+        return cap + static_cast<uint32_t>(rng() % 1000);  // just past the end
+      case 1:
+        return 0xFFFFFFFEu;  // far past it
+      default:
+        return static_cast<uint32_t>(rng() % cap);  // in range: cycles, sharing
     }
   };
   for (int k = 0; k < n; ++k) {
@@ -34,15 +37,33 @@ void Scribble(const internal::BlockStripes& stripes, std::mt19937_64& rng, int n
     uint32_t b = static_cast<uint32_t>(rng() % sg.blocks_per_stripe);
     uint32_t c = static_cast<uint32_t>(rng() % sg.chunks_per_stripe);
     switch (rng() % 9) {
-      case 0: v.buckets[rng() % sg.buckets_per_stripe] = hostile(sg.blocks_per_stripe); break;
-      case 1: v.blocks[b].next = hostile(sg.blocks_per_stripe); break;
-      case 2: v.blocks[b].chunk_head = hostile(sg.chunks_per_stripe); break;
-      case 3: v.blocks[b].lru_prev = hostile(sg.blocks_per_stripe); break;
-      case 4: v.blocks[b].lru_next = hostile(sg.blocks_per_stripe); break;
-      case 5: v.chunks[c].next = hostile(sg.chunks_per_stripe); break;
-      case 6: v.h->free_blocks = hostile(sg.blocks_per_stripe); break;
-      case 7: v.h->free_chunks = hostile(sg.chunks_per_stripe); break;
-      default: v.h->lru_oldest = hostile(sg.blocks_per_stripe); break;
+      case 0:
+        v.buckets[rng() % sg.buckets_per_stripe] = hostile(sg.blocks_per_stripe);
+        break;
+      case 1:
+        v.blocks[b].next = hostile(sg.blocks_per_stripe);
+        break;
+      case 2:
+        v.blocks[b].chunk_head = hostile(sg.chunks_per_stripe);
+        break;
+      case 3:
+        v.blocks[b].lru_prev = hostile(sg.blocks_per_stripe);
+        break;
+      case 4:
+        v.blocks[b].lru_next = hostile(sg.blocks_per_stripe);
+        break;
+      case 5:
+        v.chunks[c].next = hostile(sg.chunks_per_stripe);
+        break;
+      case 6:
+        v.h->free_blocks = hostile(sg.blocks_per_stripe);
+        break;
+      case 7:
+        v.h->free_chunks = hostile(sg.chunks_per_stripe);
+        break;
+      default:
+        v.h->lru_oldest = hostile(sg.blocks_per_stripe);
+        break;
     }
   }
 }
