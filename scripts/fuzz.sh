@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer harness of the batch decoders (clang, ASan + UBSan) and runs it from
-# seeds made of the golden payloads in tests/data: FUZZ_RUNS inputs (default 500,000, about 25 s
-# here) with FUZZ_SEED (default 1), so that a CI run is repeatable; FUZZ_SECONDS instead runs for
-# that long with a random seed. Prints the
-# executions and coverage reached; exits non-zero on a crash, a sanitizer report or a
-# disagreement between the fast and the general decoder (the input is kept in build-fuzz/).
+# Builds the libFuzzer harnesses (clang, ASan + UBSan) and runs each from its seeds:
+# - decoder_fuzz, the batch decoders, from the golden payloads in tests/data (FUZZ_RUNS inputs,
+#   default 500,000, about 25 s here); a disagreement between the fast and the general decoder
+#   is a finding;
+# - config_fuzz, the TOML configuration, from the README's example and the installed
+#   configuration (CONFIG_FUZZ_RUNS, default 200,000); a configuration that does not survive
+#   its FleetToml round trip is a finding.
+# FUZZ_SEED (default 1) makes a CI run repeatable; FUZZ_SECONDS instead runs each for that long
+# with a random seed. Prints the executions and coverage reached per harness; exits non-zero on a
+# crash, a sanitizer report or a finding (the input is kept in build-fuzz/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=build-fuzz
@@ -26,10 +30,32 @@ if [ -n "${FUZZ_SECONDS:-}" ]; then
 else
   budget=(-runs="${FUZZ_RUNS:-500000}" -seed="${FUZZ_SEED:-1}")
 fi
-rm -rf "$out/corpus" && mkdir -p "$out/corpus"
-ASAN_OPTIONS=detect_leaks=1 "$out/decoder_fuzz" "${budget[@]}" -max_len=4096 -print_final_stats=1 -artifact_prefix="$out/" "$out/corpus" "$out/seeds" \
-  >"$out/fuzz.log" 2>&1
+# run NAME SEEDS RUNS: one harness, its figures, its exit code.
+run() {
+  local name=$1 seeds=$2 runs=$3 b=("${budget[@]}")
+  [ -n "${FUZZ_SECONDS:-}" ] || b=(-runs="$runs" -seed="${FUZZ_SEED:-1}")
+  rm -rf "$out/corpus-$name" && mkdir -p "$out/corpus-$name"
+  ASAN_OPTIONS=detect_leaks=1 "$out/$name" "${b[@]}" -max_len=4096 -print_final_stats=1 \
+    -artifact_prefix="$out/$name-" "$out/corpus-$name" "$seeds" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name:"
+  grep -E "^stat::number_of_executed_units|^stat::new_units_added|cov: " "$out/$name.log" | tail -3
+  [ $rc -eq 0 ] || tail -40 "$out/$name.log"
+  return $rc
+}
+run decoder_fuzz "$out/seeds" "${FUZZ_RUNS:-500000}"
 rc=$?
-grep -E "^stat::number_of_executed_units|^stat::new_units_added|cov: " "$out/fuzz.log" | tail -3
-[ $rc -eq 0 ] || tail -40 "$out/fuzz.log"
-exit $rc
+clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -I. -DTOML_HEADER_ONLY=0 tests/fuzz/config_fuzz.cc config/config.cc wire/vocabulary.cc \
+  $(pkg-config --libs tomlplusplus absl_statusor absl_status absl_strings) -lxxhash -o "$out/config_fuzz" || exit 1
+mkdir -p "$out/config-seeds"
+cp systemd/kvidx.toml "$out/config-seeds/installed.toml"
+/usr/bin/python3 - "$out/config-seeds" <<'PY'
+import os, re, sys
+readme = open("README.md").read()
+block = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S).group(1)
+open(os.path.join(sys.argv[1], "readme.toml"), "w").write(block)
+PY
+run config_fuzz "$out/config-seeds" "${CONFIG_FUZZ_RUNS:-200000}"
+rc2=$?
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ]

@@ -54,13 +54,14 @@ else
   record clang-tidy FAIL
   rc=1
 fi
-# Fuzzing: the decoders under libFuzzer (ASan + UBSan), 500,000 inputs from a fixed seed, the
-# fast path checked against the general one. Counts as one test.
+# Fuzzing under libFuzzer (ASan + UBSan), from fixed seeds: the decoders (500,000 inputs, the
+# fast path checked against the general one) and the configuration (200,000 inputs, the
+# FleetToml round trip checked). Counts as one test.
 if bash scripts/fuzz.sh; then
-  record fuzz-decoders OK
+  record fuzz-decoders-and-config OK
 else
-  echo "fuzz: a crash or a disagreement; the input is in build-fuzz/"
-  record fuzz-decoders FAIL
+  echo "fuzz: a crash or a finding; the input is in build-fuzz/"
+  record fuzz-decoders-and-config FAIL
   rc=1
 fi
 /usr/bin/python3 scripts/summarize_tests.py build/meson-logs/testlog.json \
