@@ -49,9 +49,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < c->publishers.size(); ++i) {
     const PublisherConfig &a = c->publishers[i], &b = back->publishers[i];
     if (a.pod != b.pod || a.dp_rank != b.dp_rank || a.model != b.model ||
-        a.endpoint != b.endpoint || a.replay_endpoint != b.replay_endpoint ||
-        a.topic != b.topic || a.dialect != b.dialect || a.bind != b.bind ||
-        a.quota_pairs != b.quota_pairs || a.private_engine_hashes != b.private_engine_hashes)
+        a.endpoint != b.endpoint || a.replay_endpoint != b.replay_endpoint || a.topic != b.topic ||
+        a.dialect != b.dialect || a.bind != b.bind || a.quota_pairs != b.quota_pairs ||
+        a.private_engine_hashes != b.private_engine_hashes)
       Disagree("a publisher");
   }
   return 0;
