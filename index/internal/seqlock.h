@@ -11,7 +11,9 @@
 //   When the writer's process is gone, or the wait exceeds kMaxReaderWaitNs, the last attempt
 //   is returned as is and `validated` is false (a best-effort read of a stalled stripe).
 // - Ordering: the writer's release stores pair with the reader's acquire loads and fence, so a
-//   reader that sees an even, unchanged version saw no store of a write in progress.
+//   reader that sees an even, unchanged version saw no store of a write in progress. Under
+//   ThreadSanitizer the fences are replaced by acquire/release data accesses (SeqlockFence,
+//   KVIDX_TSAN in index/layout.h), which TSan checks.
 //
 // Header is StripeHeader or EngineStripeHeader: anything with `mu`, `version` and
 // `owner_pid`.
@@ -37,6 +39,14 @@ int32_t CachedPid();
 // is complete before the stripe changes). The hardware keeps a thread's own stores in order for
 // anyone who looks after that thread is dead.
 inline void CompilerBarrier() { std::atomic_signal_fence(std::memory_order_seq_cst); }
+
+// The seqlock's fences; none under ThreadSanitizer, where Ld/St carry the ordering instead
+// (index/layout.h, KVIDX_TSAN).
+inline void SeqlockFence([[maybe_unused]] std::memory_order order) {
+#ifndef KVIDX_TSAN
+  std::atomic_thread_fence(order);
+#endif
+}
 
 // Waits for a stripe's writer. Wait() returns true when the reader should stop validating: the
 // writer is dead, or the wait exceeded kMaxReaderWaitNs.
@@ -66,7 +76,7 @@ auto OptimisticRead(const Header* h, Read&& read, bool* validated) {
       return result;
     }
     // Acquire fence: the data loads above complete before the version is loaded again.
-    std::atomic_thread_fence(std::memory_order_acquire);
+    SeqlockFence(std::memory_order_acquire);
     if (__atomic_load_n(&h->version, __ATOMIC_RELAXED) == v1) {
       *validated = true;
       return result;
@@ -93,7 +103,7 @@ class StripeWriteGuard {
     if ((ver & 1) == 0) St(h_->version, ver + 1);
     // Release: readers that see a later version see the odd one first (pairs with their
     // acquire fence before the re-check).
-    std::atomic_thread_fence(std::memory_order_release);
+    SeqlockFence(std::memory_order_release);
     if (r == RobustMutex::LockResult::kOwnerDied) {
       repair();
       h_->mu.MarkConsistent();
