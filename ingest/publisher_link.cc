@@ -224,6 +224,8 @@ void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
   if (parts.size() == 3 && parts[1].size() == 8) {
     std::span<const uint8_t> payload = Bytes(parts[2]);
     StreamMachine::Actions out;
+    KVIDX_LOG_DEBUG("publisher %s: live %lu", config_.pod.c_str(),
+                    static_cast<unsigned long>(ReadSeq(parts[1])));
     machine_->Live(ReadSeq(parts[1]), XXH3_64bits(payload.data(), payload.size()), payload.data(),
                    payload.size(), MonotonicNanos(), &out);
     Carry(out);
@@ -245,6 +247,8 @@ void PublisherLink::HandleLive(std::vector<zmq::message_t>& parts) {
 void PublisherLink::Carry(StreamMachine::Actions& actions) {
   index::PublisherIngestState* s = slot();
   for (StreamAction& a : actions) {
+    KVIDX_LOG_DEBUG("publisher %s: action %d seq %lu", config_.pod.c_str(),
+                    static_cast<int>(a.kind), static_cast<unsigned long>(a.seq));
     switch (a.kind) {
       case StreamAction::kApply:
         ApplyBatch(a.seq, machine_->persisted().ring[a.seq % kDigestRing].digest, a.payload);
@@ -396,6 +400,8 @@ void PublisherLink::OnDealer() {
     }
     uint64_t s = ReadSeq(*seq);
     StreamMachine::Actions out;
+    KVIDX_LOG_DEBUG("publisher %s: replay %ld", config_.pod.c_str(),
+                    s == kReplayEndSeq ? -1L : static_cast<long>(s));
     if (s == kReplayEndSeq && payload->size() == 0) {
       machine_->ReplayEnd(MonotonicNanos(), &out);
     } else {

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -117,13 +118,25 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   if (q.input_case() != v1::LookupQuery::kEngineHashes) {
     out->set_prompt_blocks(static_cast<uint32_t>(keys.size()));
   }
+  // Candidates: no more than the segment has publishers, matched through one map of the
+  // active ones (a query naming a million candidates is refused, not looped over).
+  if (static_cast<uint64_t>(q.candidates_size()) > index_->geometry().publishers) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_CANDIDATES",
+                 absl::StrCat(q.candidates_size(), " candidates; the index holds at most ",
+                              index_->geometry().publishers, " publishers"));
+  }
   std::vector<index::PublisherId> candidates;
-  for (const auto& c : q.candidates()) {
+  if (q.candidates_size() > 0) {
+    std::multimap<std::string_view, std::pair<uint32_t, index::PublisherId>> by_pod;
     for (index::PublisherId id : index_->ActivePublishers()) {
       const index::PublisherSlot* s = index_->publisher_slot(id);
-      if (s != nullptr && c.pod() == s->id.pod &&
-          (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == s->id.dp_rank)) {
-        candidates.push_back(id);
+      if (s != nullptr) by_pod.emplace(control::FieldView(s->id.pod), std::pair{s->id.dp_rank, id});
+    }
+    for (const auto& c : q.candidates()) {
+      auto [from, to] = by_pod.equal_range(c.pod());
+      for (auto it = from; it != to; ++it) {
+        if (c.dp_rank() < 0 || uint32_t(c.dp_rank()) == it->second.first)
+          candidates.push_back(it->second.second);
       }
     }
   }

@@ -315,6 +315,19 @@ TEST_F(QueryTest, UnknownNamespaceAndMissAreAnswers) {
 
 TEST_F(QueryTest, BadInputIsInvalidArgumentWithAReason) {
   {
+    // More candidates than the segment can hold publishers (32 here): refused before any
+    // matching (issue 10: limits before work).
+    v1::LookupRequest req;
+    v1::LookupQuery* q = req.add_queries();
+    *q = TokensQuery({1, 2, 3, 4});
+    for (int i = 0; i < 33; ++i) q->add_candidates()->set_pod("pod-" + std::to_string(i));
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = stub().Lookup(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(Reason(st), "TOO_MANY_CANDIDATES");
+  }
+  {
     std::vector<uint32_t> huge(1'000'000, 5);  // a million tokens
     v1::LookupRequest req;
     *req.add_queries() = TokensQuery(huge);

@@ -143,11 +143,17 @@ class StreamE2e {
       return "";
     }
     size_t over = 0, under = 0;
-    for (auto key : got) over += !want.count(key);
-    for (auto key : want) under += !got.count(key);
+    std::ostringstream keys;  // the first few differing keys, for the diagnosis
+    for (auto key : got) {
+      if (want.count(key) == 0 && over++ < 4) keys << " +" << std::hex << key << std::dec;
+    }
+    for (auto key : want) {
+      if (got.count(key) == 0 && under++ < 4) keys << " -" << std::hex << key << std::dec;
+    }
     std::ostringstream os;
     os << "seed " << seed_ << " " << when << ": engine holds " << want.size() << ", index "
-       << got.size() << ": " << over << " over-reported, " << under << " under-reported\n"
+       << got.size() << ": " << over << " over-reported, " << under << " under-reported;"
+       << keys.str() << "\n"
        << "worker log:\n"
        << (worker_ ? worker_->Log() : "");
     return os.str();
