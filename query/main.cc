@@ -87,15 +87,17 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<kvidx::index::Segment> segment = std::move(*attached);
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    auto control = kvidx::control::ControlArea::Open(
-        kvidx::control::ControlName(config->segment), config->control_mode,
-        kvidx::ShmOwnership{*owner, config->control_mode}, /*create=*/false);
+    auto open_control = [&] {
+      return kvidx::control::ControlArea::Open(kvidx::control::ControlName(config->segment),
+                                               config->control_mode,
+                                               kvidx::ShmOwnership{*owner, config->control_mode},
+                                               /*create=*/false);
+    };
+    auto control = open_control();
     while (absl::IsNotFound(control.status()) && std::chrono::steady_clock::now() < until &&
            !g_stop) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      control = kvidx::control::ControlArea::Open(
-          kvidx::control::ControlName(config->segment), config->control_mode,
-          kvidx::ShmOwnership{*owner, config->control_mode}, /*create=*/false);
+      control = open_control();
     }
     if (!control.ok()) {
       KVIDX_LOG_ERROR("%s", control.status().ToString().c_str());
