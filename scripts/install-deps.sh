@@ -10,7 +10,7 @@ PKGS=(
   prometheus-cpp-dev libsystemd-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   python3 python3-zmq python3-msgpack python3-grpcio python3-grpc-tools python3-xxhash
-  systemd clang-format clang-tidy clang libclang-rt-14-dev
+  systemd clang-format clang-tidy clang libclang-rt-14-dev gcovr
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -25,6 +25,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -75,11 +76,13 @@ Opts Parse(int argc, char** argv) {
   app.add_option("--timeout-ms", o.timeout_ms, "deadline of each call");
   std::map<std::string, std::string> values;
   std::vector<CLI::Option*> given;
+  std::set<CLI::Option*> flags;  // options without a value: "1" when given
   auto opt = [&](CLI::App* sub, const std::string& name, const std::string& help) {
     given.push_back(sub->add_option(name, values[name], help));
   };
   auto flag = [&](CLI::App* sub, const std::string& name, const std::string& help) {
     given.push_back(sub->add_flag(name, help));
+    flags.insert(given.back());
   };
   auto positional = [&](CLI::App* sub, const std::string& name, const std::string& help) {
     sub->add_option(name, o.positional, help)->required();
@@ -144,7 +147,7 @@ Opts Parse(int argc, char** argv) {
   for (CLI::Option* g : given) {
     if (g->count() == 0) continue;
     const std::string name = "--" + g->get_lnames().front();
-    o.flags[name] = g->get_type_size() == 0 ? "1" : values[name];
+    o.flags[name] = flags.count(g) != 0 ? "1" : values[name];
   }
   return o;
 }
@@ -228,6 +231,26 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   std::string item;
   while (std::getline(ss, item, sep)) {
     if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// A string from a publisher for a one-line table cell: backslashes, newlines and other control
+// bytes escaped, so a request id cannot break the table.
+std::string Printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7f) {
+      char b[5];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      out += b;
+    } else {
+      out += static_cast<char>(c);
+    }
   }
   return out;
 }
@@ -487,7 +510,7 @@ int Sequences(const Opts& o, KvIndex::Stub& stub) {
     std::printf("%-12ld %-8s %-9s %6u  %s\n", static_cast<long>(s.sequence_id()),
                 s.finished() ? "finished" : "running",
                 s.finished() ? (s.succeeded() ? "ok" : "failed") : "-", s.stored_blocks(),
-                s.request_id().c_str());
+                Printable(s.request_id()).c_str());
   }
   if (r.truncated()) std::printf("(truncated)\n");
   return 0;
@@ -509,7 +532,7 @@ int Sequence(const Opts& o, KvIndex::Stub& stub) {
   std::printf("sequence %ld of %s: %s, %u blocks stored, request '%s'\n",
               static_cast<long>(s.sequence_id()), s.pod().c_str(),
               s.finished() ? (s.succeeded() ? "finished ok" : "finished, failed") : "running",
-              s.stored_blocks(), s.request_id().c_str());
+              s.stored_blocks(), Printable(s.request_id()).c_str());
   for (int i = 0; i < s.block_keys_size(); ++i) {
     std::printf("  block %d  %016lx\n", i, static_cast<unsigned long>(s.block_keys(i)));
   }

@@ -172,6 +172,100 @@ TEST_F(QueryTest, KvidxctlAnswersThroughTheRealServerAndRefusesBadArguments) {
   EXPECT_EQ(rc, 3) << out;  // the server is not there: said so, exit 3
 }
 
+// Every kvidxctl command, in text and in JSON, against the real server: what each prints, and
+// how each refuses (usage errors exit 2, refused calls 1 with the reason, no server 3).
+TEST_F(QueryTest, KvidxctlEveryCommandInTextAndJson) {
+  auto expect = [](const std::pair<int, std::string>& r, int rc, const std::string& has) {
+    EXPECT_EQ(r.first, rc) << r.second;
+    EXPECT_NE(r.second.find(has), std::string::npos) << "wanted '" << has << "' in\n" << r.second;
+  };
+  expect(Ctl({"status"}), 0, "worker 0:");
+  expect(Ctl({"status"}), 0, "healthy");
+  expect(Ctl({"--json", "status"}), 0, "\"pair_capacity\"");
+  expect(Ctl({"pods"}), 0, "LAST_SEQ");
+  expect(Ctl({"pods"}), 0, "pod-0");
+  expect(Ctl({"pod", "pod-0"}), 0, "pod-0/0  model qm");
+  expect(Ctl({"pod", "pod-1", "--dp", "0"}), 0, "gaps");
+  expect(Ctl({"--json", "pod", "pod-0"}), 0, "\"pod\": \"pod-0\"");
+  expect(Ctl({"pod", "nobody"}), 1, "UNKNOWN_POD");
+  expect(Ctl({"pod"}), 2, "name is required");
+  expect(Ctl({"ping"}), 0, "pong from " + env->admin_addr);
+  // The server from the configuration's admin_listen, not from --server.
+  expect(Ctl({"--config", env->config, "ping"}), 0, "pong from " + env->admin_addr);
+  expect(Ctl({"--help"}, false), 0, "Subcommands");
+
+  ASSERT_FALSE(env->prompts.empty());
+  std::string file = env->dir + "/ctl-tokens.txt";
+  {
+    std::ofstream t(file);
+    t << "[";
+    for (size_t i = 0; i < env->prompts[0].size(); ++i)
+      t << (i ? ", " : "") << env->prompts[0][i] << (i % 16 == 15 ? "\n" : "");
+    t << "]\n";
+  }
+  expect(Ctl({"lookup", "--model", "qm", "--tokens-file", file}), 0, "prompt: ");
+  expect(Ctl({"lookup", "--model", "qm", "--tokens-file", file, "--candidates", "pod-0,pod-1",
+              "--max-blocks", "4"}),
+         0, "prompt: ");
+  auto json = Ctl({"--json", "lookup", "--model", "qm", "--tokens-file", file});
+  expect(json, 0, "\"prompt_blocks\"");
+  // The same prompt by its block keys.
+  uint32_t block_size = 0;
+  {
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;
+    *req.add_queries() = TokensQuery(env->prompts[0]);
+    v1::LookupResponse r;
+    ASSERT_TRUE(stub().Lookup(&ctx, req, &r).ok());
+    block_size = r.results(0).block_size();
+  }
+  ASSERT_GT(block_size, 0u);
+  auto keys = index::ChainBlockKeys(index::NamespaceRoot("qm", ""), env->prompts[0], block_size);
+  ASSERT_FALSE(keys.empty());
+  std::string hex;
+  for (uint64_t k : keys) {
+    char b[20];
+    std::snprintf(b, sizeof b, "%s%016lx", hex.empty() ? "" : ",", static_cast<unsigned long>(k));
+    hex += b;
+  }
+  expect(Ctl({"lookup", "--model", "qm", "--keys", hex}), 0,
+         "prompt: " + std::to_string(keys.size()) + " blocks");
+  expect(Ctl({"lookup", "--model", "no-such-model", "--tokens", "1,2,3"}), 0,
+         "is unknown to kvidx");
+  expect(Ctl({"lookup", "--model", "qm"}), 2, "missing or bad arguments");
+  expect(Ctl({"lookup", "--tokens", "1,2"}), 1, "NO_MODEL");
+
+  // watch: events as they are applied, in text and JSON; the sim keeps publishing.
+  auto w = Ctl({"watch", "--count", "3"});
+  EXPECT_EQ(w.first, 0) << w.second;
+  EXPECT_TRUE(w.second.find("stored") != std::string::npos ||
+              w.second.find("removed") != std::string::npos)
+      << w.second;
+  expect(Ctl({"--json", "watch", "--count", "2", "--stats-ms", "1000"}), 0, "{");
+
+  // register / unregister / clear, and their refusals.
+  expect(Ctl({"register", "--pod", "ctl-pod", "--model", "qm", "--endpoint", "tcp://127.0.0.1:9",
+              "--dialect", "vllm"}),
+         0, "registered ctl-pod/0");
+  expect(Ctl({"--json", "pod", "ctl-pod"}), 0, "\"endpoint\": \"tcp://127.0.0.1:9\"");
+  // Registering again updates the publisher in place.
+  expect(Ctl({"register", "--pod", "ctl-pod", "--model", "qm", "--endpoint", "tcp://127.0.0.1:7",
+              "--topic", "kv"}),
+         0, "registered ctl-pod/0");
+  expect(Ctl({"pod", "ctl-pod"}), 0, "endpoint tcp://127.0.0.1:7  replay -  topic 'kv'");
+  expect(Ctl({"--json", "clear", "--pod", "ctl-pod"}), 0, "\"publishers_cleared\": 1");
+  expect(Ctl({"unregister", "--pod", "ctl-pod"}), 0, "unregistered ctl-pod, dropped 0 pairs");
+  expect(Ctl({"--json", "unregister", "--pod", "ctl-pod"}), 1, "UNKNOWN_POD");
+  expect(
+      Ctl({"register", "--pod", "b", "--model", "qm", "--endpoint", "tcp://127.0.0.1:9", "--bind"}),
+      1, "BIND_NOT_ALLOWED");
+  expect(Ctl({"clear", "--model", "no-such-model"}), 1, "");
+  expect(Ctl({"clear"}), 2, "missing or bad arguments");
+  expect(Ctl({"sequences", "nobody"}), 1, "UNKNOWN_POD");
+  expect(Ctl({"sequence", "nobody", "7"}), 1, "UNKNOWN_POD");
+  expect(Ctl({"ping", "--tls-ca", env->dir + "/no-such-ca.pem"}), 2, "cannot read");
+}
+
 std::string Scrape(int port);  // GET /metrics (below)
 
 // Issue 10: two surfaces. The router listener answers reads and refuses every call that
@@ -594,6 +688,27 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
     grpc::ClientContext ctx;
     EXPECT_EQ(stub().ListSequences(&ctx, list, &seqs).error_code(), grpc::StatusCode::NOT_FOUND);
   }
+  // The same through kvidxctl, in text and JSON.
+  auto [rc, out] = Ctl({"sequences", "seq-pod"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("finished ok             2  req-one\n"), std::string::npos) << out;
+  // A request id is one table cell: its newline and backslash are escaped.
+  EXPECT_NE(out.find("finished failed         1  two\\nlines \\\\n\n"), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"--json", "sequences", "seq-pod", "--dp", "0"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"request_id\": \"req-one\""), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"sequence", "seq-pod", "1"});
+  EXPECT_EQ(rc, 0) << out;
+  char first[64];
+  std::snprintf(first, sizeof first, "block 0  %016lx", static_cast<unsigned long>(keys[0]));
+  EXPECT_NE(out.find("sequence 1 of seq-pod: finished ok, 2 blocks stored"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find(first), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"--json", "sequence", "seq-pod", "2"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"sequence_id\": \"2\""), std::string::npos) << out;
+  std::tie(rc, out) = Ctl({"sequence", "seq-pod", "99"});
+  EXPECT_EQ(rc, 1) << out;
   v1::UnregisterPublisherRequest un;
   un.set_pod("seq-pod");
   v1::UnregisterPublisherResponse ur;
