@@ -349,6 +349,9 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
     KVIDX_READ(*s, "max_payload_bytes", &c.max_payload_bytes, where);
     KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);
+    KVIDX_READ(*s, "queue_bytes", &c.queue_bytes, where);
+    KVIDX_READ(*s, "replay_buffer_bytes", &c.replay_buffer_bytes, where);
+    KVIDX_READ(*s, "sequence_table_bytes", &c.sequence_table_bytes, where);
     KVIDX_READ(*s, "max_adapters_per_model", &c.max_adapters_per_model, where);
     KVIDX_READ(*s, "strict_tags", &c.strict_tags, where);
     KVIDX_READ(*s, "bind_tcp_ports", &c.bind_tcp_ports, where);

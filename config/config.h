@@ -59,8 +59,20 @@ struct Config {
   uint32_t drop_after_ms = 300000;
   uint32_t poll_timeout_ms = 100;
   int32_t rcvhwm = 100000;  // the engines' PUB default
-  uint64_t max_payload_bytes = 64u << 20;
+  // A batch larger than this is refused (ZeroMQ drops it and the stream sees a gap). A vLLM
+  // step of 64 k batched tokens is under 0.5 MiB.
+  uint64_t max_payload_bytes = 4u << 20;
   size_t max_buffered_batches = 100000;  // live batches held while a replay runs
+  // Per-publisher memory budgets of the owning worker, reported in Stats:
+  // - queue_bytes: the ZeroMQ receive queues (high-water mark queue_bytes / max_payload_bytes
+  //   messages, at most rcvhwm; a full queue pushes back to the engine, whose PUB drops);
+  // - replay_buffer_bytes: live batches held while a replay runs (past it: dropped, counted,
+  //   asked for again);
+  // - sequence_table_bytes: a sequence-id publisher's sequence table (past it: blocks not
+  //   recorded, counted).
+  uint64_t queue_bytes = 512u << 20;
+  uint64_t replay_buffer_bytes = 64u << 20;
+  uint64_t sequence_table_bytes = 64u << 20;
   uint32_t max_adapters_per_model = 64;  // adapter namespaces a model may gain at run time
   bool strict_tags = false;
   // Where kvidx may bind a SUB socket (publishers with bind = true): TCP ports from this list

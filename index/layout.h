@@ -50,7 +50,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 
 // Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
 inline constexpr int kLatencyBounds = 15;
@@ -278,6 +278,14 @@ struct PublisherIngestState {
   // past max_adapters_per_model.
   uint64_t foreign_model_events;
   uint64_t adapter_limit_events;
+  // Memory budgets of the owning worker's per-publisher structures (config: queue_bytes,
+  // replay_buffer_bytes, sequence_table_bytes): what each holds now, the sum of the budgets,
+  // and the items refused because a budget was full (a live batch not buffered during a
+  // replay, a sequence block not recorded).
+  uint64_t buffered_bytes;
+  uint64_t sequence_bytes;
+  uint64_t budget_bytes;
+  uint64_t budget_drops;
 };
 
 struct alignas(64) PublisherSlot {

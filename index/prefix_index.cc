@@ -147,6 +147,7 @@ absl::Status PrefixIndex::SkipOps(PublisherId p, SkipReason reason, uint64_t ops
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
   uint64_t* counter = reason == SkipReason::kOrphan          ? &ps->index.orphan_blocks
                       : reason == SkipReason::kUnknownRemove ? &ps->index.unknown_removes
+                      : reason == SkipReason::kBudget        ? &ps->ingest.budget_drops
                                                              : &ps->index.rejected_stores;
   AddRelaxed(*counter, ops);
   for (uint64_t i = 0; i < ops; ++i) internal::AckNext(*ps);

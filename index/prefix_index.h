@@ -42,7 +42,10 @@
 namespace kvidx::index {
 
 // Why an operation of a publisher's stream was counted as applied without changing the index.
-enum class SkipReason { kRejected, kOrphan, kUnknownRemove };
+// Why operations were consumed without changing the index (each has its counter): refused
+// (capacity, quota, another model), parent unknown, removal of an unknown block, or a memory
+// budget of the worker full (layout.h: PublisherIngestState::budget_drops).
+enum class SkipReason { kRejected, kOrphan, kUnknownRemove, kBudget };
 
 class PrefixIndex {
  public:

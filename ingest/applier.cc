@@ -19,7 +19,14 @@ Applier::Applier(index::PrefixIndex* index, ApplierConfig config)
 void Applier::Forget(PublisherId p) {
   namespaces_.erase(p);
   sequences_.erase(p);
-  sequence_blocks_.erase(p);
+  sequence_bytes_.erase(p);
+  if (index::PublisherIngestState* s = index_->ingest_state(p))
+    index::St(s->sequence_bytes, uint64_t{0});
+}
+
+size_t Applier::sequence_bytes(PublisherId p) const {
+  auto it = sequence_bytes_.find(p);
+  return it == sequence_bytes_.end() ? 0 : it->second;
 }
 
 const std::map<int64_t, SequenceState>* Applier::sequences(PublisherId p) const {
@@ -232,11 +239,18 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
 
 absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
   auto& seqs = sequences_[p];
+  size_t& bytes = sequence_bytes_[p];
   if (e.kind == EventKind::kRequestFinished) {
-    SequenceState& s = seqs[e.sequence_id];
-    s.request_id = e.request_id;
+    auto it = seqs.find(e.sequence_id);
+    if (it == seqs.end()) return absl::OkStatus();  // it holds nothing: nothing to keep
+    SequenceState& s = it->second;
+    bytes -= SequenceBytes(s);
+    s.request_id.assign(e.request_id, 0, std::min(e.request_id.size(), kMaxRequestIdBytes));
+    s.request_id.shrink_to_fit();
     s.finished = true;
     s.succeeded = e.finished;
+    bytes += SequenceBytes(s);
+    PublishSequenceBytes(p, bytes);
     return absl::OkStatus();
   }
   const PublisherSlot* ps = index_->publisher_slot(p);
@@ -251,8 +265,18 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
       return absl::OkStatus();
     }
   }
-  SequenceState& s = seqs[e.sequence_id];
-  size_t& total = sequence_blocks_[p];
+  auto sit = seqs.find(e.sequence_id);
+  if (sit == seqs.end()) {
+    if (e.kind == EventKind::kSeqRemoved) {  // nothing of it is known: each removal is unknown
+      uint64_t left = e.block_numbers.size() > *skip ? e.block_numbers.size() - *skip : 0;
+      *skip = *skip > e.block_numbers.size() ? *skip - e.block_numbers.size() : 0;
+      if (left > 0) (void)index_->SkipOps(p, index::SkipReason::kUnknownRemove, left);
+      return absl::OkStatus();
+    }
+    sit = seqs.emplace(e.sequence_id, SequenceState{}).first;
+    bytes += SequenceBytes(sit->second);
+  }
+  SequenceState& s = sit->second;
   for (size_t i = 0; i < e.block_numbers.size(); ++i) {
     uint32_t n = e.block_numbers[i];
     if (*skip > 0) {  // applied by a predecessor; the table was lost with it
@@ -261,14 +285,26 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
     }
     if (e.kind == EventKind::kSeqStored) {
       index::BlockKey parent = n == 0 ? nss->root : (n - 1 < s.blocks.size() ? s.blocks[n - 1] : 0);
-      if (parent == 0 || total >= config_.max_sequence_blocks) {
+      if (parent == 0) {
         (void)index_->SkipOps(p, index::SkipReason::kOrphan);  // block n-1 never stored
         continue;
       }
+      if (s.blocks.size() <= n) {
+        // Growing the vector: n + 1 entries, the capacity doubling as std::vector does.
+        const size_t want = std::max<size_t>(n + 1, 2 * s.blocks.capacity());
+        const size_t more = (want - s.blocks.capacity()) * sizeof(index::BlockKey);
+        if (bytes + more > config_.max_sequence_bytes) {
+          (void)index_->SkipOps(p, index::SkipReason::kBudget);
+          continue;
+        }
+        bytes -= SequenceBytes(s);
+        s.blocks.reserve(want);
+        s.blocks.resize(n + 1, 0);
+        bytes += SequenceBytes(s);
+      }
       index::BlockKey key = index::ChainBlockKey(
           parent, std::span(e.tokens).subspan(size_t{i} * e.block_size, e.block_size));
-      if (s.blocks.size() <= n) s.blocks.resize(n + 1, 0);
-      if (s.blocks[n] == 0) ++total;
+      if (s.blocks[n] == 0) ++s.stored;
       s.blocks[n] = key;
       // The key is a content hash, so it doubles as the engine hash (shared across sequences:
       // two sequences holding the same block are two references).
@@ -281,12 +317,27 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
         continue;
       }
       s.blocks[n] = 0;
-      --total;
+      --s.stored;
       if (index_->Remove(p, index::kGpu, key, ns).ok() && config_.on_applied)
         config_.on_applied({EventKind::kSeqRemoved, p, ns, 1, key});
     }
   }
+  // Trailing removed blocks take no room; a sequence that holds nothing is forgotten.
+  bytes -= SequenceBytes(s);
+  while (!s.blocks.empty() && s.blocks.back() == 0) s.blocks.pop_back();
+  if (s.stored == 0) {
+    seqs.erase(sit);
+  } else {
+    if (s.blocks.size() < s.blocks.capacity() / 4) s.blocks.shrink_to_fit();
+    bytes += SequenceBytes(s);
+  }
+  PublishSequenceBytes(p, bytes);
   return absl::OkStatus();
+}
+
+void Applier::PublishSequenceBytes(PublisherId p, size_t bytes) {
+  if (index::PublisherIngestState* s = index_->ingest_state(p))
+    index::St(s->sequence_bytes, uint64_t{bytes});
 }
 
 }  // namespace kvidx::ingest

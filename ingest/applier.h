@@ -44,16 +44,27 @@ struct ApplierConfig {
   // A publisher may open at most this many adapter (LoRA) namespaces of its model beyond the
   // configured ones (`lora_names`); past it, events for new adapters are refused and counted.
   uint32_t max_adapters_per_model = 64;
-  // At most this many (sequence, block) entries per sequence-id publisher.
-  size_t max_sequence_blocks = 1u << 20;
+  // The byte budget of one sequence-id publisher's sequence table (SequenceBytes below). A
+  // block that would take the table past it is not recorded (nor stored in the index: it could
+  // never be removed), and is counted in the publisher's budget_drops.
+  size_t max_sequence_bytes = 64u << 20;
 };
 
+// One sequence of a sequence-id publisher. A sequence is kept while it has stored blocks: one
+// whose last block is removed, or that finishes holding none, is forgotten, so the table holds
+// only what the engine still caches (a RequestFinished never leaks an entry).
 struct SequenceState {
-  std::vector<index::BlockKey> blocks;  // by block number; 0 = not stored
-  std::string request_id;
+  std::vector<index::BlockKey> blocks;  // by block number; 0 = not stored; no trailing 0
+  uint32_t stored = 0;                  // non-zero entries of `blocks`
+  std::string request_id;               // at most kMaxRequestIdBytes
   bool finished = false;
   bool succeeded = false;
 };
+inline constexpr size_t kMaxRequestIdBytes = 232;  // what a sequence record carries
+// What a sequence costs the table: its node, its block vector and its request id.
+inline size_t SequenceBytes(const SequenceState& s) {
+  return 96 + s.blocks.capacity() * sizeof(index::BlockKey) + s.request_id.capacity();
+}
 
 class Applier {
  public:
@@ -69,11 +80,14 @@ class Applier {
   void Forget(index::PublisherId p);
 
   const std::map<int64_t, SequenceState>* sequences(index::PublisherId p) const;
+  // Bytes of `p`'s sequence table now (the sum of SequenceBytes).
+  size_t sequence_bytes(index::PublisherId p) const;
 
  private:
   absl::StatusOr<index::NamespaceId> NamespaceFor(index::PublisherId p, const Event& e);
   absl::Status ApplyEvent(index::PublisherId p, const Event& e, uint64_t* skip);
   absl::Status ApplySeq(index::PublisherId p, const Event& e, uint64_t* skip);
+  void PublishSequenceBytes(index::PublisherId p, size_t bytes);
   // The adapter namespace of the publisher's model whose mapping knows `hash`, if any.
   std::optional<index::NamespaceId> FindAdapterNamespace(index::PublisherId p, uint64_t hash);
   // False (the event's `ops` operations refused and counted) if `block_size` is not the
@@ -86,7 +100,7 @@ class Applier {
   // Namespaces each publisher has stored into (base first): removals carry no namespace.
   std::unordered_map<index::PublisherId, std::vector<index::NamespaceId>> namespaces_;
   std::unordered_map<index::PublisherId, std::map<int64_t, SequenceState>> sequences_;
-  std::unordered_map<index::PublisherId, size_t> sequence_blocks_;
+  std::unordered_map<index::PublisherId, size_t> sequence_bytes_;
 };
 
 }  // namespace kvidx::ingest

@@ -13,6 +13,37 @@
 #include "ingest/json_to_msgpack.h"
 
 namespace kvidx::ingest {
+namespace {
+
+// A msgpack visitor that builds nothing and refuses containers past the limits (size, depth),
+// saying which in `why`.
+class ShapeCheck : public msgpack::null_visitor {
+ public:
+  explicit ShapeCheck(const DecodeLimits& limits) : limits_(limits) {}
+  bool start_array(uint32_t n) { return Open(n, limits_.max_array, "an array"); }
+  bool end_array() { return --depth_, true; }
+  bool start_map(uint32_t n) { return Open(n, limits_.max_map, "a map"); }
+  bool end_map() { return --depth_, true; }
+  const std::string& why() const { return why_; }
+
+ private:
+  bool Open(uint32_t n, uint32_t max, const char* what) {
+    if (n > max) {
+      why_ = absl::StrCat(what, " of ", n, " elements (at most ", max, ")");
+      return false;
+    }
+    if (++depth_ > limits_.max_depth) {
+      why_ = absl::StrCat("nested deeper than ", limits_.max_depth, " levels");
+      return false;
+    }
+    return true;
+  }
+  const DecodeLimits& limits_;
+  uint32_t depth_ = 0;
+  std::string why_;
+};
+
+}  // namespace
 
 uint64_t OpCount(const Event& e) {
   switch (e.kind) {
@@ -67,6 +98,27 @@ absl::Status DecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Even
   // One zone per thread, cleared after each batch: its first chunk is reused, so a typical
   // batch decodes without touching malloc. Strings and binaries point into `payload` instead
   // of being copied (the events copy what they keep).
+  // First the payload's shape, without allocating: every array and map it claims must be there
+  // in full, and no deeper than max_depth. msgpack-c allocates an array's elements when it
+  // reads the header, so without this a few bytes claiming a million elements at each of 16
+  // levels would cost 16 x 16 MiB before failing; after it, the tree costs at most 16 bytes per
+  // payload byte.
+  {
+    ShapeCheck shape(limits);
+    size_t off = 0;
+    switch (msgpack::detail::parse_imp(reinterpret_cast<const char*>(payload.data()),
+                                       payload.size(), off, shape)) {
+      case msgpack::PARSE_SUCCESS:
+      case msgpack::PARSE_EXTRA_BYTES:
+        break;
+      case msgpack::PARSE_CONTINUE:
+        return fail(DecodeReason::kTruncated, "fewer bytes than the msgpack claims");
+      case msgpack::PARSE_STOP_VISITOR:
+        return fail(DecodeReason::kTooLarge, shape.why());
+      default:
+        return fail(DecodeReason::kMalformed, "not msgpack");
+    }
+  }
   thread_local msgpack::zone zone(size_t{64} * 1024);
   struct ZoneReset {
     ~ZoneReset() { zone.clear(); }

@@ -15,6 +15,7 @@ class Cursor {
   Cursor(const uint8_t* p, const uint8_t* end) : p_(p), end_(end) {}
   bool bad() const { return bad_; }
   bool done() const { return p_ == end_; }
+  size_t left() const { return p_ < end_ ? static_cast<size_t>(end_ - p_) : 0; }
   uint8_t Peek() {
     if (p_ >= end_) return Bad(), 0xc1;
     return *p_;
@@ -383,7 +384,14 @@ FastResult FastDecodeBatch(std::span<const uint8_t> payload, Dialect dialect, Ev
   if (!c.Double(&b.ts)) return FastResult::kFallback;
   if (!c.IsArray()) return FastResult::kFallback;
   uint32_t events = c.Array();
-  if (c.bad() || events > limits.max_array) return FastResult::kFallback;
+  // An event takes at least kMinEventBytes (a container header, a tag of 11 or more characters
+  // and its fields), so a header claiming more events than the bytes left can hold goes to the
+  // general decoder, which refuses it before allocating: the events allocated here are at most
+  // one per kMinEventBytes payload bytes.
+  constexpr size_t kMinEventBytes = 14;
+  if (c.bad() || events > limits.max_array || events > c.left() / kMinEventBytes) {
+    return FastResult::kFallback;
+  }
   const bool sglang = dialect == Dialect::kSglang;
   Fast f(c, sglang, limits);
   b.events.resize(events);

@@ -75,7 +75,7 @@ absl::Status PublisherLink::Start() {
                                 (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
     reconnect_ivl_ms_ = ivl;
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
-    sub_->set(zmq::sockopt::rcvhwm, options_.rcvhwm);
+    sub_->set(zmq::sockopt::rcvhwm, QueueHwm());
     sub_->set(zmq::sockopt::linger, 0);
     sub_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
     sub_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
@@ -110,6 +110,11 @@ absl::Status PublisherLink::Start() {
   so.replay_timeout_ns = int64_t{options_.replay_timeout_ms} * 1'000'000;
   so.idle_probe_ns = int64_t{options_.idle_probe_ms} * 1'000'000;
   so.max_buffered = options_.max_buffered_batches;
+  so.max_buffered_bytes = options_.replay_buffer_bytes;
+  if (index::PublisherIngestState* s = slot()) {
+    St(s->budget_bytes,
+       options_.queue_bytes + options_.replay_buffer_bytes + options_.sequence_table_bytes);
+  }
   so.unreachable_after_ns = int64_t{options_.unreachable_after_ms} * 1'000'000;
   so.drop_after_ns = int64_t{options_.drop_after_ms} * 1'000'000;
   if (index::PublisherIngestState* s = slot(); s != nullptr && Ld(s->resync_pending) != 0) {
@@ -138,7 +143,7 @@ absl::Status PublisherLink::OpenDealer() {
     dealer_->set(zmq::sockopt::linger, 0);
     dealer_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
     dealer_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
-    dealer_->set(zmq::sockopt::rcvhwm, 0);
+    dealer_->set(zmq::sockopt::rcvhwm, QueueHwm());
     dealer_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
     dealer_->connect(config_.replay_endpoint);
   } catch (const zmq::error_t& e) {
@@ -293,6 +298,14 @@ void PublisherLink::Carry(StreamMachine::Actions& actions) {
   MirrorCounters();
 }
 
+int PublisherLink::QueueHwm() const {
+  const uint64_t per = std::max<uint64_t>(options_.limits.max_payload_bytes, 1);
+  const uint64_t by_bytes = std::max<uint64_t>(options_.queue_bytes / per, 1);
+  const uint64_t configured =
+      options_.rcvhwm > 0 ? static_cast<uint64_t>(options_.rcvhwm) : by_bytes;
+  return static_cast<int>(std::min<uint64_t>({configured, by_bytes, uint64_t{INT32_MAX}}));
+}
+
 void PublisherLink::MirrorCounters() {
   index::PublisherIngestState* s = slot();
   if (s == nullptr || !machine_) return;
@@ -302,6 +315,8 @@ void PublisherLink::MirrorCounters() {
   AddRelaxed(s->probes, c.probes - mirrored_.probes);
   AddRelaxed(s->restarts, c.restarts - mirrored_.restarts);
   AddRelaxed(s->unverifiable_gaps, c.unverifiable - mirrored_.unverifiable);
+  AddRelaxed(s->budget_drops, c.buffer_overflows - mirrored_.buffer_overflows);
+  St(s->buffered_bytes, uint64_t{machine_->buffered_bytes()});
   mirrored_ = c;
   if (machine_->reachable()) St(s->last_heard_wall_ns, WallNanos());
 }

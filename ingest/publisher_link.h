@@ -34,6 +34,13 @@ struct LinkOptions {
   uint32_t replay_timeout_ms = 2000;
   int32_t rcvhwm = 100000;
   size_t max_buffered_batches = 100000;
+  // Byte budgets (config.h): the ZeroMQ receive queues hold at most queue_bytes (their
+  // high-water mark is queue_bytes / limits.max_payload_bytes messages, each at most that
+  // size), the live buffer during a replay at most replay_buffer_bytes.
+  uint64_t queue_bytes = 512u << 20;
+  uint64_t replay_buffer_bytes = 64u << 20;
+  // Reported in the slot's budget_bytes with the two above (the applier enforces it).
+  uint64_t sequence_table_bytes = 64u << 20;
   // After this long without a live batch, check continuity and ask for anything after the last
   // applied batch: a lost *last* batch shows no gap until the next one arrives, which may be
   // never, and a restarted engine may never publish again (0 disables).
@@ -102,6 +109,9 @@ class PublisherLink {
 
   int reconnect_ivl_ms_ = 0;
   std::unique_ptr<StreamMachine> machine_;
+  // The receive high-water mark of both sockets: rcvhwm, lowered so that a full queue of
+  // maximal messages stays within queue_bytes.
+  int QueueHwm() const;
   StreamCounters mirrored_;  // machine counters already added to the slot's
   int64_t last_state_log_ns_ = 0;
   uint32_t suppressed_logs_ = 0;

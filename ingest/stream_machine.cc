@@ -72,7 +72,7 @@ void StreamMachine::Start(int64_t now_ns, Actions* out) {
   last_live_ns_ = now_ns;
   started_ = false;
   outstanding_ = false;
-  buffer_.clear();
+  ClearBuffer();
   if (!o_.has_replay) {
     started_ = true;
     SetState(StreamState::kStreaming, "no replay endpoint: live stream taken as it comes", out);
@@ -84,7 +84,7 @@ void StreamMachine::Start(int64_t now_ns, Actions* out) {
 void StreamMachine::EndpointChanged(int64_t now_ns, Actions* out) {
   // New sockets: nothing outstanding on them, and nothing buffered from the old peer counts.
   outstanding_ = false;
-  buffer_.clear();
+  ClearBuffer();
   last_live_ns_ = now_ns;
   if (!o_.has_replay) return;
   Request(ReplayWhy::kReconnect, now_ns, out);
@@ -159,7 +159,7 @@ void StreamMachine::Resync(ResyncWhy why, Actions* out) {
 void StreamMachine::RestartDetected(int64_t now_ns, Actions* out) {
   ++c_.restarts;
   Resync(ResyncWhy::kRestart, out);
-  buffer_.clear();
+  ClearBuffer();
   started_ = false;
   Request(ReplayWhy::kRestart, now_ns, out);
 }
@@ -196,15 +196,16 @@ void StreamMachine::Buffer(uint64_t seq, uint64_t digest, const uint8_t* data, s
     // Two different batches at one sequence: the engine restarted between them, and which
     // is current only the engine can tell. Drop both, check continuity, let the replay fill.
     ++c_.suspect;
-    buffer_.clear();
+    ClearBuffer();
     Request(ReplayWhy::kRestart, now_ns, out);
     return;
   }
-  if (buffer_.size() >= o_.max_buffered) {
+  if (buffer_.size() >= o_.max_buffered || size > o_.max_buffered_bytes - buffered_bytes_) {
     ++c_.buffer_overflows;  // asked for again as a hole once the replay ends
     return;
   }
   buffer_.emplace(seq, Buffered{digest, std::vector<uint8_t>(data, data + size), serial_});
+  buffered_bytes_ += size;
 }
 
 void StreamMachine::Live(uint64_t seq, uint64_t digest, const uint8_t* data, size_t size,
@@ -272,12 +273,12 @@ void StreamMachine::ReplayBatch(uint64_t seq, uint64_t digest, const uint8_t* da
       // The engine's oldest batch is past the last applied one.
       ++c_.unverifiable;
       Resync(ResyncWhy::kUnverifiable, out);
-      buffer_.clear();
+      ClearBuffer();
       Apply(seq, digest, data, size, out);
       return;
     }
     if (seq > 0) ++c_.unverifiable;  // first contact: the engine's buffer no longer starts at 0
-    while (!buffer_.empty() && buffer_.begin()->first < seq) buffer_.erase(buffer_.begin());
+    while (!buffer_.empty() && buffer_.begin()->first < seq) Unbuffer(buffer_.begin());
     Apply(seq, digest, data, size, out);
     return;
   }
@@ -289,7 +290,22 @@ void StreamMachine::ReplayBatch(uint64_t seq, uint64_t digest, const uint8_t* da
     Apply(seq, digest, data, size, out);
     return;
   }
-  skip_reply_ = true;  // frames of this reply were lost: the rest cannot be applied in order
+  // A hole inside the reply. Frames of it may have been lost on the way (asked again), or the
+  // engine does not have that batch at all: the same hole in kHoleReplies replies in a row
+  // means the batch is gone for good, and what it held cannot be known.
+  const uint64_t hole = p_.last_seq + 1;
+  hole_replies_ = hole_at_ == hole ? hole_replies_ + 1 : 1;
+  hole_at_ = hole;
+  if (hole_replies_ >= kHoleReplies) {
+    hole_replies_ = 0;
+    ++c_.gaps;
+    ++c_.unverifiable;
+    Resync(ResyncWhy::kUnverifiable, out);
+    ClearBuffer();
+    Apply(seq, digest, data, size, out);
+    return;
+  }
+  skip_reply_ = true;  // the rest cannot be applied in order
 }
 
 void StreamMachine::ReplayEnd(int64_t now_ns, Actions* out) {
@@ -316,7 +332,7 @@ void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
       bool foreign = it->second.serial < answered && (!reply_any_ || it->first > reply_max_);
       if (foreign) {
         ++c_.stale_live;
-        it = buffer_.erase(it);
+        it = Unbuffer(it);
       } else {
         ++it;
       }
@@ -327,6 +343,7 @@ void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
     uint64_t seq = it->first;
     if (p_.has_seq && seq <= p_.last_seq) {
       Buffered b = std::move(it->second);
+      buffered_bytes_ -= b.payload.size();
       buffer_.erase(it);
       Old(seq, b.digest, /*from_replay=*/false, now_ns, out);
       continue;
@@ -338,6 +355,7 @@ void StreamMachine::Drain(int64_t now_ns, bool after_reply, Actions* out) {
       return;
     }
     Buffered b = std::move(it->second);
+    buffered_bytes_ -= b.payload.size();
     buffer_.erase(it);
     Apply(seq, b.digest, b.payload.data(), b.payload.size(), out);
   }
@@ -355,7 +373,7 @@ void StreamMachine::Tick(int64_t now_ns, Actions* out) {
     dropped_unreachable_ = true;
     if (p_.has_seq) {
       Resync(ResyncWhy::kUnreachable, out);
-      buffer_.clear();
+      ClearBuffer();
       // A request still out asked from the old position: replace it with one from 0.
       if (outstanding_) Request(ReplayWhy::kRetry, now_ns, out);
     }

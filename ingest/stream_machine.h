@@ -67,6 +67,9 @@ struct StreamOptions {
   int64_t replay_timeout_ns = 2'000'000'000;
   int64_t idle_probe_ns = 1'000'000'000;  // 0: no idle probe
   size_t max_buffered = 100000;
+  // Payload bytes the live buffer may hold during a replay (the byte budget); a batch past
+  // either bound is dropped, counted in buffer_overflows, and asked for again as a hole.
+  size_t max_buffered_bytes = 64u << 20;
   // Freshness: no message from the engine for this long marks it unreachable; for
   // drop_after_ns its residencies are dropped (0: never).
   int64_t unreachable_after_ns = 10'000'000'000;
@@ -146,6 +149,7 @@ class StreamMachine {
   bool replay_outstanding() const { return outstanding_; }
   bool reachable() const { return reachable_; }
   size_t buffered() const { return buffer_.size(); }
+  size_t buffered_bytes() const { return buffered_bytes_; }
 
  private:
   struct Buffered {
@@ -189,6 +193,19 @@ class StreamMachine {
   int64_t last_heard_ns_ = 0;
   int64_t last_live_ns_ = 0;
   std::map<uint64_t, Buffered> buffer_;
+  size_t buffered_bytes_ = 0;  // payload bytes in buffer_
+  // Replies in a row with a hole at hole_at_ (ReplayBatch).
+  static constexpr uint32_t kHoleReplies = 3;
+  uint64_t hole_at_ = 0;
+  uint32_t hole_replies_ = 0;
+  void ClearBuffer() {
+    buffer_.clear();
+    buffered_bytes_ = 0;
+  }
+  std::map<uint64_t, Buffered>::iterator Unbuffer(std::map<uint64_t, Buffered>::iterator it) {
+    buffered_bytes_ -= it->second.payload.size();
+    return buffer_.erase(it);
+  }
 };
 
 }  // namespace kvidx::ingest

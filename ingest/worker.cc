@@ -32,6 +32,9 @@ LinkOptions Worker::MakeLinkOptions() const {
   o.drop_after_ms = config_.drop_after_ms;
   o.rcvhwm = config_.rcvhwm;
   o.max_buffered_batches = config_.max_buffered_batches;
+  o.queue_bytes = config_.queue_bytes;
+  o.replay_buffer_bytes = config_.replay_buffer_bytes;
+  o.sequence_table_bytes = config_.sequence_table_bytes;
   o.limits.max_payload_bytes = config_.max_payload_bytes;
   o.limits.strict = config_.strict_tags;
   return o;
@@ -77,6 +80,7 @@ absl::Status Worker::Init() {
   };
   if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
   ac.max_adapters_per_model = config_.max_adapters_per_model;
+  ac.max_sequence_bytes = config_.sequence_table_bytes;
   for (const auto& m : config_.models)
     ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
   applier_ = std::make_unique<Applier>(index_.get(), ac);

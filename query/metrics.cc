@@ -119,6 +119,15 @@ class Snapshot final : public prometheus::Collectable {
       gauge("kvidx_worker_lag_ms", "Oldest last-event age among a worker's connected publishers",
             static_cast<double>(w.max_last_event_age_ms()), l);
       gauge("kvidx_worker_open_gaps", "Publishers of a worker replaying a gap", w.open_gaps(), l);
+      gauge("kvidx_worker_budget_used_bytes",
+            "Bytes a worker's replay buffers and sequence tables hold",
+            static_cast<double>(w.budget_used_bytes()), l);
+      gauge("kvidx_worker_budget_bytes", "Sum of a worker's per-publisher memory budgets",
+            static_cast<double>(w.budget_bytes()), l);
+      counter("kvidx_worker_budget_drops_total", "Items a worker refused because a budget was full",
+              static_cast<double>(w.budget_drops()), l);
+      gauge("kvidx_worker_rss_bytes", "Resident set of a worker process",
+            static_cast<double>(w.rss_bytes()), l);
     }
     uint64_t lookup_buckets[index::kLatencyBounds + 1];
     for (int i = 0; i <= index::kLatencyBounds; ++i)

@@ -1,11 +1,13 @@
 #include "query/service.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -29,6 +31,15 @@ grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::
 namespace {
 
 std::string Str(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
+
+// The resident set of process `pid` (the second field of /proc/PID/statm, in pages); 0 if
+// it cannot be read (another user's process under hidepid, or gone).
+uint64_t ResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/statm");
+  uint64_t size = 0, resident = 0;
+  if (!(in >> size >> resident)) return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
 
 }  // namespace
 
@@ -281,11 +292,16 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
           std::max(w.max_last_event_age_ms(), (WallNanos() - last) / 1'000'000));
     }
     if (Ld(p->ingest.gap_open)) w.set_open_gaps(w.open_gaps() + 1);
+    w.set_budget_used_bytes(w.budget_used_bytes() + Ld(p->ingest.buffered_bytes) +
+                            Ld(p->ingest.sequence_bytes));
+    w.set_budget_bytes(w.budget_bytes() + Ld(p->ingest.budget_bytes));
+    w.set_budget_drops(w.budget_drops() + Ld(p->ingest.budget_drops));
   }
   // Healthy: every worker that owns publishers has a live process.
   for (auto& [w, l] : lag) {
     uint32_t pid = w < control::kMaxWorkers ? control_->header()->rings[w].pid : 0;
     if (pid == 0 || (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM)) healthy = false;
+    if (pid != 0) l.set_rss_bytes(ResidentBytes(static_cast<pid_t>(pid)));
     *resp->add_workers() = l;
   }
   resp->set_healthy(healthy);
@@ -348,6 +364,9 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["engine_hash_conflicts"] = Ld(s->index.engine_hash_conflicts);
   c["foreign_model_events"] = Ld(s->ingest.foreign_model_events);
   c["adapter_limit_events"] = Ld(s->ingest.adapter_limit_events);
+  c["budget_drops"] = Ld(s->ingest.budget_drops);
+  c["buffered_bytes"] = Ld(s->ingest.buffered_bytes);
+  c["sequence_bytes"] = Ld(s->ingest.sequence_bytes);
   c["mismatched_block_size"] = Ld(s->ingest.mismatched_block_size);
   c["connects"] = Ld(s->ingest.connects);
   c["disconnects"] = Ld(s->ingest.disconnects);

@@ -297,8 +297,12 @@ int Status(const Opts& o, KvIndex::Stub& stub) {
   std::printf(" garbage_frames=%lu\n", (unsigned long)r.garbage_frames());
   std::printf("  lookups %lu, hit rate %.1f%%\n", (unsigned long)r.lookups(), 100 * r.hit_rate());
   for (const auto& w : r.workers()) {
-    std::printf("  worker %u: %u publishers, lag %s, open gaps %u\n", w.worker(), w.publishers(),
-                Age(w.max_last_event_age_ms()).c_str(), w.open_gaps());
+    std::printf(
+        "  worker %u: %u publishers, lag %s, open gaps %u; memory %.1f of %.0f MiB budgeted, "
+        "%lu refused, rss %.1f MiB\n",
+        w.worker(), w.publishers(), Age(w.max_last_event_age_ms()).c_str(), w.open_gaps(),
+        w.budget_used_bytes() / 1048576.0, w.budget_bytes() / 1048576.0,
+        (unsigned long)w.budget_drops(), w.rss_bytes() / 1048576.0);
   }
   return 0;
 }

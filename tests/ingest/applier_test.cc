@@ -132,6 +132,110 @@ TEST_F(ApplierTest, SequenceIdFormStoresRemovesAndCountsOrphans) {
   EXPECT_EQ(seqs->at(5).request_id, "req-1");
 }
 
+Event SeqStored(int64_t seq, std::vector<uint32_t> numbers) {
+  Event s;
+  s.kind = EventKind::kSeqStored;
+  s.sequence_id = seq;
+  s.block_size = 2;
+  for (uint32_t n : numbers) {
+    s.block_numbers.push_back(n);
+    s.tokens.push_back(1000 + n);
+    s.tokens.push_back(static_cast<uint32_t>(seq));
+  }
+  return s;
+}
+Event SeqRemoved(int64_t seq, std::vector<uint32_t> numbers) {
+  Event r;
+  r.kind = EventKind::kSeqRemoved;
+  r.sequence_id = seq;
+  r.block_numbers = std::move(numbers);
+  return r;
+}
+Event Finished(int64_t seq, std::string request_id) {
+  Event f;
+  f.kind = EventKind::kRequestFinished;
+  f.sequence_id = seq;
+  f.request_id = std::move(request_id);
+  f.finished = true;
+  return f;
+}
+
+// Issue 11: the sequence table holds only sequences with stored blocks, so a long run of
+// requests (store, finish, remove) leaves it empty, and its byte figure returns to 0.
+TEST_F(ApplierTest, TheSequenceTableForgetsSequencesThatHoldNothing) {
+  for (int64_t seq = 1; seq <= 20000; ++seq) {
+    EventBatch b;
+    b.events = {SeqStored(seq, {0, 1, 2}), Finished(seq, std::string(1000, 'r')),
+                SeqRemoved(seq, {2, 1, 0})};
+    ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  }
+  EXPECT_TRUE(applier_->sequences(pub_)->empty());
+  EXPECT_EQ(applier_->sequence_bytes(pub_), 0u);
+  EXPECT_EQ(idx().ingest_state(pub_)->sequence_bytes, 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 0u);
+  // A RequestFinished of a sequence that holds nothing keeps nothing.
+  EventBatch b;
+  b.events = {Finished(777, "never stored")};
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EXPECT_TRUE(applier_->sequences(pub_)->empty());
+  // A finished sequence that still holds blocks is kept with its (capped) request id, and
+  // trailing removals shrink it.
+  b.events = {SeqStored(8, {0, 1, 2, 3}), Finished(8, std::string(1000, 'x')),
+              SeqRemoved(8, {3, 2})};
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  const SequenceState& s = applier_->sequences(pub_)->at(8);
+  EXPECT_TRUE(s.finished);
+  EXPECT_EQ(s.request_id.size(), kMaxRequestIdBytes);
+  EXPECT_EQ(s.blocks.size(), 2u);
+  EXPECT_EQ(s.stored, 2u);
+  EXPECT_EQ(applier_->sequence_bytes(pub_), SequenceBytes(s));
+  EXPECT_EQ(idx().ingest_state(pub_)->sequence_bytes, SequenceBytes(s));
+  // Removing a block of an unknown sequence is an unknown removal, not a new entry.
+  uint64_t unknown = idx().publisher_slot(pub_)->index.unknown_removes;
+  b.events = {SeqRemoved(999, {0, 1})};
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.unknown_removes, unknown + 2);
+  EXPECT_EQ(applier_->sequences(pub_)->size(), 1u);
+}
+
+// Issue 11: a publisher that never removes cannot grow its table past sequence_table_bytes;
+// what does not fit is neither recorded nor stored, and is counted in budget_drops.
+TEST_F(ApplierTest, TheSequenceTableStaysWithinItsByteBudget) {
+  ApplierConfig cfg;
+  cfg.max_sequence_bytes = 64 << 10;
+  Applier small(&idx(), cfg);
+  uint64_t sent = 0;
+  for (int64_t seq = 1; seq <= 2000; ++seq) {
+    EventBatch b;
+    b.events = {SeqStored(seq, {0, 1, 2, 3, 4, 5, 6, 7}), Finished(seq, "r")};
+    sent += 8;
+    ASSERT_TRUE(small.Apply(pub_, b).ok());
+    ASSERT_LE(small.sequence_bytes(pub_), cfg.max_sequence_bytes);
+  }
+  size_t recorded = 0;
+  for (const auto& [id, s] : *small.sequences(pub_)) recorded += s.stored;
+  const uint64_t dropped = idx().ingest_state(pub_)->budget_drops;
+  EXPECT_GT(dropped, 0u);
+  EXPECT_GT(recorded, 0u);
+  // A refused block leaves its successors in the sequence without a parent: orphans.
+  EXPECT_EQ(recorded + dropped + idx().publisher_slot(pub_)->index.orphan_blocks, sent);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, recorded);
+  // Once blocks are removed, room returns.
+  EventBatch rm;
+  for (const auto& [id, s] : *small.sequences(pub_)) {
+    std::vector<uint32_t> all(s.blocks.size());
+    std::iota(all.begin(), all.end(), 0u);
+    rm.events.push_back(SeqRemoved(id, all));
+  }
+  ASSERT_TRUE(small.Apply(pub_, rm).ok());
+  EXPECT_EQ(small.sequence_bytes(pub_), 0u);
+  EventBatch again;
+  again.events = {SeqStored(5000, {0, 1})};
+  ASSERT_TRUE(small.Apply(pub_, again).ok());
+  EXPECT_EQ(small.sequences(pub_)->at(5000).stored, 2u);
+  EXPECT_EQ(idx().ingest_state(pub_)->budget_drops, dropped);
+}
+
 TEST_F(ApplierTest, ClearedEventClearsThePublisher) {
   EventBatch b;
   b.events.push_back(Stored({1}, {1, 2}));

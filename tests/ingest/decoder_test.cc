@@ -1,5 +1,9 @@
 #include "ingest/decoder.h"
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <random>
 #include <vector>
@@ -294,6 +298,63 @@ TEST(DecoderRejectTest, DeepNestingIsBounded) {
 }
 
 // Random bytes and random mutations of valid payloads never crash the decoder.
+// The peak resident set, in KiB, of a child process that decodes `payload` (under each path)
+// after mapping its pages; -1 if the child failed. A child, so that the figure is this
+// decode's alone.
+long PeakKiBDecoding(const std::vector<uint8_t>& payload) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    long peak = -1;
+    for (bool general : {false, true}) {
+      EventBatch b;
+      DecodeReason why;
+      DecodeLimits lim;
+      lim.general_only = general;
+      (void)DecodeBatch(payload, Dialect::kAuto, &b, &why, lim);
+    }
+    rusage ru{};
+    if (getrusage(RUSAGE_SELF, &ru) == 0) peak = ru.ru_maxrss;
+    (void)!write(fds[1], &peak, sizeof peak);
+    _exit(0);
+  }
+  close(fds[1]);
+  long peak = -1;
+  if (read(fds[0], &peak, sizeof peak) != sizeof peak) peak = -1;
+  close(fds[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return peak;
+}
+
+// Issue 11: a few bytes that claim a million events, or a million elements at each of 16
+// nested levels, are refused without allocating what they claim (before: ~300 MiB for the
+// events of the fast path, 16 x 16 MiB for msgpack-c's arrays in the general one).
+TEST(DecoderRejectTest, ClaimedCountsCostNoMoreThanThePayloadHolds) {
+  std::vector<uint8_t> small{0x92, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0, 0x90};  // [0.0, []]
+  const long base = PeakKiBDecoding(small);
+  ASSERT_GT(base, 0);
+  // [ts, <array of 1,000,000 events>] followed by 64 KiB of empty arrays.
+  std::vector<uint8_t> events{0x92, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0, 0xdd, 0x00, 0x0f, 0x42, 0x40};
+  events.resize(events.size() + 65536, 0x90);
+  // 16 nested arrays, each claiming 1,000,000 elements.
+  std::vector<uint8_t> nested;
+  for (int i = 0; i < 16; ++i) nested.insert(nested.end(), {0xdd, 0x00, 0x0f, 0x42, 0x40});
+  nested.resize(nested.size() + 65536, 0xc0);
+  for (const auto* p : {&events, &nested}) {
+    EventBatch b;
+    DecodeReason why = DecodeReason::kOk;
+    EXPECT_FALSE(DecodeBatch(*p, Dialect::kAuto, &b, &why).ok());
+    EXPECT_NE(why, DecodeReason::kOk);
+    const long peak = PeakKiBDecoding(*p);
+    ASSERT_GT(peak, 0);
+    EXPECT_LT(peak - base, 8 * 1024) << "decoding " << p->size() << " bytes peaked at " << peak
+                                     << " KiB, " << base << " KiB for an empty batch";
+  }
+}
+
 TEST(DecoderFuzzTest, RandomInputNeverCrashes) {
   std::mt19937 rng(5);
   std::vector<std::vector<uint8_t>> seeds;

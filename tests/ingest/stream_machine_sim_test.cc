@@ -64,6 +64,8 @@ class Sim {
     opts_.replay_timeout_ns = 200 * kMs;
     opts_.idle_probe_ns = 500 * kMs;
     opts_.max_buffered = Pick({size_t{4}, size_t{1000}});
+    // The byte budget: 12-byte payloads, so 5 batches, or no limit in practice.
+    opts_.max_buffered_bytes = Pick({size_t{60}, size_t{64} << 20});
     opts_.unreachable_after_ns = drop_stale_ ? 3000 * kMs : 0;
     opts_.drop_after_ns = drop_stale_ ? 6000 * kMs : 0;
     machine_ = std::make_unique<StreamMachine>(opts_, StreamPersisted{});
@@ -340,6 +342,14 @@ class Sim {
       os << "persisted state does not match the engine";
       return os.str();
     }
+    if (machine_->buffered() == 0 && machine_->buffered_bytes() != 0) {
+      os << "an empty live buffer accounts " << machine_->buffered_bytes() << " bytes";
+      return os.str();
+    }
+    if (machine_->buffered_bytes() > opts_.max_buffered_bytes) {
+      os << "the live buffer holds " << machine_->buffered_bytes() << " bytes, over its budget";
+      return os.str();
+    }
     if (resyncs_ > forced_) {
       os << resyncs_ << " resyncs, but the schedule forced at most " << forced_;
       return os.str();
@@ -408,6 +418,69 @@ TEST(StreamMachineSimTest, ManySeededSchedulesEndExact) {
       static_cast<unsigned long>(unverifiable), static_cast<unsigned long>(gaps),
       static_cast<unsigned long>(probes));
   EXPECT_EQ(failures, 0u);
+}
+
+}  // namespace
+}  // namespace kvidx::ingest
+
+namespace kvidx::ingest {
+namespace {
+
+// A reply that skips a batch may have lost frames on the way, so it is asked again; the same
+// hole in three replies in a row is a batch the engine does not have (it was refused on the
+// way, or the engine never kept it). Before, the machine asked again forever and the stream
+// never moved past it (found by tests/integration/hostile_test.cc).
+TEST(StreamMachineTest, AHoleEveryReplyRepeatsIsLostForGoodAfterThreeReplies) {
+  StreamOptions o;
+  o.idle_probe_ns = 0;
+  StreamMachine m(o, StreamPersisted{});
+  StreamMachine::Actions out;
+  auto payload = [](uint64_t seq) { return Payload(1, seq); };
+  auto applied = [&] {
+    std::vector<uint64_t> seqs;
+    for (const auto& a : out) {
+      if (a.kind == StreamAction::kApply) seqs.push_back(a.seq);
+    }
+    return seqs;
+  };
+  auto count = [&](StreamAction::Kind k) {
+    return std::count_if(out.begin(), out.end(), [&](const auto& a) { return a.kind == k; });
+  };
+  m.Start(0, &out);
+  m.ReplayEnd(1, &out);  // first contact: the engine holds nothing yet
+  for (uint64_t s = 0; s <= 2; ++s) {
+    auto p = payload(s);
+    m.Live(s, Digest(p), p.data(), p.size(), 2, &out);
+  }
+  EXPECT_EQ(applied(), (std::vector<uint64_t>{0, 1, 2}));
+  out.clear();
+  auto p5 = payload(5);
+  m.Live(5, Digest(p5), p5.data(), p5.size(), 3, &out);  // 3 and 4 missing: a replay from 2
+  ASSERT_EQ(count(StreamAction::kRequestReplay), 1);
+  for (int reply = 1; reply <= 3; ++reply) {
+    out.clear();
+    for (uint64_t s : {2, 4, 5}) {  // batch 3 is not in any reply
+      auto p = payload(s);
+      m.ReplayBatch(s, Digest(p), p.data(), p.size(), 10 + reply, &out);
+    }
+    m.ReplayEnd(10 + reply, &out);
+    if (reply < 3) {
+      EXPECT_TRUE(applied().empty()) << "reply " << reply;
+      EXPECT_EQ(count(StreamAction::kResync), 0) << "reply " << reply;
+      EXPECT_EQ(count(StreamAction::kRequestReplay), 1) << "asked again after reply " << reply;
+    }
+  }
+  EXPECT_EQ(count(StreamAction::kResync), 1);
+  EXPECT_EQ(applied(), (std::vector<uint64_t>{4, 5}));
+  EXPECT_EQ(m.counters().unverifiable, 1u);
+  EXPECT_TRUE(m.persisted().has_seq);
+  EXPECT_EQ(m.persisted().last_seq, 5u);
+  EXPECT_EQ(m.state(), StreamState::kStreaming);
+  // The stream goes on from there.
+  out.clear();
+  auto p6 = payload(6);
+  m.Live(6, Digest(p6), p6.data(), p6.size(), 20, &out);
+  EXPECT_EQ(applied(), (std::vector<uint64_t>{6}));
 }
 
 }  // namespace

@@ -180,6 +180,7 @@ TEST_F(QueryTest, KvidxctlEveryCommandInTextAndJson) {
     EXPECT_NE(r.second.find(has), std::string::npos) << "wanted '" << has << "' in\n" << r.second;
   };
   expect(Ctl({"status"}), 0, "worker 0:");
+  expect(Ctl({"status"}), 0, " MiB budgeted, 0 refused, rss ");
   expect(Ctl({"status"}), 0, "healthy");
   expect(Ctl({"--json", "status"}), 0, "\"pair_capacity\"");
   expect(Ctl({"pods"}), 0, "LAST_SEQ");
@@ -479,6 +480,14 @@ TEST_F(QueryTest, StatsPodsAndGetPod) {
   EXPECT_EQ(s.tokens() % 16, 0u);
   EXPECT_GT(s.batches_applied(), 0u);
   EXPECT_EQ(s.workers_size(), 2);
+  for (const auto& w : s.workers()) {
+    // Budgets (defaults: queue 512 MiB + replay buffer 64 MiB + sequence table 64 MiB per
+    // publisher), what the worker uses of them, and its resident set from /proc.
+    EXPECT_EQ(w.budget_bytes(), uint64_t{w.publishers()} * (640u << 20)) << w.worker();
+    EXPECT_LE(w.budget_used_bytes(), w.budget_bytes());
+    EXPECT_EQ(w.budget_drops(), 0u);
+    EXPECT_GT(w.rss_bytes(), 1u << 20);
+  }
   EXPECT_TRUE(s.events_rejected().contains("malformed"));
   v1::ListPodsResponse pods;
   {
@@ -489,6 +498,9 @@ TEST_F(QueryTest, StatsPodsAndGetPod) {
   for (const auto& p : pods.pods()) {
     EXPECT_EQ(p.model(), "qm");
     EXPECT_GT(p.counters().at("batches"), 0u);
+    EXPECT_TRUE(p.counters().contains("budget_drops"));
+    EXPECT_TRUE(p.counters().contains("buffered_bytes"));
+    EXPECT_TRUE(p.counters().contains("sequence_bytes"));
   }
   v1::GetPodRequest req;
   req.set_pod("pod-2");

@@ -18,42 +18,11 @@
 #include "control/control_area.h"
 #include "index/prefix_index.h"
 #include "index/segment.h"
+#include "tests/integration/engine_peer.h"
 #include "tests/integration/process.h"
 
 namespace kvidx::testing {
 namespace {
-
-class Engine {
- public:
-  Engine(const std::string& dir, uint64_t seed)
-      : dir_(dir),
-        proc_({"/usr/bin/python3",
-               std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/engine_peer.py", dir,
-               std::to_string(seed)},
-              dir + "/engine.log") {}
-  // Sends one command and waits for its acknowledgement; returns it ("" on time-out).
-  std::string Do(const std::string& cmd) {
-    Send(cmd);
-    return Ack();
-  }
-  void Send(const std::string& cmd) {
-    ++n_;
-    {
-      std::ofstream out(dir_ + "/cmd.tmp");
-      out << cmd << "\n";
-    }
-    std::rename((dir_ + "/cmd.tmp").c_str(), (dir_ + "/cmd." + std::to_string(n_)).c_str());
-  }
-  std::string Ack() {
-    return WaitForFile(dir_ + "/ack." + std::to_string(n_), std::chrono::milliseconds(60000));
-  }
-  std::string Log() const { return proc_.Log(); }
-
- private:
-  std::string dir_;
-  Process proc_;
-  int n_ = 0;
-};
 
 struct Counts {
   uint64_t resyncs = 0, restarts = 0, unverifiable = 0, gaps = 0, probes = 0;
