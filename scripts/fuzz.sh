@@ -6,6 +6,9 @@
 # - config_fuzz, the TOML configuration, from the README's example and the installed
 #   configuration (CONFIG_FUZZ_RUNS, default 200,000); a configuration that does not survive
 #   its FleetToml round trip is a finding.
+# - lookup_fuzz, Lookup request validation by the real service over a real segment, from
+#   well-formed requests it writes itself (LOOKUP_FUZZ_RUNS, default 100,000); a refusal without
+#   a reason or an answer that breaks its invariants is a finding.
 # FUZZ_SEED (default 1) makes a CI run repeatable; FUZZ_SECONDS instead runs each for that long
 # with a random seed. Prints the executions and coverage reached per harness; exits non-zero on a
 # crash, a sanitizer report or a finding (the input is kept in build-fuzz/).
@@ -58,4 +61,19 @@ open(os.path.join(sys.argv[1], "readme.toml"), "w").write(block)
 PY
 run config_fuzz "$out/config-seeds" "${CONFIG_FUZZ_RUNS:-200000}"
 rc2=$?
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ]
+# lookup_fuzz: the real KvIndexService answering arbitrary LookupRequests over a real segment
+# (the generated protobuf code comes from the release build, build/proto).
+[ -f build/proto/kvidx.pb.cc ] || ninja -C build proto/libkvidx_proto.a >/dev/null || exit 1
+clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -I. -Ibuild/proto -DTOML_HEADER_ONLY=0 -DMSGPACK_DEFAULT_API_VERSION=3 -w \
+  tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc config/config.cc \
+  control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc \
+  index/block_key.cc index/internal/*.cc index/lookup.cc index/prefix_index.cc \
+  index/robust_mutex.cc index/segment.cc build/proto/kvidx.pb.cc build/proto/kvidx.grpc.pb.cc \
+  $(pkg-config --cflags --libs grpc++ protobuf tomlplusplus absl_statusor absl_status absl_strings) \
+  -lxxhash -lpthread -lrt -o "$out/lookup_fuzz" || exit 1
+mkdir -p "$out/lookup-seeds"
+KVIDX_FUZZ_WRITE_SEEDS="$out/lookup-seeds" "$out/lookup_fuzz" >/dev/null 2>&1 || exit 1
+run lookup_fuzz "$out/lookup-seeds" "${LOOKUP_FUZZ_RUNS:-100000}"
+rc3=$?
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ]
