@@ -47,6 +47,19 @@ PublisherLink::PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, App
 
 PublisherLink::~PublisherLink() {
   if (index::PublisherIngestState* s = slot()) St(s->connected, 0u);
+  CloseSockets();
+}
+
+// The monitor first: libzmq's IO thread sends a monitored socket's events (a disconnection as
+// the socket closes among them) with a blocking send on a PAIR socket, and a PAIR socket whose
+// reader is gone blocks. Closing the reader before the monitored socket therefore could hang
+// the IO thread, and with it every socket of the worker (seen in tests/soak: all engines went
+// silent after a publisher was relinked).
+void PublisherLink::CloseSockets() {
+  if (sub_) (void)zmq_socket_monitor(sub_->handle(), nullptr, 0);
+  sub_.reset();
+  dealer_.reset();
+  monitor_.reset();
 }
 
 index::PublisherIngestState* PublisherLink::slot() { return index_->ingest_state(id_); }
@@ -74,6 +87,7 @@ absl::Status PublisherLink::Start() {
     auto ivl = static_cast<int>(options_.reconnect_initial_ms *
                                 (0.8 + 0.4 * static_cast<double>(rng() % 1000) / 1000.0));
     reconnect_ivl_ms_ = ivl;
+    CloseSockets();  // a link started again
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, QueueHwm());
     sub_->set(zmq::sockopt::linger, 0);
@@ -361,7 +375,15 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
     }
     uint64_t skip = 0;
     if (seq) skip = index_->BeginBatch(id_, *seq).value_or(0);
+    const index::PublisherSlot* ps = index_->publisher_slot(id_);
+    const uint64_t dups = ps != nullptr ? Ld(ps->index.duplicate_stores) : 0;
     absl::Status ast = applier_->Apply(id_, batch, skip);
+    if (ps != nullptr && Ld(ps->index.duplicate_stores) != dups) {
+      KVIDX_LOG_DEBUG("publisher %s: batch %ld: %lu duplicate stores (skipped %lu ops)",
+                      config_.pod.c_str(), seq ? static_cast<long>(*seq) : -1L,
+                      static_cast<unsigned long>(Ld(ps->index.duplicate_stores) - dups),
+                      static_cast<unsigned long>(skip));
+    }
     if (!ast.ok()) {
       KVIDX_LOG_WARN("publisher %s: apply: %s", config_.pod.c_str(),
                      std::string(ast.message()).c_str());

@@ -112,6 +112,7 @@ class PublisherLink {
   // The receive high-water mark of both sockets: rcvhwm, lowered so that a full queue of
   // maximal messages stays within queue_bytes.
   int QueueHwm() const;
+  void CloseSockets();
   StreamCounters mirrored_;  // machine counters already added to the slot's
   int64_t last_state_log_ns_ = 0;
   uint32_t suppressed_logs_ = 0;

@@ -92,9 +92,8 @@ void WriteSeeds(const std::string& dir) {
   c->set_dp_rank(-1);
   auto* k = seeds[2].add_queries();
   k->mutable_namespace_()->set_model("fm");
-  for (uint64_t key : kvidx::index::ChainBlockKeys(kvidx::index::NamespaceRoot("fm", ""),
-                                                   std::vector<uint32_t>{1, 2, 3, 4, 5, 6, 7, 8},
-                                                   4))
+  for (uint64_t key : kvidx::index::ChainBlockKeys(
+           kvidx::index::NamespaceRoot("fm", ""), std::vector<uint32_t>{1, 2, 3, 4, 5, 6, 7, 8}, 4))
     k->mutable_block_keys()->add_keys(key);
   auto* l = seeds[3].add_queries();
   l->mutable_namespace_()->set_model("fm");
@@ -159,7 +158,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Die("refused with code " + std::to_string(st.error_code()));
     }
     kvidx::v1::ErrorDetail d;
-    if (!d.ParseFromString(st.error_details()) || d.reason().empty()) Die("a refusal without reason");
+    if (!d.ParseFromString(st.error_details()) || d.reason().empty())
+      Die("a refusal without reason");
     return 0;
   }
   if (resp.results_size() != req.queries_size()) Die("not one result per query");

@@ -3,7 +3,9 @@
 shared with kvidx or kvidx-sim): a PUB socket sending [topic, seq8, KVEventBatch] and a ROUTER
 serving replays from a bounded ring of the batches it sent, in front of an LRU block cache
 (vLLM-style content hashes chained from the parent, a fixed hash seed; BlockStored for the blocks
-a request adds, BlockRemoved for those it evicts). 5 % of live batches are lost on purpose.
+a request computes — from its first cache miss on, so a block may be stored again while one with
+its hash is cached, a second reference, as in vLLM —, BlockRemoved for each block it evicts).
+5 % of live batches are lost on purpose. KVIDX_PEER_TRACE=1 prints every batch's events.
 
 It is driven by the test through files in DIR, one command at a time: the test writes
 DIR/cmd.N (N = 1, 2, ...), the engine carries it out and writes DIR/ack.N. Between commands it
@@ -36,6 +38,7 @@ CACHE_BLOCKS = 120
 RING = 400
 LOSS = 0.05
 END = b"\xff" * 8
+TRACE = os.environ.get("KVIDX_PEER_TRACE") == "1"  # each batch's events on stdout (the log)
 
 ROOT = xxhash.xxh3_64_intdigest(b"kvidx-ns-v1\0" + MODEL.encode() + b"\0",
                                 seed=int.from_bytes(b"kvidxv01", "big"))
@@ -80,6 +83,11 @@ class Engine:
         self.seq = 0
         self.ring = collections.deque(maxlen=RING)  # (seq, payload)
         self.cache = collections.OrderedDict()       # engine hash -> kvidx key, LRU first
+        # Physical blocks per hash. A prefix hit stops at the first missing block, so the blocks
+        # after it are computed again and stored as new blocks even when blocks with the same
+        # hash are cached (vLLM keeps both under one hash): one BlockStored each, and one
+        # BlockRemoved each when they are evicted.
+        self.refs = {}
 
     @staticmethod
     def bind(sock, port):
@@ -130,25 +138,36 @@ class Engine:
         for h, k, blk, ph in reversed(chain):
             if h in self.cache:
                 self.cache.move_to_end(h)
-        missing = [c for c in chain if c[0] not in self.cache]
+        first = next((i for i, c in enumerate(chain) if c[0] not in self.cache), len(chain))
+        run = chain[first:]  # computed from the first miss on, stored as new blocks
         protect = {c[0] for c in chain}
-        while self.cache and len(self.cache) + len(missing) > CACHE_BLOCKS:
+        while self.cache and sum(self.refs.values()) + len(run) > CACHE_BLOCKS:
             victim = next((h for h in self.cache if h not in protect), None)
             if victim is None:
                 break
-            del self.cache[victim]
+            self.refs[victim] -= 1
+            if self.refs[victim] == 0:
+                del self.cache[victim]
+                del self.refs[victim]
             events.append(["BlockRemoved", [victim], "GPU"])
-        if missing:
-            # One BlockStored for the run of new blocks (they are contiguous: a cached block's
-            # parent is cached too, as eviction keeps chains whole from the leaves).
-            first = chain.index(missing[0])
-            run = chain[first:]
+        if run:
+            # One BlockStored for the run of new blocks.
             for h, k, blk, ph in reversed(run):
-                self.cache[h] = k
+                if h in self.cache:
+                    self.refs[h] += 1
+                    self.cache.move_to_end(h)
+                else:
+                    self.cache[h] = k
+                    self.refs[h] = 1
             events.append(["BlockStored", [c[0] for c in run], run[0][3],
                            [t for c in run for t in c[2]], BS, None, "GPU", None])
         if not events:
             return  # a scheduler step without events publishes no batch
+        if TRACE:
+            print("batch %d: %s" % (self.seq, " ".join(
+                ("S" + ",".join("%x:%x" % (h, self.cache[h]) for h in e[1])
+                 if e[0] == "BlockStored" else "R%x" % e[1][0])
+                for e in events)), flush=True)
         payload = msgpack.packb([time.time(), events, 0], use_bin_type=True)
         self.ring.append((self.seq, payload))
         if rng.random() >= LOSS:

@@ -76,9 +76,9 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
   // The engine peer writes its ports to its own directory once it is up.
   auto [epub, erouter] = Ports(dir_ + "/engine/ports");
   hostile_ = std::make_unique<Process>(
-      std::vector<std::string>{"/usr/bin/python3",
-                               std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hostile_peer.py",
-                               dir_},
+      std::vector<std::string>{
+          "/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hostile_peer.py",
+          dir_},
       dir_ + "/hostile.log");
   auto [hpub, hrouter] = Ports(dir_ + "/ports");
   ASSERT_GT(epub, 0) << engine_->Log();
@@ -124,8 +124,8 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
     }
     return s;
   };
-  ASSERT_TRUE(WaitFor([&] { return slots().honest && slots().hostile; },
-                      std::chrono::milliseconds(20000)));
+  ASSERT_TRUE(
+      WaitFor([&] { return slots().honest && slots().hostile; }, std::chrono::milliseconds(20000)));
   // The honest engine's blocks, exactly: every key it holds, and nothing else of its pod.
   auto honest_keys = [&] {
     std::set<uint64_t> keys;
@@ -144,8 +144,8 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
     }
     ASSERT_GT(want.size(), 20u) << when;
     std::set<uint64_t> got;
-    EXPECT_TRUE(WaitFor([&] { return (got = honest_keys()) == want; },
-                        std::chrono::milliseconds(30000)))
+    EXPECT_TRUE(
+        WaitFor([&] { return (got = honest_keys()) == want; }, std::chrono::milliseconds(30000)))
         << when << ": engine holds " << want.size() << ", index " << got.size() << "\n"
         << worker_->Log();
   };
@@ -154,9 +154,7 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
   const uint64_t rss_before = ProcStatus(worker_->pid(), "VmRSS");
   ASSERT_GT(rss_before, 0u);
 
-  {
-    std::ofstream go(dir_ + "/go");
-  }
+  { std::ofstream go(dir_ + "/go"); }
   // The honest engine keeps publishing while the flood runs.
   engine_->Send("publish 300");
   std::string done = WaitForFile(dir_ + "/done", std::chrono::milliseconds(240000));
