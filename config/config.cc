@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -61,8 +62,12 @@ absl::Status Read(const toml::table& t, const char* key, T* out, const std::stri
       return absl::OkStatus();
     }
   } else {
-    if (auto v = n->value<int64_t>(); v && *v >= 0) {
-      *out = static_cast<T>(*v);
+    // Integers only: toml++ would convert a float (1e24) with undefined behaviour (found by
+    // config_fuzz), and a value past the field's range would be cut.
+    if (const toml::value<int64_t>* v = n->as_integer();
+        v != nullptr && v->get() >= 0 &&
+        static_cast<uint64_t>(v->get()) <= uint64_t{std::numeric_limits<T>::max()}) {
+      *out = static_cast<T>(v->get());
       return absl::OkStatus();
     }
   }

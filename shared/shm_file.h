@@ -17,7 +17,9 @@ struct ShmOwnership {
 };
 
 // OK if the object open on `fd` is owned by `want.uid` with exactly `want.mode`; otherwise
-// FAILED_PRECONDITION naming `what`, the owner and mode found and the ones expected.
+// FAILED_PRECONDITION naming `what`, the owner and mode found and the ones expected. An object
+// of the right owner whose mode is narrower is waited for (up to 2 s): its creator has not yet
+// set the mode the umask narrowed.
 absl::Status CheckShmOwnership(int fd, std::string_view what, const ShmOwnership& want);
 
 }  // namespace kvidx

@@ -79,6 +79,14 @@ TEST(ConfigTest, BadInputIsAClearError) {
                            "d.toml")
                    .ok());
   EXPECT_TRUE(absl::IsNotFound(LoadConfig("/nonexistent/kvidx.toml").status()));
+  // Found by config_fuzz: a float where an integer belongs was converted with undefined
+  // behaviour (1e24 does not fit); a value past the field's range was cut.
+  for (const char* text : {"[segment]\nstripes = 1E024\n", "[segment]\nstripes = 16.0\n",
+                           "[ingest]\nworkers = 4294967296\n", "[segment]\nblocks = -1\n"}) {
+    auto c = ParseConfig(text, "n.toml");
+    EXPECT_FALSE(c.ok()) << text;
+    EXPECT_NE(c.status().message().find("wrong type"), std::string::npos) << c.status();
+  }
 }
 
 // Issue 9, defect 9: a misspelt key used to run silently with its default.

@@ -22,6 +22,16 @@
 namespace kvidx::testing {
 namespace {
 
+// Under AddressSanitizer a process's resident set says little about kvidx's own memory: the
+// allocator keeps freed blocks in quarantine (256 MiB by default) and pads every block. The
+// resident-set bounds are asserted by the release run of this test; the sanitized run checks
+// everything else.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+
 // A line of /proc/PID/status ("VmRSS", "VmHWM"), in bytes; 0 if absent.
 uint64_t ProcStatus(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -195,7 +205,9 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
   std::printf("worker RSS before the flood %.1f MiB, peak %.1f MiB, now %.1f MiB (bound +%.1f)\n",
               rss_before / double(kMiB), peak / double(kMiB),
               ProcStatus(worker_->pid(), "VmRSS") / double(kMiB), bound / double(kMiB));
-  EXPECT_LE(peak, rss_before + bound) << worker_->Log();
+  if (kRssMeaningful) {
+    EXPECT_LE(peak, rss_before + bound) << worker_->Log();
+  }
   // And the honest engine is still followed exactly after more traffic.
   ASSERT_FALSE(engine_->Do("publish 200").empty());
   expect_exact("after more traffic");

@@ -31,6 +31,16 @@
 namespace kvidx::testing {
 namespace {
 
+// Under AddressSanitizer a process's resident set says little about kvidx's own memory: the
+// allocator keeps freed blocks in quarantine (256 MiB by default) and pads every block. The
+// resident-set bounds are asserted by the release run of this test; the sanitized run checks
+// everything else.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+
 uint64_t RssBytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -89,11 +99,12 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
   auto start_garbage = [&](int round) {
     std::string d = dir + "/garbage" + std::to_string(round);
     mkdir(d.c_str(), 0755);
-    garbage = std::make_unique<Process>(
-        std::vector<std::string>{"/usr/bin/python3",
-                                 std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hostile_peer.py",
-                                 d, "2000", "200"},
-        d + "/log");
+    garbage =
+        std::make_unique<Process>(std::vector<std::string>{"/usr/bin/python3",
+                                                           std::string(KVIDX_SOURCE_ROOT) +
+                                                               "/tests/integration/hostile_peer.py",
+                                                           d, "2000", "200"},
+                                  d + "/log");
     return Ports(WaitForFile(d + "/ports", std::chrono::milliseconds(20000)));
   };
   auto [gpub, grouter] = start_garbage(0);
@@ -134,8 +145,8 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
   auto [grpc_port, metrics_port] =
       Ports(WaitForFile(dir + "/query.port", std::chrono::milliseconds(30000)));
   ASSERT_GT(grpc_port, 0) << query.Log();
-  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(grpc_port), grpc::InsecureChannelCredentials()));
+  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port),
+                                                       grpc::InsecureChannelCredentials()));
   auto seg = index::Segment::AwaitAttach(segment, index::Segment::Access::kReadOnly, std::nullopt,
                                          std::chrono::milliseconds(20000));
   ASSERT_TRUE(seg.ok()) << seg.status();
@@ -157,8 +168,9 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
     std::printf(fmt, args...);
     if (csv != nullptr) std::fprintf(csv, fmt, args...);
   };
-  line("%s", "t_s,round,fault,worker_rss_mib,query_rss_mib,pairs,occupancy,lookup_p50_us,"
-             "lookup_p99_us,blocks_checked,inexact\n");
+  line("%s",
+       "t_s,round,fault,worker_rss_mib,query_rss_mib,pairs,occupancy,lookup_p50_us,"
+       "lookup_p99_us,blocks_checked,inexact\n");
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -231,8 +243,8 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
                << " duplicate_stores " << s->index.duplicate_stores << " engine_hash_conflicts "
                << s->index.engine_hash_conflicts << " orphans " << s->index.orphan_blocks
                << " unresolved " << s->index.unresolved_blocks << " rejected "
-               << s->index.rejected_stores << " evicted " << s->index.evicted_pairs
-               << " resyncs " << s->ingest.resyncs << " last_seq " << s->ingest.last_seq;
+               << s->index.rejected_stores << " evicted " << s->index.evicted_pairs << " resyncs "
+               << s->ingest.resyncs << " last_seq " << s->ingest.last_seq;
         }
         ADD_FAILURE() << "round " << round << " (" << fault << "): " << pod << " holds "
                       << want.size() << ", index " << got.size() << ":" << diff.str();
@@ -254,8 +266,8 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
       grpc::ClientContext ctx;
       auto a = std::chrono::steady_clock::now();
       grpc::Status st = stub->Lookup(&ctx, req, &resp);
-      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a)
-                       .count());
+      us.push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
       ASSERT_TRUE(st.ok()) << st.error_message();
     }
     std::sort(us.begin(), us.end());
@@ -273,7 +285,7 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
     if (elapsed() < seconds / 4.0 || round <= 2) {
       warm_worker = std::max(warm_worker, wr);
       warm_query = std::max(warm_query, qr);
-    } else {
+    } else if (kRssMeaningful) {
       EXPECT_LE(wr, warm_worker + warm_worker / 4 + (16u << 20)) << "worker RSS, round " << round;
       EXPECT_LE(qr, warm_query + warm_query / 4 + (16u << 20)) << "query RSS, round " << round;
     }
