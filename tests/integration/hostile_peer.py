@@ -17,7 +17,6 @@ usage: hostile_peer.py DIR [REQUESTS] [SEQUENCES]
 import collections
 import os
 import sys
-import time
 
 import msgpack
 import zmq
@@ -41,8 +40,10 @@ ring = collections.deque(maxlen=64)
 seq = 0
 
 
-def serve_replays():
-    while router.poll(0):
+def serve_replays(timeout_ms=0):
+    """Answers the replay requests that arrive within timeout_ms (0: those already queued)."""
+    while router.poll(timeout_ms):
+        timeout_ms = 0
         frames = router.recv_multipart()
         if len(frames) == 3 and frames[1] == b"":
             start = int.from_bytes(frames[2], "big")
@@ -63,8 +64,7 @@ def publish(payload, record=True):
 
 
 while not os.path.exists(os.path.join(DIR, "go")):
-    serve_replays()
-    time.sleep(0.01)
+    serve_replays(10)  # the test creates DIR/go; meanwhile replays are answered
 
 # 1. Finished requests of sequences that hold nothing.
 rid = "r" * 190
@@ -98,5 +98,4 @@ with open(os.path.join(DIR, "done.tmp"), "w") as f:
     f.write("%d\n" % (seq - 1))
 os.rename(os.path.join(DIR, "done.tmp"), os.path.join(DIR, "done"))
 while True:
-    serve_replays()
-    time.sleep(0.01)
+    serve_replays(1000)

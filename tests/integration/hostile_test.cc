@@ -22,33 +22,6 @@
 namespace kvidx::testing {
 namespace {
 
-// Under AddressSanitizer a process's resident set says little about kvidx's own memory: the
-// allocator keeps freed blocks in quarantine (256 MiB by default) and pads every block. The
-// resident-set bounds are asserted by the release run of this test; the sanitized run checks
-// everything else.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssMeaningful = false;
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-
-// A line of /proc/PID/status ("VmRSS", "VmHWM"), in bytes; 0 if absent.
-uint64_t ProcStatus(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;
-  }
-  return 0;
-}
-
-std::pair<int, int> Ports(const std::string& path) {
-  std::istringstream in(WaitForFile(path, std::chrono::milliseconds(20000)));
-  int pub = 0, router = 0;
-  in >> pub >> router;
-  return {pub, router};
-}
-
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kQueueBytes = 4 * kMiB, kReplayBytes = 4 * kMiB, kSequenceBytes = 2 * kMiB;
 
@@ -84,13 +57,13 @@ struct Slots {
 
 TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysExact) {
   // The engine peer writes its ports to its own directory once it is up.
-  auto [epub, erouter] = Ports(dir_ + "/engine/ports");
+  auto [epub, erouter] = PeerPorts(dir_ + "/engine/ports");
   hostile_ = std::make_unique<Process>(
       std::vector<std::string>{
           "/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hostile_peer.py",
           dir_},
       dir_ + "/hostile.log");
-  auto [hpub, hrouter] = Ports(dir_ + "/ports");
+  auto [hpub, hrouter] = PeerPorts(dir_ + "/ports");
   ASSERT_GT(epub, 0) << engine_->Log();
   ASSERT_GT(hpub, 0) << hostile_->Log();
   {
@@ -161,7 +134,7 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
   };
   ASSERT_FALSE(engine_->Do("publish 300").empty()) << engine_->Log();
   expect_exact("before the flood");
-  const uint64_t rss_before = ProcStatus(worker_->pid(), "VmRSS");
+  const uint64_t rss_before = ProcStatusBytes(worker_->pid(), "VmRSS");
   ASSERT_GT(rss_before, 0u);
 
   { std::ofstream go(dir_ + "/go"); }
@@ -200,11 +173,11 @@ TEST_F(HostileTest, AFloodingPublisherStaysWithinItsBudgetsAndTheHonestOneStaysE
   // The worker's peak resident set grew by at most its budgets (both sockets' queues, the
   // replay buffer, the sequence table) plus one decoded batch of each publisher; before the
   // table was bounded, the finished requests alone cost ~100 MiB.
-  const uint64_t peak = ProcStatus(worker_->pid(), "VmHWM");
+  const uint64_t peak = ProcStatusBytes(worker_->pid(), "VmHWM");
   const uint64_t bound = 2 * kQueueBytes + kReplayBytes + kSequenceBytes + 24 * kMiB;
   std::printf("worker RSS before the flood %.1f MiB, peak %.1f MiB, now %.1f MiB (bound +%.1f)\n",
               rss_before / double(kMiB), peak / double(kMiB),
-              ProcStatus(worker_->pid(), "VmRSS") / double(kMiB), bound / double(kMiB));
+              ProcStatusBytes(worker_->pid(), "VmRSS") / double(kMiB), bound / double(kMiB));
   if (kRssMeaningful) {
     EXPECT_LE(peak, rss_before + bound) << worker_->Log();
   }

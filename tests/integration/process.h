@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -136,5 +137,32 @@ inline std::pair<std::string, std::string> PeerEndpoints(const std::string& path
   in >> pub >> router;
   return {"tcp://127.0.0.1:" + std::to_string(pub), "tcp://127.0.0.1:" + std::to_string(router)};
 }
+
+// The two ports a test peer (or kvidx-query --port-file) wrote to `path`; {0, 0} if none came.
+inline std::pair<int, int> PeerPorts(const std::string& path) {
+  std::istringstream in(WaitForFile(path, std::chrono::milliseconds(30000)));
+  int a = 0, b = 0;
+  in >> a >> b;
+  return {a, b};
+}
+
+// A field of /proc/PID/status given in kB ("VmRSS", "VmHWM"), in bytes; 0 if absent.
+inline uint64_t ProcStatusBytes(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;
+  }
+  return 0;
+}
+
+// Under AddressSanitizer a process's resident set says little about kvidx's own memory: the
+// allocator keeps freed blocks in quarantine (256 MiB by default) and pads every block. Tests
+// assert resident-set bounds in the release run only.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kRssMeaningful = false;
+#else
+inline constexpr bool kRssMeaningful = true;
+#endif
 
 }  // namespace kvidx::testing

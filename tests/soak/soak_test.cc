@@ -31,32 +31,6 @@
 namespace kvidx::testing {
 namespace {
 
-// Under AddressSanitizer a process's resident set says little about kvidx's own memory: the
-// allocator keeps freed blocks in quarantine (256 MiB by default) and pads every block. The
-// resident-set bounds are asserted by the release run of this test; the sanitized run checks
-// everything else.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssMeaningful = false;
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-
-uint64_t RssBytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
-
-std::pair<int, int> Ports(const std::string& text) {
-  std::istringstream in(text);
-  int a = 0, b = 0;
-  in >> a >> b;
-  return {a, b};
-}
-
 std::set<uint64_t> Holdings(Engine& e) {
   std::set<uint64_t> want;
   std::istringstream in(e.Do("holdings"));
@@ -91,7 +65,7 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
     std::string d = dir + "/engine" + std::to_string(i);
     mkdir(d.c_str(), 0755);
     engines.push_back(std::make_unique<Engine>(d, 100 + i));
-    ports.push_back(Ports(WaitForFile(d + "/ports", std::chrono::milliseconds(20000))));
+    ports.push_back(PeerPorts(d + "/ports"));
     ASSERT_GT(ports.back().first, 0) << engines.back()->Log();
   }
   // A fourth publisher that sends garbage now and then (hostile_peer.py, small counts).
@@ -105,7 +79,7 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
                                                                "/tests/integration/hostile_peer.py",
                                                            d, "2000", "200"},
                                   d + "/log");
-    return Ports(WaitForFile(d + "/ports", std::chrono::milliseconds(20000)));
+    return PeerPorts(d + "/ports");
   };
   auto [gpub, grouter] = start_garbage(0);
   {
@@ -142,8 +116,7 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
   Process query({BuildPath("query/kvidx-query"), "--config", dir + "/kvidx.toml", "--port-file",
                  dir + "/query.port"},
                 dir + "/query.log");
-  auto [grpc_port, metrics_port] =
-      Ports(WaitForFile(dir + "/query.port", std::chrono::milliseconds(30000)));
+  auto [grpc_port, metrics_port] = PeerPorts(dir + "/query.port");
   ASSERT_GT(grpc_port, 0) << query.Log();
   auto stub = v1::KvIndex::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port),
                                                        grpc::InsecureChannelCredentials()));
@@ -276,7 +249,8 @@ TEST(SoakTest, PublishersWithFaultsStayExactWithBoundedMemory) {
       grpc::ClientContext ctx;
       ASSERT_TRUE(stub->Stats(&ctx, {}, &stats).ok());
     }
-    const uint64_t wr = RssBytes(worker->pid()), qr = RssBytes(query.pid());
+    const uint64_t wr = ProcStatusBytes(worker->pid(), "VmRSS"),
+                   qr = ProcStatusBytes(query.pid(), "VmRSS");
     line("%.1f,%d,%s,%.1f,%.1f,%lu,%.4f,%.0f,%.0f,%lu,%d\n", elapsed(), round, fault.c_str(),
          wr / 1048576.0, qr / 1048576.0, static_cast<unsigned long>(stats.pairs()),
          stats.occupancy(), us[us.size() / 2], us[us.size() * 99 / 100],
