@@ -21,6 +21,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench/baseline.h"
 #include "bench/fleet.h"
 #include "index/block_key.h"
 #include "index/prefix_index.h"
@@ -51,109 +52,6 @@ Args Parse(int argc, char** argv) {
   }
   return a;
 }
-
-struct Percentiles {
-  double p50, p99, mean;
-};
-
-Percentiles Summarize(std::vector<int64_t>& ns) {
-  if (ns.empty()) return {0, 0, 0};
-  std::sort(ns.begin(), ns.end());
-  double sum = 0;
-  for (int64_t v : ns) sum += v;
-  return {static_cast<double>(ns[ns.size() / 2]), static_cast<double>(ns[ns.size() * 99 / 100]),
-          sum / ns.size()};
-}
-
-// ---- The baseline: what a careful engineer writes in an afternoon. ----------------------------
-class Baseline {
- public:
-  explicit Baseline(BlockKey root) : root_(root) {}
-
-  void Store(uint16_t pod, std::optional<uint64_t> parent, const uint64_t* hashes,
-             const uint32_t* tokens, uint32_t n) {
-    std::lock_guard<std::mutex> lock(mu_);
-    BlockKey pk = root_;
-    if (parent) {
-      auto it = engine_.find(*parent);
-      if (it == engine_.end()) return;
-      pk = it->second;
-    }
-    for (uint32_t i = 0; i < n; ++i) {
-      pk = index::ChainBlockKey(pk, {tokens + i * kTokensPerBlock, kTokensPerBlock});
-      engine_[hashes[i]] = pk;
-      auto& holders = blocks_[pk];
-      bool found = false;
-      for (auto& h : holders) {
-        if (h.pod == pod) {
-          ++h.refs;
-          found = true;
-        }
-      }
-      if (!found) holders.push_back({pod, 0, 1});
-    }
-  }
-
-  void Remove(uint16_t pod, uint64_t hash) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto e = engine_.find(hash);
-    if (e == engine_.end()) return;
-    auto b = blocks_.find(e->second);
-    if (b == blocks_.end()) return;
-    auto& v = b->second;
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (v[i].pod == pod && --v[i].refs == 0) {
-        v.erase(v.begin() + i);
-        break;
-      }
-    }
-    if (v.empty()) blocks_.erase(b);
-  }
-
-  // Same semantics as PrefixIndex::Lookup (any tier), same stamping algorithm.
-  size_t Lookup(const std::vector<BlockKey>& keys, std::vector<uint32_t>& counts) {
-    std::lock_guard<std::mutex> lock(mu_);
-    thread_local std::vector<uint32_t> stamp(kFleetPods + 1, 0);
-    thread_local uint32_t clock = 0;
-    std::vector<uint16_t> cands;
-    counts.clear();
-    size_t alive = 0;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      auto it = blocks_.find(keys[i]);
-      uint32_t s = ++clock;
-      if (it != blocks_.end()) {
-        for (auto& h : it->second) stamp[h.pod] = s;
-      }
-      if (i == 0) {
-        if (it == blocks_.end()) break;
-        for (auto& h : it->second) cands.push_back(h.pod);
-        counts.assign(cands.size(), 1);
-        alive = cands.size();
-        continue;
-      }
-      for (size_t c = 0; c < cands.size(); ++c) {
-        if (counts[c] != i) continue;  // already stopped
-        if (stamp[cands[c]] == s)
-          ++counts[c];
-        else
-          --alive;
-      }
-      if (alive == 0) break;
-    }
-    return counts.size();
-  }
-
- private:
-  struct H {
-    uint16_t pod;
-    uint8_t tier;
-    uint8_t refs;
-  };
-  std::mutex mu_;
-  BlockKey root_;
-  std::unordered_map<BlockKey, std::vector<H>> blocks_;
-  std::unordered_map<uint64_t, BlockKey> engine_;
-};
 
 struct LookupSets {
   std::vector<std::vector<BlockKey>> single;  // prefix + tail of single-holder groups
@@ -265,7 +163,7 @@ int Run(const Args& args) {
   index::IndexStats st = idx.Stats();
 
   // ---- baseline ----
-  Baseline base(root);
+  Baseline base(root, kTokensPerBlock, kFleetPods);
   size_t heap0 = mallinfo2().uordblks;
   t0 = MonotonicNanos();
   for (const auto& b : f.batches) {

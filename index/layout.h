@@ -50,7 +50,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 4;
+inline constexpr uint32_t kLayoutVersion = 5;
 
 // Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
 inline constexpr int kLatencyBounds = 15;

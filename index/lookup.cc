@@ -33,10 +33,17 @@ class PrefixWalk {
   std::vector<Holder>& holders() { return sc_.holders; }
   // The next block has the same holders as the last one read.
   void Same() { ++pending_; }
+  // The next block's holders are the last block's with (p, tier) added or removed (its holder
+  // set differs from the last one by exactly HolderMix(p, tier)). Returns whether any candidate
+  // is left.
+  bool Toggle(uint32_t code);
+  // Identifies the (publisher, tier) whose HolderMix is `mix`.
+  const internal::HolderMixTable& mixes() const { return sc_.mixes; }
   // The next block's holders were read into holders() (empty if !found). Returns whether any
   // candidate is left.
   bool Next(bool found, bool first);
-  std::vector<PublisherMatch> Finish();
+  // Writes the matches into `out` (cleared first; its capacity is reused).
+  void Finish(std::vector<PublisherMatch>& out);
 
  private:
   struct Scratch {
@@ -44,11 +51,16 @@ class PrefixWalk {
     std::vector<uint8_t> tiers;
     std::vector<uint32_t> allowed;
     std::vector<Holder> holders;
+    std::vector<Candidate> cands;
+    std::vector<uint32_t> added;  // Start's de-duplication, stamped
+    internal::HolderMixTable mixes;
     uint32_t clock = 0;
   };
   void Flush();
   void MarkTiers(uint32_t stamp);
   bool Start(uint32_t stamp);
+  // Extends or ends every live candidate by the holders stamped `stamp`.
+  bool Advance(uint32_t stamp);
 
   static Scratch& ThreadScratch();
 
@@ -57,8 +69,9 @@ class PrefixWalk {
   const bool filter_;
   uint32_t allow_stamp_ = 0;
   uint32_t pending_ = 0;  // blocks whose holder set equals the last one fully read
+  uint32_t current_ = 0;  // the stamp of the current block's holders (stamp, tiers)
   size_t alive_ = 0;
-  std::vector<Candidate> cands_;
+  std::vector<Candidate>& cands_;
 };
 
 PrefixWalk::Scratch& PrefixWalk::ThreadScratch() {
@@ -67,16 +80,20 @@ PrefixWalk::Scratch& PrefixWalk::ThreadScratch() {
 }
 
 PrefixWalk::PrefixWalk(uint32_t publishers, std::span<const PublisherId> candidates, size_t keys)
-    : sc_(ThreadScratch()), npub_(publishers), filter_(!candidates.empty()) {
+    : sc_(ThreadScratch()), npub_(publishers), filter_(!candidates.empty()), cands_(sc_.cands) {
+  cands_.clear();
   if (sc_.stamp.size() < npub_) {
     sc_.stamp.assign(npub_, 0);
     sc_.tiers.assign(npub_, 0);
     sc_.allowed.assign(npub_, 0);
+    sc_.added.assign(npub_, 0);
+    sc_.mixes.Build(npub_);
     sc_.clock = 0;
   }
   if (sc_.clock > 0xFFFF0000u - keys) {
     std::fill(sc_.stamp.begin(), sc_.stamp.end(), 0);
     std::fill(sc_.allowed.begin(), sc_.allowed.end(), 0);
+    std::fill(sc_.added.begin(), sc_.added.end(), 0);
     sc_.clock = 0;
   }
   allow_stamp_ = ++sc_.clock;
@@ -110,10 +127,8 @@ void PrefixWalk::MarkTiers(uint32_t stamp) {
 bool PrefixWalk::Start(uint32_t stamp) {
   for (const Holder& h : sc_.holders) {
     if (h.publisher >= npub_ || sc_.stamp[h.publisher] != stamp) continue;
-    if (std::any_of(cands_.begin(), cands_.end(),
-                    [&](const Candidate& c) { return c.pub == h.publisher; })) {
-      continue;
-    }
+    if (sc_.added[h.publisher] == stamp) continue;  // another tier of a candidate
+    sc_.added[h.publisher] = stamp;
     cands_.push_back(Candidate{h.publisher, 0, true, 0, {0, 0, 0}});
   }
   for (Candidate& c : cands_) {
@@ -129,8 +144,29 @@ bool PrefixWalk::Start(uint32_t stamp) {
 bool PrefixWalk::Next(bool found, bool first) {
   Flush();
   const uint32_t stamp = ++sc_.clock;
+  current_ = stamp;
   if (found) MarkTiers(stamp);
   if (first) return found && Start(stamp);
+  return Advance(stamp);
+}
+
+bool PrefixWalk::Toggle(uint32_t code) {
+  const PublisherId p = static_cast<PublisherId>(code >> 2);
+  const uint8_t tier = static_cast<uint8_t>(code & 3u);
+  if (p >= npub_ || (filter_ && sc_.allowed[p] != allow_stamp_)) {
+    Same();  // a holder the walk does not track: every candidate's holders are unchanged
+    return alive_ != 0;
+  }
+  Flush();
+  if (sc_.stamp[p] != current_) {
+    sc_.stamp[p] = current_;
+    sc_.tiers[p] = 0;
+  }
+  sc_.tiers[p] ^= static_cast<uint8_t>(1u << tier);
+  return Advance(current_);
+}
+
+bool PrefixWalk::Advance(uint32_t stamp) {
   for (Candidate& c : cands_) {
     if (!c.alive) continue;
     uint8_t t = sc_.stamp[c.pub] == stamp ? sc_.tiers[c.pub] : 0;
@@ -146,10 +182,9 @@ bool PrefixWalk::Next(bool found, bool first) {
   return alive_ != 0;
 }
 
-std::vector<PublisherMatch> PrefixWalk::Finish() {
+void PrefixWalk::Finish(std::vector<PublisherMatch>& matches) {
   Flush();
-  std::vector<PublisherMatch> matches;
-  matches.reserve(cands_.size());
+  matches.clear();
   for (const Candidate& c : cands_) {
     matches.push_back(
         PublisherMatch{c.pub, c.blocks, {c.tier_blocks[0], c.tier_blocks[1], c.tier_blocks[2]}});
@@ -157,7 +192,6 @@ std::vector<PublisherMatch> PrefixWalk::Finish() {
   std::sort(matches.begin(), matches.end(), [](const PublisherMatch& a, const PublisherMatch& b) {
     return a.blocks != b.blocks ? a.blocks > b.blocks : a.publisher < b.publisher;
   });
-  return matches;
 }
 
 }  // namespace
@@ -165,9 +199,18 @@ std::vector<PublisherMatch> PrefixWalk::Finish() {
 LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
                                  const LookupOptions& options) const {
   LookupResult result;
+  LookupInto(keys, options, result);
+  return result;
+}
+
+void PrefixIndex::LookupInto(std::span<const BlockKey> keys, const LookupOptions& options,
+                             LookupResult& result) const {
+  result.matches.clear();
+  result.blocks_walked = 0;
+  result.degraded = false;
   size_t n = keys.size();
   if (options.max_blocks != 0 && options.max_blocks < n) n = options.max_blocks;
-  if (n == 0) return result;
+  if (n == 0) return;
   PrefixWalk walk(header_->geometry.publishers, options.candidates, keys.size());
   for (size_t j = 0; j < std::min(n, kPrefetchAhead); ++j) blocks_.PrefetchBucket(keys[j]);
   for (size_t j = 0; j < std::min(n, kPrefetchAhead / 2); ++j) blocks_.PrefetchNode(keys[j]);
@@ -176,18 +219,22 @@ LookupResult PrefixIndex::Lookup(std::span<const BlockKey> keys,
     if (i + kPrefetchAhead < n) blocks_.PrefetchBucket(keys[i + kPrefetchAhead]);
     if (i + kPrefetchAhead / 2 < n) blocks_.PrefetchNode(keys[i + kPrefetchAhead / 2]);
     uint64_t set = 0;
-    internal::ReadResult rr =
-        blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set, i == 0 ? 0 : prev_set);
+    uint32_t toggled = 0;
+    internal::ReadResult rr = blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set,
+                                                  i == 0 ? 0 : prev_set, &walk.mixes(), &toggled);
     result.blocks_walked = static_cast<uint32_t>(i + 1);
     if (rr == internal::ReadResult::kSame) {
       walk.Same();
       continue;
     }
     prev_set = set;
+    if (rr == internal::ReadResult::kToggle) {
+      if (!walk.Toggle(toggled)) break;
+      continue;
+    }
     if (!walk.Next(rr == internal::ReadResult::kFound, i == 0)) break;
   }
-  result.matches = walk.Finish();
-  return result;
+  walk.Finish(result.matches);
 }
 
 }  // namespace kvidx::index

@@ -114,6 +114,10 @@ class PrefixIndex {
   // For every publisher holding keys[0] (restricted to options.candidates), the number of
   // leading keys it holds, in any tier and per tier.
   LookupResult Lookup(std::span<const BlockKey> keys, const LookupOptions& options = {}) const;
+  // The same answer written into `out` (every field reset): with a result reused across calls,
+  // a lookup allocates nothing once the thread's scratch and `out` have grown to the prompt.
+  void LookupInto(std::span<const BlockKey> keys, const LookupOptions& options,
+                  LookupResult& out) const;
   // Block keys of every full block of `tokens` in namespace `ns`.
   absl::StatusOr<std::vector<BlockKey>> KeysForTokens(NamespaceId ns,
                                                       std::span<const uint32_t> tokens) const;

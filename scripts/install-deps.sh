@@ -11,6 +11,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   python3 python3-zmq python3-msgpack python3-grpcio python3-grpc-tools python3-xxhash
   systemd clang-format clang-tidy clang libclang-rt-14-dev gcovr
+  libhiredis-dev redis-server
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "index/internal/registry.h"
@@ -22,7 +23,36 @@
 
 namespace kvidx::index::internal {
 
-enum class ReadResult { kAbsent, kFound, kSame };
+// kSame: the block's holder set equals the one given; kToggle: it differs from it by exactly
+// one (publisher, tier), named by the HolderMixTable given (holders not read).
+enum class ReadResult { kAbsent, kFound, kSame, kToggle };
+
+// Every (publisher, tier)'s HolderMix for publishers below a count, sorted: from the XOR of two
+// holder-set fingerprints it names the one (publisher, tier) they differ by, if they differ by
+// one. A fingerprint names a set up to a 2^-64 collision, as the kSame shortcut already assumes.
+class HolderMixTable {
+ public:
+  static constexpr uint32_t kNone = 0xFFFFFFFFu;
+  void Build(uint32_t publishers) {
+    entries_.clear();
+    for (uint32_t p = 0; p < publishers && p <= 0xFFFF; ++p) {
+      for (uint32_t t = 0; t < kNumTiers; ++t) {
+        entries_.push_back(
+            {HolderMix(static_cast<uint16_t>(p), static_cast<uint8_t>(t)), p << 2 | t});
+      }
+    }
+    std::sort(entries_.begin(), entries_.end());
+  }
+  // publisher << 2 | tier, or kNone.
+  uint32_t Find(uint64_t mix) const {
+    auto it =
+        std::lower_bound(entries_.begin(), entries_.end(), std::pair<uint64_t, uint32_t>{mix, 0});
+    return it != entries_.end() && it->first == mix ? it->second : kNone;
+  }
+
+ private:
+  std::vector<std::pair<uint64_t, uint32_t>> entries_;
+};
 
 class BlockStripes {
  public:
@@ -43,9 +73,13 @@ class BlockStripes {
   // Reads the holders of `key` into `out`; kAbsent if there is no such block. `degraded` is set
   // on a best-effort read of a stripe whose writer died. With `same_as` non-zero, returns kSame
   // without reading holders when the block's holder-set fingerprint equals it; `holder_set`
-  // (if given) receives the fingerprint.
+  // (if given) receives the fingerprint. With `toggles` too, returns kToggle without reading
+  // holders when the fingerprint differs from same_as by one (publisher, tier), written to
+  // *toggled as publisher << 2 | tier.
   ReadResult ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded,
-                         uint64_t* holder_set = nullptr, uint64_t same_as = 0) const;
+                         uint64_t* holder_set = nullptr, uint64_t same_as = 0,
+                         const HolderMixTable* toggles = nullptr,
+                         uint32_t* toggled = nullptr) const;
   // Whether `key` has a block. When unsure (a stalled stripe), says it does.
   bool Exists(BlockKey key) const;
   void PrefetchBucket(BlockKey key) const;
@@ -207,7 +241,9 @@ inline bool BlockStripeWriter::HasRoomOn(uint32_t block) const {
 
 // Inline: the lookup walk calls it once per block.
 inline ReadResult BlockStripes::ReadHolders(BlockKey key, std::vector<Holder>& out, bool& degraded,
-                                            uint64_t* holder_set, uint64_t same_as) const {
+                                            uint64_t* holder_set, uint64_t same_as,
+                                            const HolderMixTable* toggles,
+                                            uint32_t* toggled) const {
   const StripeView v = stripe_for(key);
   const uint32_t b = bucket(key);
   uint64_t set = 0;
@@ -226,6 +262,13 @@ inline ReadResult BlockStripes::ReadHolders(BlockKey key, std::vector<Holder>& o
     if (!found) return ReadResult::kAbsent;
     set = Ld(v.blocks[i].holder_set);
     if (same_as != 0 && set == same_as) return ReadResult::kSame;
+    if (same_as != 0 && toggles != nullptr) {
+      uint32_t code = toggles->Find(set ^ same_as);
+      if (code != HolderMixTable::kNone) {
+        *toggled = code;
+        return ReadResult::kToggle;
+      }
+    }
     // Bounded: inline slots, then at most as many chunks as could hold every publisher.
     auto take = [&](const HolderSlot& slot) {
       HolderSlot hs = Ld(slot);
