@@ -70,7 +70,8 @@ inline PinnedWorkload MakePinned(uint64_t spine_budget, uint64_t seed) {
   auto chance = [&](uint64_t pct) { return below(100) < pct; };
   auto log_uniform = [&](double lo, double hi) {
     double u = static_cast<double>(rng() >> 11) / static_cast<double>(1ULL << 53);
-    return static_cast<uint32_t>(std::lround(std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)))));
+    return static_cast<uint32_t>(
+        std::lround(std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)))));
   };
   const std::pair<uint32_t, uint64_t> mix[3] = {{1, 50}, {8, 35}, {64, 15}};
   bool force_gate = true;
@@ -99,8 +100,8 @@ inline PinnedWorkload MakePinned(uint64_t spine_budget, uint64_t seed) {
       auto chunk = [&](uint32_t first, uint32_t len, int64_t parent) {
         for (uint32_t off = 0; off < len; off += kPinnedBatch) {
           uint32_t n = std::min(kPinnedBatch, len - off);
-          batches.push_back(PinnedOp{PinnedOp::kStore, static_cast<uint8_t>(n), holder,
-                                     first + off, off == 0 ? parent : int64_t{first + off - 1}});
+          batches.push_back(PinnedOp{PinnedOp::kStore, static_cast<uint8_t>(n), holder, first + off,
+                                     off == 0 ? parent : int64_t{first + off - 1}});
         }
       };
       chunk(f.first, f.length, -1);

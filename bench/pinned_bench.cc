@@ -70,8 +70,8 @@ struct Cell {
 
 std::vector<Cell> MakeCells(const PinnedWorkload& w, BlockKey root, std::mt19937_64& rng) {
   auto spine = [&](const PinnedFamily& f, uint32_t depth) {
-    return index::ChainBlockKeys(
-        root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock}, kPinnedTokensPerBlock);
+    return index::ChainBlockKeys(root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock},
+                                 kPinnedTokensPerBlock);
   };
   std::vector<Cell> cells;
   for (size_t h : {1, 8, 64}) {
@@ -104,8 +104,8 @@ std::vector<Cell> MakeCells(const PinnedWorkload& w, BlockKey root, std::mt19937
 std::vector<std::vector<BlockKey>> MakeProbes(const PinnedWorkload& w, BlockKey root) {
   std::vector<std::vector<BlockKey>> probes;
   auto spine = [&](const PinnedFamily& f, uint32_t depth) {
-    return index::ChainBlockKeys(
-        root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock}, kPinnedTokensPerBlock);
+    return index::ChainBlockKeys(root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock},
+                                 kPinnedTokensPerBlock);
   };
   for (const PinnedFamily& f : w.families) {
     if (f.holders.size() == 64 && f.length >= kGateDepth && probes.size() < 32) {
@@ -113,7 +113,8 @@ std::vector<std::vector<BlockKey>> MakeProbes(const PinnedWorkload& w, BlockKey 
     }
   }
   for (const PinnedFamily& f : w.families) {
-    if (f.holders.size() == 1 && probes.size() < 96) probes.push_back(spine(f, std::min(f.length, 64u)));
+    if (f.holders.size() == 1 && probes.size() < 96)
+      probes.push_back(spine(f, std::min(f.length, 64u)));
   }
   return probes;
 }
@@ -189,13 +190,16 @@ int Run(const Args& args) {
   int64_t t0 = MonotonicNanos();
   PinnedWorkload w = MakePinned(args.spine_blocks, args.seed);
   size_t by_h[3] = {0, 0, 0};
-  for (const auto& f : w.families) by_h[f.holders.size() == 1 ? 0 : f.holders.size() == 8 ? 1 : 2]++;
+  for (const auto& f : w.families)
+    by_h[f.holders.size() == 1 ? 0 : f.holders.size() == 8 ? 1 : 2]++;
   std::printf(
       "workload: %zu families (%zu / %zu / %zu held by 1 / 8 / 64), %u distinct blocks, %zu ops, "
-      "%lu stream blocks, %lu resident holder-blocks (%.2f holders per block), generated in %.1f s\n",
+      "%lu stream blocks, %lu resident holder-blocks (%.2f holders per block), generated in %.1f "
+      "s\n",
       w.families.size(), by_h[0], by_h[1], by_h[2], w.blocks, w.ops.size(),
       static_cast<unsigned long>(w.stream_blocks), static_cast<unsigned long>(w.resident()),
-      static_cast<double>(w.resident()) / w.blocks, static_cast<double>(MonotonicNanos() - t0) / 1e9);
+      static_cast<double>(w.resident()) / w.blocks,
+      static_cast<double>(MonotonicNanos() - t0) / 1e9);
 
   // ---- kvidx ----
   std::string name = "kvidx-pinned-" + std::to_string(getpid());
@@ -208,7 +212,8 @@ int Run(const Args& args) {
   uint64_t chunks = 0;
   for (const PinnedFamily& f : w.families) {
     uint64_t h = f.holders.size();
-    chunks += uint64_t{f.length} * (h > index::kInlineHolders ? (h - index::kInlineHolders + 6) / 7 : 0);
+    chunks +=
+        uint64_t{f.length} * (h > index::kInlineHolders ? (h - index::kInlineHolders + 6) / 7 : 0);
   }
   index::Geometry g;
   g.blocks = w.blocks;
@@ -262,16 +267,15 @@ int Run(const Args& args) {
   kv.bytes = st.segment_bytes;
   QueryPhase(cells, args.runs, kv,
              [&](const std::vector<BlockKey>& q) { idx.LookupInto(q, {}, kv_result); });
-  std::printf("kvidx: filled in %.2f s; %lu pairs resident of %lu expected, %lu orphan stores, "
-              "%lu blocks evicted, %lu engine-table refusals; "
-              "segment %.1f MiB (%lu blocks, %lu pairs, %lu engine hashes of capacity)\n",
-              kv.fill_s, static_cast<unsigned long>(st.pairs),
-              static_cast<unsigned long>(w.resident()), static_cast<unsigned long>(orphans),
-              static_cast<unsigned long>(st.evicted_blocks),
-              static_cast<unsigned long>(st.engine_full),
-              st.segment_bytes / 1048576.0, static_cast<unsigned long>(st.block_capacity),
-              static_cast<unsigned long>(st.pair_capacity),
-              static_cast<unsigned long>(st.engine_capacity));
+  std::printf(
+      "kvidx: filled in %.2f s; %lu pairs resident of %lu expected, %lu orphan stores, "
+      "%lu blocks evicted, %lu engine-table refusals; "
+      "segment %.1f MiB (%lu blocks, %lu pairs, %lu engine hashes of capacity)\n",
+      kv.fill_s, static_cast<unsigned long>(st.pairs), static_cast<unsigned long>(w.resident()),
+      static_cast<unsigned long>(orphans), static_cast<unsigned long>(st.evicted_blocks),
+      static_cast<unsigned long>(st.engine_full), st.segment_bytes / 1048576.0,
+      static_cast<unsigned long>(st.block_capacity), static_cast<unsigned long>(st.pair_capacity),
+      static_cast<unsigned long>(st.engine_capacity));
 
   // ---- the unordered_map baseline ----
   std::vector<Answer> truth;
@@ -284,9 +288,9 @@ int Run(const Args& args) {
         w, probes, base,
         [&](const PinnedOp& op, const uint64_t* hashes) {
           bl->Store(op.holder,
-                    op.parent >= 0 ? std::optional<uint64_t>(
-                                         w.EngineHash(static_cast<uint32_t>(op.parent)))
-                                   : std::nullopt,
+                    op.parent >= 0
+                        ? std::optional<uint64_t>(w.EngineHash(static_cast<uint32_t>(op.parent)))
+                        : std::nullopt,
                     hashes, w.Tokens(op.first), op.count);
         },
         [&](uint16_t holder, uint64_t hash) { bl->Remove(holder, hash); },
@@ -346,16 +350,17 @@ int Run(const Args& args) {
             key_of[op.first + op.count - 1] = k;
             for (uint32_t i = 0; i + 1 < op.count; ++i) {
               if (key_of[op.first + i] == 0) {
-                key_of[op.first + i] = index::ChainBlockKey(
-                    i == 0 ? parent : key_of[op.first + i - 1],
-                    {w.Tokens(op.first + i), kPinnedTokensPerBlock});
+                key_of[op.first + i] =
+                    index::ChainBlockKey(i == 0 ? parent : key_of[op.first + i - 1],
+                                         {w.Tokens(op.first + i), kPinnedTokensPerBlock});
               }
             }
           },
           [&](uint16_t holder, uint64_t hash) { ri.Remove(holder, hash); },
           [&](const std::vector<BlockKey>& q) { ri.Lookup(q, counts, pods); });
       red.bytes = server.UsedMemory() - mem0;
-      QueryPhase(cells, 1, red, [&](const std::vector<BlockKey>& q) { ri.Lookup(q, counts, pods); });
+      QueryPhase(cells, 1, red,
+                 [&](const std::vector<BlockKey>& q) { ri.Lookup(q, counts, pods); });
       qi = 0;
       for (const Cell& c : cells) {
         for (const auto& q : c.queries) {
@@ -388,9 +393,9 @@ int Run(const Args& args) {
   auto rate = [&](const Figures& f) { return f.fill_s > 0 ? w.stream_blocks / f.fill_s / 1e6 : 0; };
   // Rates: higher is better, so the ratio is kvidx / other.
   if (red.measured) {
-    std::printf("%-40s %12.2f %12.2f %7.2fx %12.2f %7.2fx   %s\n", "writes, token-keyed (M blocks/s)",
-                rate(kv), rate(base), rate(kv) / rate(base), rate(red), rate(kv) / rate(red),
-                ">= 6 (SMG 2.86)");
+    std::printf("%-40s %12.2f %12.2f %7.2fx %12.2f %7.2fx   %s\n",
+                "writes, token-keyed (M blocks/s)", rate(kv), rate(base), rate(kv) / rate(base),
+                rate(red), rate(kv) / rate(red), ">= 6 (SMG 2.86)");
   } else {
     std::printf("%-40s %12.2f %12.2f %7.2fx %12s %8s   %s\n", "writes, token-keyed (M blocks/s)",
                 rate(kv), rate(base), rate(kv) / rate(base), "-", "-", ">= 6 (SMG 2.86)");
@@ -418,10 +423,11 @@ int Run(const Args& args) {
       "\n(ratios: > 1 means kvidx is better; %zu queries per phase, cells %zu / %zu / %zu / %zu / "
       "%zu; median of %d query phases for kvidx and the map, 1 for Redis; %zu fill probes)\n",
       queries, cells[0].queries.size(), cells[1].queries.size(), cells[2].queries.size(),
-      cells[3].queries.size(), cells[4].queries.size(), args.runs, kv.mixed.p50 > 0 ? probes.size() : size_t{0});
-  std::printf("exactness: kvidx %zu of %zu answers differ from the baseline's; Redis %s\n", wrong,
-              queries,
-              red.measured ? (std::to_string(redis_wrong) + " differ").c_str() : redis_note.c_str());
+      cells[3].queries.size(), cells[4].queries.size(), args.runs,
+      kv.mixed.p50 > 0 ? probes.size() : size_t{0});
+  std::printf(
+      "exactness: kvidx %zu of %zu answers differ from the baseline's; Redis %s\n", wrong, queries,
+      red.measured ? (std::to_string(redis_wrong) + " differ").c_str() : redis_note.c_str());
   return wrong == 0 && redis_wrong == 0 ? 0 : 2;
 }
 

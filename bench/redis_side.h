@@ -51,8 +51,8 @@ class RedisServer {
       std::string dir = dir_;
       std::string sock = socket_;
       execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", sock.c_str(),
-             "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir",
-             dir.c_str(), "--loglevel", "warning", "--logfile", "", "--daemonize", "no",
+             "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", dir.c_str(),
+             "--loglevel", "warning", "--logfile", "", "--daemonize", "no",
              static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -142,8 +142,7 @@ class RedisIndex {
       auto* d = static_cast<redisReply*>(
           redisCommand(c_, "HINCRBY %b %b -1", b.bytes, sizeof b.bytes, &pod, sizeof pod));
       if (d != nullptr && d->type == REDIS_REPLY_INTEGER && d->integer <= 0) {
-        freeReplyObject(
-            redisCommand(c_, "HDEL %b %b", b.bytes, sizeof b.bytes, &pod, sizeof pod));
+        freeReplyObject(redisCommand(c_, "HDEL %b %b", b.bytes, sizeof b.bytes, &pod, sizeof pod));
       }
       if (d != nullptr) freeReplyObject(d);
     }

@@ -16,8 +16,9 @@
 namespace kvidx::index {
 namespace {
 
-// How far ahead the walk prefetches bucket heads (and, at half the distance, block nodes).
-constexpr size_t kPrefetchAhead = 4;
+// How far ahead the walk prefetches bucket heads (and, at half the distance, block nodes):
+// 16 measured best on the pinned bench (4: H=1 p50 2.6 us, 8: 2.3, 16: 2.1).
+constexpr size_t kPrefetchAhead = 16;
 
 struct Candidate {
   PublisherId pub;
@@ -212,12 +213,19 @@ void PrefixIndex::LookupInto(std::span<const BlockKey> keys, const LookupOptions
   if (options.max_blocks != 0 && options.max_blocks < n) n = options.max_blocks;
   if (n == 0) return;
   PrefixWalk walk(header_->geometry.publishers, options.candidates, keys.size());
-  for (size_t j = 0; j < std::min(n, kPrefetchAhead); ++j) blocks_.PrefetchBucket(keys[j]);
-  for (size_t j = 0; j < std::min(n, kPrefetchAhead / 2); ++j) blocks_.PrefetchNode(keys[j]);
   uint64_t prev_set = 0;
   for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchAhead < n) blocks_.PrefetchBucket(keys[i + kPrefetchAhead]);
-    if (i + kPrefetchAhead / 2 < n) blocks_.PrefetchNode(keys[i + kPrefetchAhead / 2]);
+    // The first block is read alone: most misses end there, and prefetching a prompt's
+    // blocks before knowing its first is cached made misses pay for 24 wasted loads. Once it
+    // is found, the walk runs kPrefetchAhead buckets (and half as many nodes) ahead.
+    if (i == 1) {
+      for (size_t j = 1; j < std::min(n, 2 + kPrefetchAhead); ++j) blocks_.PrefetchBucket(keys[j]);
+      for (size_t j = 1; j < std::min(n, 2 + kPrefetchAhead / 2); ++j)
+        blocks_.PrefetchNode(keys[j]);
+    } else if (i > 1) {
+      if (i + kPrefetchAhead < n) blocks_.PrefetchBucket(keys[i + kPrefetchAhead]);
+      if (i + kPrefetchAhead / 2 < n) blocks_.PrefetchNode(keys[i + kPrefetchAhead / 2]);
+    }
     uint64_t set = 0;
     uint32_t toggled = 0;
     internal::ReadResult rr = blocks_.ReadHolders(keys[i], walk.holders(), result.degraded, &set,

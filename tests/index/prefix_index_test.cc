@@ -1,6 +1,9 @@
 #include "index/prefix_index.h"
 
+#include <array>
+#include <map>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -646,6 +649,89 @@ TEST(ClearTest, ClearNamespaceReportsProgress) {
   ASSERT_TRUE(idx.ClearNamespace(ns, [&] { ++calls; }).ok());
   EXPECT_EQ(calls,
             static_cast<int>(idx.header()->geometry.stripes / PrefixIndex::kProgressStripes));
+}
+
+}  // namespace
+}  // namespace kvidx::index
+
+namespace kvidx::index {
+namespace {
+
+// Lookup against a brute-force model built from Holders() per key, over seeded random schedules
+// in which pods hold prefixes in several tiers and lose interior blocks: consecutive blocks then
+// differ by one (publisher, tier), by several, or not at all, which exercises every path of the
+// walk (full read, same set, one toggle), with and without a candidate filter and max_blocks.
+TEST(PrefixIndexLookupModelTest, RandomTiersAndHolesMatchBruteForce) {
+  constexpr int kPods = 20, kBlocks = 24;
+  for (uint64_t seed = 1; seed <= 150; ++seed) {
+    ScopedSegment seg("lookup-model");
+    PrefixIndex& idx = seg.index();
+    std::mt19937_64 rng(seed);
+    NamespaceId ns = *idx.RegisterNamespace({.model = "m", .block_size = 4});
+    std::vector<PublisherId> pubs;
+    for (int p = 0; p < kPods; ++p) {
+      pubs.push_back(*idx.RegisterPublisher({.pod = "p" + std::to_string(p), .ns = ns}));
+    }
+    std::vector<uint32_t> tokens(kBlocks * 4);
+    std::iota(tokens.begin(), tokens.end(), static_cast<uint32_t>(seed * 1000));
+    std::vector<uint64_t> hashes(kBlocks);
+    std::iota(hashes.begin(), hashes.end(), seed * 100000);
+    for (int p = 0; p < kPods; ++p) {
+      for (Tier t : {kGpu, kCpu, kDisk}) {
+        if (rng() % 3 == 0) continue;
+        size_t n = 1 + rng() % kBlocks;
+        StoreRequest req;
+        req.tier = t;
+        req.engine_hashes = {hashes.data(), n};
+        req.tokens = {tokens.data(), n * 4};
+        ASSERT_TRUE(idx.Store(pubs[p], req).ok());
+        int holes = static_cast<int>(rng() % 3);
+        for (int k = 0; k < holes; ++k) (void)idx.Remove(pubs[p], t, hashes[rng() % n]);
+      }
+    }
+    auto keys = idx.KeysForTokens(ns, tokens);
+    ASSERT_TRUE(keys.ok());
+    // held[k][p] = tiers of pod p on block k.
+    std::vector<std::vector<uint8_t>> held(kBlocks, std::vector<uint8_t>(65536, 0));
+    for (int k = 0; k < kBlocks; ++k) {
+      for (const Holder& h : idx.Holders((*keys)[k])) held[k][h.publisher] |= 1u << h.tier;
+    }
+    for (int trial = 0; trial < 6; ++trial) {
+      LookupOptions o;
+      std::vector<PublisherId> cands;
+      if (trial % 2 == 1) {
+        for (PublisherId p : pubs) {
+          if (rng() % 2) cands.push_back(p);
+        }
+        o.candidates = cands;
+      }
+      if (trial >= 4) o.max_blocks = static_cast<uint32_t>(1 + rng() % kBlocks);
+      size_t n = o.max_blocks != 0 ? o.max_blocks : kBlocks;
+      std::map<PublisherId, std::array<uint32_t, 4>> want;  // any tier, gpu, cpu, disk
+      for (PublisherId p : pubs) {
+        if (!cands.empty() && std::find(cands.begin(), cands.end(), p) == cands.end()) continue;
+        if (held[0][p] == 0) continue;
+        std::array<uint32_t, 4> w{0, 0, 0, 0};
+        bool any = true, tier[3] = {true, true, true};
+        for (size_t k = 0; k < n; ++k) {
+          any = any && held[k][p] != 0;
+          w[0] += any;
+          for (int t = 0; t < 3; ++t) {
+            tier[t] = tier[t] && (held[k][p] >> t & 1u);
+            w[1 + t] += tier[t];
+          }
+        }
+        want[p] = w;
+      }
+      LookupResult r;
+      idx.LookupInto(*keys, o, r);
+      std::map<PublisherId, std::array<uint32_t, 4>> got;
+      for (const PublisherMatch& m : r.matches) {
+        got[m.publisher] = {m.blocks, m.tier_blocks[0], m.tier_blocks[1], m.tier_blocks[2]};
+      }
+      ASSERT_EQ(got, want) << "seed " << seed << " trial " << trial;
+    }
+  }
 }
 
 }  // namespace
