@@ -73,6 +73,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", seg.status().ToString().c_str());
     return 1;
   }
+  // The control area is the ingest side's to create; kvidx-query refuses to start without it.
+  auto control = kvidx::control::ControlArea::Open(kvidx::control::ControlName(seg_name));
+  if (!control.ok()) {
+    std::fprintf(stderr, "control area: %s\n", control.status().ToString().c_str());
+    kvidx::index::Segment::Remove(seg_name);
+    return 1;
+  }
   kvidx::index::PrefixIndex idx(seg->get());
   auto ns = *idx.RegisterNamespace({.model = "bench", .block_size = 16});
   std::vector<kvidx::index::PublisherId> pubs;
@@ -97,13 +104,13 @@ int main(int argc, char** argv) {
   }
   // The server, as a real process.
   std::string cfg_path = "/tmp/" + seg_name + ".toml";
-  int port = 41000 + getpid() % 20000;
+  std::string port_path = "/tmp/" + seg_name + ".port";
+  unlink(port_path.c_str());
   {
     std::ofstream cfg(cfg_path);
     cfg << "[segment]\nname = \"" << seg_name << "\"\nblocks = " << g.blocks
         << "\npairs = " << g.pairs
-        << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:"
-        << port
+        << "\npublishers = 64\nnamespaces = 4\nstripes = 256\n[query]\nlisten = \"127.0.0.1:0"
         << "\"\nmetrics_listen = \"off\"\nadmin_listen = \"off\"\nmax_lookups_per_call = "
            "4096\nmax_inflight_rpcs = 1024\n"
         << "[[model]]\nname = \"bench\"\nblock_size = 16\n";
@@ -112,18 +119,43 @@ int main(int argc, char** argv) {
   if (server == 0) {
     setenv("KVIDX_LOG_LEVEL", "error", 1);
     std::string exe = SelfDir() + "/../query/kvidx-query";
-    execl(exe.c_str(), exe.c_str(), "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    execl(exe.c_str(), exe.c_str(), "--config", cfg_path.c_str(), "--port-file", port_path.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
+  }
+  auto cleanup = [&] {
+    kill(server, SIGKILL);
+    waitpid(server, nullptr, 0);
+    kvidx::index::Segment::Remove(seg_name);
+    kvidx::control::ControlArea::Remove(kvidx::control::ControlName(seg_name));
+    unlink(cfg_path.c_str());
+    unlink(port_path.c_str());
+  };
+  // The server writes its bound port once it listens; wait for it (15 s at most) or its exit.
+  int port = 0;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+       port == 0 && std::chrono::steady_clock::now() < deadline;) {
+    std::ifstream in(port_path);
+    if (!(in >> port) || waitpid(server, nullptr, WNOHANG) == server) port = 0;
+    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::string addr = "127.0.0.1:" + std::to_string(port);
   auto channel = grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
   auto stub = kvidx::v1::KvIndex::NewStub(channel);
-  for (int i = 0; i < 200; ++i) {
+  bool up = false;
+  if (port != 0) {
     grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_wait_for_ready(true);
     kvidx::v1::PingResponse r;
-    if (stub->Ping(&ctx, {}, &r).ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    up = stub->Ping(&ctx, {}, &r).ok();
   }
+  if (!up) {
+    std::fprintf(stderr, "query_bench: kvidx-query did not answer\n");
+    cleanup();
+    return 1;
+  }
+  uint64_t failed = 0;
   auto query_for = [&](size_t i) {
     kvidx::v1::LookupQuery q;
     q.mutable_namespace_()->set_model("bench");
@@ -156,7 +188,7 @@ int main(int argc, char** argv) {
       grpc::ClientContext ctx;
       kvidx::v1::LookupResponse r;
       int64_t t0 = kvidx::MonotonicNanos();
-      (void)stub->Lookup(&ctx, req, &r);
+      failed += !stub->Lookup(&ctx, req, &r).ok();
       lookup_ns.push_back(kvidx::MonotonicNanos() - t0);
       matched += r.results_size() ? r.results(0).matches_size() : 0;
     }
@@ -164,6 +196,7 @@ int main(int argc, char** argv) {
   auto [pp50, pp99] = P50P99(ping_ns);
   auto [lp50, lp99] = P50P99(lookup_ns);
   // Batched throughput from two client threads, with token ids and with block keys.
+  std::atomic<uint64_t> failed_batches{0};
   auto batched = [&](bool keys) {
     std::vector<kvidx::v1::LookupRequest> batches(16);
     for (size_t b = 0; b < batches.size(); ++b) {
@@ -181,8 +214,11 @@ int main(int argc, char** argv) {
         for (uint32_t c = 0; c < calls_per_thread; ++c) {
           grpc::ClientContext ctx;
           kvidx::v1::LookupResponse r;
-          if (stub->Lookup(&ctx, batches[(c + th) % batches.size()], &r).ok())
+          if (stub->Lookup(&ctx, batches[(c + th) % batches.size()], &r).ok()) {
             done += r.results_size();
+          } else {
+            failed_batches.fetch_add(1);
+          }
         }
       });
     }
@@ -206,10 +242,12 @@ int main(int argc, char** argv) {
       "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
       a.batch, tokens_rate / 1e3, keys_rate / 1e3);
   std::printf("(mean pods matched per lookup: %.2f)\n", static_cast<double>(matched) / a.calls);
-  kill(server, SIGTERM);
-  waitpid(server, nullptr, 0);
-  kvidx::index::Segment::Remove(seg_name);
-  kvidx::control::ControlArea::Remove(kvidx::control::ControlName(seg_name));
-  unlink(cfg_path.c_str());
+  cleanup();
+  failed += failed_batches.load();
+  if (failed != 0 || matched == 0) {
+    std::fprintf(stderr, "query_bench: %lu calls failed, %lu pods matched\n",
+                 static_cast<unsigned long>(failed), static_cast<unsigned long>(matched));
+    return 1;
+  }
   return 0;
 }

@@ -155,7 +155,9 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   index::LookupOptions opts;
   opts.candidates = candidates;
   opts.max_blocks = q.max_blocks();
-  index::LookupResult r = index_->Lookup(keys, opts);
+  // One result per server thread, reused: the walk allocates nothing once it has grown.
+  thread_local index::LookupResult r;
+  index_->LookupInto(keys, opts, r);
   out->set_degraded(r.degraded);
   if (r.degraded) counters_.degraded.fetch_add(1, std::memory_order_relaxed);
   const v1::PodMatch* best = nullptr;

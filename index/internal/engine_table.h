@@ -40,6 +40,11 @@ class EngineTable {
   // bounded sweep of stale entries; INTERNAL if the stripe lock is unrecoverable.
   absl::Status Ensure(uint64_t engine_hash, NamespaceId ns, uint16_t scope, BlockKey key,
                       bool overwrite = false);
+  // Starts loading the bucket head of the entry (a store about to map it).
+  void Prefetch(uint64_t engine_hash, NamespaceId ns, uint16_t scope) const {
+    const uint64_t mixed = Mix(engine_hash, ns, scope);
+    __builtin_prefetch(&stripe_for(mixed).buckets[bucket(mixed)]);
+  }
   // Locks stripe `s` if its version is odd (repairing it if its writer died); returns whether
   // it was repaired.
   bool RepairIfAbandoned(uint32_t s);
