@@ -6,9 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <system_error>
 #include <thread>
 
@@ -346,6 +350,73 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::OpenOrCreate(const std::string
     if (attached.ok() || !absl::IsNotFound(attached.status())) return attached;
   }
   return absl::UnavailableError("segment kept appearing and disappearing");
+}
+
+void Segment::AdviseHugePages() {
+  // Asked before any page of this mapping is touched: where the mount says huge=advise, faults
+  // through it may then take 2 MiB pages. Harmless (EINVAL) where THP is not built in.
+  advise_errno_ = madvise(base_, size_, MADV_HUGEPAGE) == 0 ? 0 : errno;
+}
+
+namespace {
+
+// The word in [brackets] of a sysfs choice list, or the whole first line.
+std::string SelectedChoice(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line)) return "unreadable";
+  size_t a = line.find('['), b = line.find(']');
+  return a != std::string::npos && b != std::string::npos && b > a ? line.substr(a + 1, b - a - 1)
+                                                                   : line;
+}
+
+// The huge= option of the tmpfs mounted at /dev/shm ("none" without one).
+std::string DevShmHugeOption() {
+  std::ifstream in("/proc/self/mounts");
+  std::string dev, dir, type, opts, rest;
+  while (in >> dev >> dir >> type >> opts && std::getline(in, rest)) {
+    if (dir != "/dev/shm") continue;
+    size_t at = opts.find("huge=");
+    if (at == std::string::npos) return "none";
+    size_t end = opts.find(',', at);
+    return opts.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5);
+  }
+  return "no /dev/shm mount";
+}
+
+}  // namespace
+
+Segment::PageReport Segment::Pages() const {
+  PageReport r;
+  // The mapping's entry: a header line "start-end perms ..." then "Key: value kB" lines.
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  const auto start = reinterpret_cast<uintptr_t>(base_);
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find(':') > line.find('-')) {
+      if (ours) break;  // past our entry
+      ours = std::strtoull(line.c_str(), nullptr, 16) == start;
+      continue;
+    }
+    if (!ours) continue;
+    auto kb = [&](const char* key) -> std::optional<uint64_t> {
+      size_t n = std::strlen(key);
+      if (line.compare(0, n, key) != 0) return std::nullopt;
+      return std::strtoull(line.c_str() + n, nullptr, 10) * 1024;
+    };
+    if (auto v = kb("Rss:")) r.resident_bytes = *v;
+    if (auto v = kb("ShmemPmdMapped:")) r.huge_page_bytes += *v;
+    if (auto v = kb("FilePmdMapped:")) r.huge_page_bytes += *v;
+  }
+  r.policy = absl::StrCat(
+      "/dev/shm huge=", DevShmHugeOption(),
+      ", shmem_enabled=", SelectedChoice("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+      ", madvise(MADV_HUGEPAGE) ",
+      advise_errno_ == 0 ? std::string("accepted")
+                         : std::error_code(advise_errno_, std::generic_category()).message());
+  return r;
 }
 
 bool Segment::Remove(const std::string& name) {

@@ -84,14 +84,30 @@ class Segment {
   char* base() const { return base_; }
   SegmentHeader* header() const { return reinterpret_cast<SegmentHeader*>(base_); }
 
+  // How this process maps the segment: bytes resident, bytes mapped with 2 MiB pages (read from
+  // /proc/self/smaps, so it is what the kernel did, not what was asked), and the policy that
+  // decided it: the /dev/shm mount's huge= option, the host's shmem_enabled, and whether the
+  // mapping's MADV_HUGEPAGE was accepted. Huge pages need huge=always|within_size|advise on the
+  // mount (advise: with the madvise) or shmem_enabled=force; otherwise 4 KiB pages are used.
+  struct PageReport {
+    uint64_t resident_bytes = 0;
+    uint64_t huge_page_bytes = 0;
+    std::string policy;
+  };
+  PageReport Pages() const;
+
  private:
   Segment(std::string name, char* base, size_t size, bool read_only)
-      : name_(std::move(name)), base_(base), size_(size), read_only_(read_only) {}
+      : name_(std::move(name)), base_(base), size_(size), read_only_(read_only) {
+    AdviseHugePages();
+  }
+  void AdviseHugePages();
 
   std::string name_;
   char* base_;
   size_t size_;
   bool read_only_;
+  int advise_errno_ = -1;  // -1: not asked; 0: accepted; else madvise's errno
 };
 
 }  // namespace kvidx::index

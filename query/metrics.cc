@@ -74,6 +74,9 @@ class Snapshot final : public prometheus::Collectable {
     gauge("kvidx_occupancy_ratio", "pairs / pair capacity", s.occupancy());
     gauge("kvidx_segment_bytes", "Bytes of the index segment",
           static_cast<double>(s.segment_bytes()));
+    gauge("kvidx_segment_huge_page_bytes",
+          "Bytes of the index segment this process maps with 2 MiB pages",
+          static_cast<double>(s.segment_huge_page_bytes()));
     gauge("kvidx_bytes_per_pair", "Segment bytes per live pair", s.bytes_per_pair());
     counter("kvidx_batches_applied_total", "Event batches applied",
             static_cast<double>(s.batches_applied()));

@@ -252,6 +252,10 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_occupancy(
       s.pair_capacity ? static_cast<double>(s.pairs) / static_cast<double>(s.pair_capacity) : 0);
   resp->set_segment_bytes(s.segment_bytes);
+  const index::Segment::PageReport pages = segment_->Pages();
+  resp->set_segment_resident_bytes(pages.resident_bytes);
+  resp->set_segment_huge_page_bytes(pages.huge_page_bytes);
+  resp->set_segment_page_policy(pages.policy);
   resp->set_bytes_per_pair(s.bytes_per_live_pair);
   resp->set_batches_applied(Ld(h->ingest.batches_applied));
   resp->set_events_applied(Ld(h->ingest.events_applied));

@@ -285,6 +285,9 @@ int Status(const Opts& o, KvIndex::Stub& stub) {
               100 * r.occupancy(), (unsigned long)r.tokens());
   std::printf("  segment %.1f MiB, %.1f bytes per live pair\n", r.segment_bytes() / 1048576.0,
               r.bytes_per_pair());
+  std::printf("  pages: %.1f MiB resident, %.1f MiB on 2 MiB pages (%s)\n",
+              r.segment_resident_bytes() / 1048576.0, r.segment_huge_page_bytes() / 1048576.0,
+              Printable(r.segment_page_policy()).c_str());
   std::printf(
       "  applied: %lu batches, %lu events; evictions %lu; gaps %lu, replays %lu, resyncs %lu\n",
       (unsigned long)r.batches_applied(), (unsigned long)r.events_applied(),

@@ -152,3 +152,36 @@ TEST(SegmentTest, ReadOnlyMappingCannotBeWritten) {
 
 }  // namespace
 }  // namespace kvidx::index
+
+namespace kvidx::index {
+namespace {
+
+// Pages() reads what the kernel did for this mapping: the segment's initialised pages are
+// resident, huge-page bytes never exceed them, and the policy names the host's settings. Where
+// the host rules huge pages out (no huge= on /dev/shm and shmem_enabled not force), none are
+// reported.
+TEST(SegmentPagesTest, ReportsResidencyHugePagesAndThePolicyThatDecidedThem) {
+  kvidx::testing::ScopedSegment seg("pages");
+  ASSERT_NE(seg.segment(), nullptr);
+  Segment::PageReport r = seg.segment()->Pages();
+  EXPECT_GE(r.resident_bytes, sizeof(SegmentHeader));
+  EXPECT_LE(r.resident_bytes, seg.segment()->size() + 4096);
+  EXPECT_LE(r.huge_page_bytes, r.resident_bytes);
+  EXPECT_NE(r.policy.find("/dev/shm huge="), std::string::npos) << r.policy;
+  EXPECT_NE(r.policy.find("shmem_enabled="), std::string::npos) << r.policy;
+  EXPECT_NE(r.policy.find("madvise(MADV_HUGEPAGE)"), std::string::npos) << r.policy;
+  const bool ruled_out = r.policy.find("/dev/shm huge=none") != std::string::npos &&
+                         r.policy.find("shmem_enabled=force") == std::string::npos;
+  if (ruled_out) {
+    EXPECT_EQ(r.huge_page_bytes, 0u) << r.policy;
+  }
+  // A read-only attachment reports its own mapping.
+  auto ro = Segment::Attach(seg.name(), Segment::Access::kReadOnly);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  Segment::PageReport rr = (*ro)->Pages();
+  EXPECT_LE(rr.huge_page_bytes, rr.resident_bytes);
+  EXPECT_LE(rr.resident_bytes, (*ro)->size() + 4096);
+}
+
+}  // namespace
+}  // namespace kvidx::index
