@@ -77,11 +77,15 @@ struct Cell {
   std::vector<std::vector<BlockKey>> queries;
 };
 
+// The block keys of the first `depth` blocks of a family's spine.
+std::vector<BlockKey> SpineKeys(const PinnedWorkload& w, BlockKey root, const PinnedFamily& f,
+                                uint32_t depth) {
+  return index::ChainBlockKeys(root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock},
+                               kPinnedTokensPerBlock);
+}
+
 std::vector<Cell> MakeCells(const PinnedWorkload& w, BlockKey root, std::mt19937_64& rng) {
-  auto spine = [&](const PinnedFamily& f, uint32_t depth) {
-    return index::ChainBlockKeys(root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock},
-                                 kPinnedTokensPerBlock);
-  };
+  auto spine = [&](const PinnedFamily& f, uint32_t depth) { return SpineKeys(w, root, f, depth); };
   std::vector<Cell> cells;
   for (size_t h : {1, 8, 64}) {
     Cell c{"H=" + std::to_string(h), {}};
@@ -112,10 +116,7 @@ std::vector<Cell> MakeCells(const PinnedWorkload& w, BlockKey root, std::mt19937
 // single-holder families.
 std::vector<std::vector<BlockKey>> MakeProbes(const PinnedWorkload& w, BlockKey root) {
   std::vector<std::vector<BlockKey>> probes;
-  auto spine = [&](const PinnedFamily& f, uint32_t depth) {
-    return index::ChainBlockKeys(root, {w.Tokens(f.first), size_t{depth} * kPinnedTokensPerBlock},
-                                 kPinnedTokensPerBlock);
-  };
+  auto spine = [&](const PinnedFamily& f, uint32_t depth) { return SpineKeys(w, root, f, depth); };
   for (const PinnedFamily& f : w.families) {
     if (f.holders.size() == 64 && f.length >= kGateDepth && probes.size() < 32) {
       probes.push_back(spine(f, kGateDepth));
@@ -354,7 +355,7 @@ int Run(const Args& args) {
       redis_note = "not run: " + server.error();
     } else {
       RedisIndex ri(server.ctx(), root, kPinnedTokensPerBlock, kPinnedHolders);
-      // The router keeps the block key of every block it stored, to chain the next event.
+      // The router keeps the block key of each event's last block: every parent is one.
       std::vector<BlockKey> key_of(w.blocks, 0);
       std::vector<uint32_t> counts;
       std::vector<uint16_t> pods;
@@ -363,15 +364,8 @@ int Run(const Args& args) {
           w, probes, red,
           [&](const PinnedOp& op, const uint64_t* hashes) {
             BlockKey parent = op.parent >= 0 ? key_of[op.parent] : root;
-            BlockKey k = ri.Store(op.holder, parent, hashes, w.Tokens(op.first), op.count);
-            key_of[op.first + op.count - 1] = k;
-            for (uint32_t i = 0; i + 1 < op.count; ++i) {
-              if (key_of[op.first + i] == 0) {
-                key_of[op.first + i] =
-                    index::ChainBlockKey(i == 0 ? parent : key_of[op.first + i - 1],
-                                         {w.Tokens(op.first + i), kPinnedTokensPerBlock});
-              }
-            }
+            key_of[op.first + op.count - 1] =
+                ri.Store(op.holder, parent, hashes, w.Tokens(op.first), op.count);
           },
           [&](uint16_t holder, uint64_t hash) { ri.Remove(holder, hash); },
           [&](const std::vector<BlockKey>& q) { ri.Lookup(q, counts, pods); });

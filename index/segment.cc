@@ -352,12 +352,6 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::OpenOrCreate(const std::string
   return absl::UnavailableError("segment kept appearing and disappearing");
 }
 
-void Segment::AdviseHugePages() {
-  // Asked before any page of this mapping is touched: where the mount says huge=advise, faults
-  // through it may then take 2 MiB pages. Harmless (EINVAL) where THP is not built in.
-  advise_errno_ = madvise(base_, size_, MADV_HUGEPAGE) == 0 ? 0 : errno;
-}
-
 namespace {
 
 // The word in [brackets] of a sysfs choice list, or the whole first line.
@@ -386,8 +380,23 @@ std::string DevShmHugeOption() {
 
 }  // namespace
 
+void Segment::AdviseHugePages() {
+  // Asked before any page of this mapping is touched: where the mount says huge=advise, faults
+  // through it may then take 2 MiB pages. Harmless (EINVAL) where THP is not built in.
+  const int err = madvise(base_, size_, MADV_HUGEPAGE) == 0 ? 0 : errno;
+  page_policy_ = absl::StrCat(
+      "/dev/shm huge=", DevShmHugeOption(),
+      ", shmem_enabled=", SelectedChoice("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+      ", madvise(MADV_HUGEPAGE) ",
+      err == 0 ? std::string("accepted") : std::error_code(err, std::generic_category()).message());
+}
+
 Segment::PageReport Segment::Pages() const {
+  std::lock_guard<std::mutex> lock(pages_mu_);
+  const int64_t now = MonotonicNanos();
+  if (pages_at_ns_ != 0 && now - pages_at_ns_ < kPagesMaxAgeNs) return pages_;
   PageReport r;
+  r.policy = page_policy_;
   // The mapping's entry: a header line "start-end perms ..." then "Key: value kB" lines.
   std::ifstream in("/proc/self/smaps");
   std::string line;
@@ -410,12 +419,8 @@ Segment::PageReport Segment::Pages() const {
     if (auto v = kb("ShmemPmdMapped:")) r.huge_page_bytes += *v;
     if (auto v = kb("FilePmdMapped:")) r.huge_page_bytes += *v;
   }
-  r.policy = absl::StrCat(
-      "/dev/shm huge=", DevShmHugeOption(),
-      ", shmem_enabled=", SelectedChoice("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
-      ", madvise(MADV_HUGEPAGE) ",
-      advise_errno_ == 0 ? std::string("accepted")
-                         : std::error_code(advise_errno_, std::generic_category()).message());
+  pages_ = r;
+  pages_at_ns_ = now;
   return r;
 }
 
