@@ -15,6 +15,7 @@
 
 #include <toml++/toml.h>
 
+#include "config/aibrix_env.h"
 #include "control/layout.h"
 #include "shared/status.h"
 
@@ -349,6 +350,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "reconnect_max_ms", &c.reconnect_max_ms, where);
     KVIDX_READ(*s, "replay_timeout_ms", &c.replay_timeout_ms, where);
     KVIDX_READ(*s, "idle_probe_ms", &c.idle_probe_ms, where);
+    KVIDX_READ(*s, "poll_timeout_ms", &c.poll_timeout_ms, where);
+    KVIDX_READ(*s, "linger_ms", &c.zmq_linger_ms, where);
     KVIDX_READ(*s, "unreachable_after_ms", &c.unreachable_after_ms, where);
     KVIDX_READ(*s, "drop_after_ms", &c.drop_after_ms, where);
     KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
@@ -469,7 +472,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
                                                      "' which has no [[model]] entry"));
     }
   }
-  // Environment overrides.
+  // Environment overrides: the AIBrix names, then kvidx's own (which win).
+  KVIDX_RETURN_IF_ERROR(ApplyAibrixEnvironment(&c));
   EnvString("KVIDX_SEGMENT", &c.segment);
   EnvString("KVIDX_LISTEN", &c.listen);
   EnvString("KVIDX_METRICS_LISTEN", &c.metrics_listen);
@@ -478,9 +482,17 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
                              std::pair{"KVIDX_REPLAY_TIMEOUT_MS", &c.replay_timeout_ms},
                              std::pair{"KVIDX_RECONNECT_INITIAL_MS", &c.reconnect_initial_ms},
                              std::pair{"KVIDX_RECONNECT_MAX_MS", &c.reconnect_max_ms},
-                             std::pair{"KVIDX_MAX_TOKENS", &c.max_tokens}}) {
+                             std::pair{"KVIDX_MAX_TOKENS", &c.max_tokens},
+                             std::pair{"KVIDX_POLL_TIMEOUT_MS", &c.poll_timeout_ms},
+                             std::pair{"KVIDX_ZMQ_LINGER_MS", &c.zmq_linger_ms}}) {
     absl::Status s = EnvNumber(name, field);
     if (!s.ok()) return s;
+  }
+  KVIDX_RETURN_IF_ERROR(EnvNumber("KVIDX_RCVHWM", &c.rcvhwm));
+  KVIDX_RETURN_IF_ERROR(EnvNumber("KVIDX_MAX_BUFFERED_BATCHES", &c.max_buffered_batches));
+  if (c.poll_timeout_ms == 0 || c.rcvhwm <= 0 || c.max_buffered_batches == 0) {
+    return absl::InvalidArgumentError(
+        "poll_timeout_ms, rcvhwm and max_buffered_batches must be positive");
   }
   for (auto [name, field] : {std::pair{"KVIDX_BLOCKS", &c.geometry.blocks},
                              std::pair{"KVIDX_PAIRS", &c.geometry.pairs}}) {

@@ -58,7 +58,8 @@ struct Config {
   uint32_t unreachable_after_ms = 10000;
   uint32_t drop_after_ms = 300000;
   uint32_t poll_timeout_ms = 100;
-  int32_t rcvhwm = 100000;  // the engines' PUB default
+  uint32_t zmq_linger_ms = 0;  // ZMQ_LINGER of the SUB and replay sockets
+  int32_t rcvhwm = 100000;     // the engines' PUB default
   // A batch larger than this is refused (ZeroMQ drops it and the stream sees a gap). A vLLM
   // step of 64 k batched tokens is under 0.5 MiB.
   uint64_t max_payload_bytes = 4u << 20;
@@ -110,9 +111,13 @@ struct Config {
 
   std::vector<ModelConfig> models;
   std::vector<PublisherConfig> publishers;
+
+  // What the services log at start-up: settings accepted but ignored (config/aibrix_env.h).
+  std::vector<std::string> warnings;
 };
 
-// Reads `path` (if non-empty) and applies KVIDX_* environment overrides. INVALID_ARGUMENT
+// Reads `path` (if non-empty) and applies the AIBRIX_* (config/aibrix_env.h), then KVIDX_*
+// environment overrides. INVALID_ARGUMENT
 // (with the file, line and key) for bad values; NOT_FOUND if the file is missing.
 absl::StatusOr<Config> LoadConfig(const std::string& path);
 absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& origin);

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
     if (worker < 0) worker = 0;
     std::string tag = "ingest@" + std::to_string(worker);
     kvidx::SetLogTag(tag.c_str());
+    for (const std::string& w : config->warnings) KVIDX_LOG_WARN("%s", w.c_str());
     struct sigaction sa {};
     sa.sa_handler = OnSignal;
     sigaction(SIGTERM, &sa, nullptr);

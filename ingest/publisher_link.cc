@@ -90,7 +90,7 @@ absl::Status PublisherLink::Start() {
     CloseSockets();  // a link started again
     sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
     sub_->set(zmq::sockopt::rcvhwm, QueueHwm());
-    sub_->set(zmq::sockopt::linger, 0);
+    sub_->set(zmq::sockopt::linger, static_cast<int>(options_.linger_ms));
     sub_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
     sub_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
     sub_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.max_payload_bytes));
@@ -154,7 +154,7 @@ absl::Status PublisherLink::Start() {
 absl::Status PublisherLink::OpenDealer() {
   try {
     dealer_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
-    dealer_->set(zmq::sockopt::linger, 0);
+    dealer_->set(zmq::sockopt::linger, static_cast<int>(options_.linger_ms));
     dealer_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms_);
     dealer_->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(options_.reconnect_max_ms));
     dealer_->set(zmq::sockopt::rcvhwm, QueueHwm());

@@ -33,6 +33,7 @@ struct LinkOptions {
   uint32_t reconnect_max_ms = 30000;
   uint32_t replay_timeout_ms = 2000;
   int32_t rcvhwm = 100000;
+  uint32_t linger_ms = 0;  // ZMQ_LINGER of both sockets
   size_t max_buffered_batches = 100000;
   // Byte budgets (config.h): the ZeroMQ receive queues hold at most queue_bytes (their
   // high-water mark is queue_bytes / limits.max_payload_bytes messages, each at most that

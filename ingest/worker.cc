@@ -31,6 +31,7 @@ LinkOptions Worker::MakeLinkOptions() const {
   o.unreachable_after_ms = config_.unreachable_after_ms;
   o.drop_after_ms = config_.drop_after_ms;
   o.rcvhwm = config_.rcvhwm;
+  o.linger_ms = config_.zmq_linger_ms;
   o.max_buffered_batches = config_.max_buffered_batches;
   o.queue_bytes = config_.queue_bytes;
   o.replay_buffer_bytes = config_.replay_buffer_bytes;

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
       KVIDX_LOG_ERROR("%s", config.status().ToString().c_str());
       return 1;
     }
+    for (const std::string& w : config->warnings) KVIDX_LOG_WARN("%s", w.c_str());
     if (!listen.empty()) config->listen = listen;
     if (!metrics.empty()) config->metrics_listen = metrics;
     // Wait for the ingest workers to create the segment and the control area (they own them;
