@@ -20,8 +20,7 @@ const char* Env(const char* name) {
 }
 
 absl::Status Bad(const char* name, const char* value, const std::string& why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("environment ", name, "='", value, "': ", why));
+  return absl::InvalidArgumentError(absl::StrCat("environment ", name, "='", value, "': ", why));
 }
 
 // Go's strconv.ParseBool spellings.
@@ -74,15 +73,14 @@ absl::StatusOr<uint64_t> ParseGoDuration(std::string_view text) {
     std::string_view name;
     double ms;
   };
-  static constexpr Unit kUnits[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xC2\xB5s", 1e-3},
-                                    {"ms", 1.0},  {"s", 1e3},   {"m", 60e3},
-                                    {"h", 3600e3}};
+  static constexpr Unit kUnits[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xC2\xB5s", 1e-3}, {"ms", 1.0},
+                                    {"s", 1e3},   {"m", 60e3},  {"h", 3600e3}};
   double total = 0;
   std::string_view rest = text;
   while (!rest.empty()) {
     size_t n = 0;
-    while (n < rest.size() && (absl::ascii_isdigit(static_cast<unsigned char>(rest[n])) ||
-                               rest[n] == '.'))
+    while (n < rest.size() &&
+           (absl::ascii_isdigit(static_cast<unsigned char>(rest[n])) || rest[n] == '.'))
       ++n;
     double value = 0;
     if (n == 0 || !absl::SimpleAtod(std::string(rest.substr(0, n)), &value)) {
@@ -93,12 +91,13 @@ absl::StatusOr<uint64_t> ParseGoDuration(std::string_view text) {
     const Unit* unit = nullptr;
     for (const Unit& u : kUnits) {
       // The longest unit that starts here ("ms" before "m").
-      if (rest.substr(0, u.name.size()) == u.name && (unit == nullptr || u.name.size() > unit->name.size()))
+      if (rest.substr(0, u.name.size()) == u.name &&
+          (unit == nullptr || u.name.size() > unit->name.size()))
         unit = &u;
     }
     if (unit == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", std::string(text), "' has a number without a unit (ns, us, ms, s, m, h)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", std::string(text), "' has a number without a unit (ns, us, ms, s, m, h)"));
     }
     rest.remove_prefix(unit->name.size());
     total += value * unit->ms;
@@ -123,8 +122,8 @@ absl::Status ApplyAibrixEnvironment(Config* c) {
           CountInto("AIBRIX_KV_EVENT_BUFFER_SIZE", &c->max_buffered_batches, 1, uint64_t{1} << 32);
       !st.ok())
     return st;
-  if (absl::Status st =
-          CountInto("AIBRIX_KV_EVENT_QUEUE_SIZE", &c->rcvhwm, 1, std::numeric_limits<int32_t>::max());
+  if (absl::Status st = CountInto("AIBRIX_KV_EVENT_QUEUE_SIZE", &c->rcvhwm, 1,
+                                  std::numeric_limits<int32_t>::max());
       !st.ok())
     return st;
   if (const char* v = Env("AIBRIX_KV_EVENT_SYNC_ENABLED")) {
@@ -139,7 +138,8 @@ absl::Status ApplyAibrixEnvironment(Config* c) {
   // Accepted with a reason: kvidx has no such setting.
   if (const char* v = Env("AIBRIX_KV_EVENT_BATCH_SIZE"); v != nullptr) {
     uint64_t n = 0;
-    if (!absl::SimpleAtoi(v, &n) || n == 0) return Bad("AIBRIX_KV_EVENT_BATCH_SIZE", v, "not a count");
+    if (!absl::SimpleAtoi(v, &n) || n == 0)
+      return Bad("AIBRIX_KV_EVENT_BATCH_SIZE", v, "not a count");
   }
   for (const char* name : {"AIBRIX_USE_REMOTE_TOKENIZER"}) {
     if (const char* v = Env(name); v != nullptr && !ParseGoBool(v).ok())

@@ -34,7 +34,7 @@
 namespace kvidx::control {
 
 inline constexpr uint64_t kControlMagic = 0x6b76696478435431ULL;  // "kvidxCT1"
-inline constexpr uint32_t kControlVersion = 5;
+inline constexpr uint32_t kControlVersion = 6;
 inline constexpr int kCommandSlots = 64;
 inline constexpr int kMaxWorkers = 16;
 inline constexpr uint32_t kRingEntries = 8192;    // per worker, power of two
@@ -79,6 +79,7 @@ struct CommandResult {
   uint32_t payload_size;  // bytes of typed records in the slot's payload
   uint32_t truncated;     // the records did not all fit
   char message[256];
+  char reason[32];  // a refusal's reason (query/errors.h), e.g. UNKNOWN_SEQUENCE
 };
 
 struct Command {

@@ -20,6 +20,32 @@ void Worker::ServeCommands() {
                   [this](control::Command& c, std::span<char> payload) { Execute(c, payload); });
 }
 
+namespace {
+
+// A refusal's reason (query/errors.h) in the command's result; returns `st`.
+absl::Status Refuse(CommandResult& r, const char* reason, absl::Status st) {
+  (void)control::CopyField(r.reason, reason);
+  return st;
+}
+
+// The reason of a refusal no executor named.
+const char* DefaultReason(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kResourceExhausted:
+      return "CAPACITY";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_COMMAND";
+    default:
+      return "WORKER_ERROR";
+  }
+}
+
+}  // namespace
+
 void Worker::Execute(control::Command& c, std::span<char> payload) {
   absl::Status st;
   switch (static_cast<CommandOp>(c.op)) {
@@ -44,6 +70,8 @@ void Worker::Execute(control::Command& c, std::span<char> payload) {
       st = absl::InvalidArgumentError(absl::StrCat("unknown command ", c.op));
   }
   c.result.code = static_cast<int32_t>(st.code());
+  if (!st.ok() && c.result.reason[0] == '\0')
+    (void)control::CopyField(c.result.reason, DefaultReason(st.code()));
   const std::string message(st.message());
   (void)control::CopyField(c.result.message,
                            std::string_view(message).substr(0, sizeof(c.result.message) - 1));
@@ -52,8 +80,11 @@ void Worker::Execute(control::Command& c, std::span<char> payload) {
 absl::Status Worker::ExecuteRegister(const CommandArgs& a, CommandResult& r) {
   const std::string model(FieldView(a.model));
   auto ns = index_->FindNamespace(model, "");
-  if (!ns)
-    return absl::FailedPreconditionError(absl::StrCat("model '", model, "' is not configured"));
+  if (!ns) {
+    return Refuse(
+        r, "UNKNOWN_MODEL",
+        absl::FailedPreconditionError(absl::StrCat("model '", model, "' is not configured")));
+  }
   config::PublisherConfig pc;
   pc.pod = FieldView(a.pod);
   pc.dp_rank = static_cast<uint32_t>(std::max(0, a.dp_rank));
@@ -65,9 +96,14 @@ absl::Status Worker::ExecuteRegister(const CommandArgs& a, CommandResult& r) {
   pc.topic = FieldView(a.topic);
   pc.dialect = ParseDialect(FieldView(a.dialect)).value_or(Dialect::kAuto);
   // The control area is writable by the query's user: the worker applies the allow-list itself.
-  if (pc.bind) KVIDX_RETURN_IF_ERROR(config::CheckBindEndpoint(config_, pc.endpoint));
-  KVIDX_RETURN_IF_ERROR(
-      index_->RegisterPublisher(config::PublisherSpecFor(pc, *ns, config_.workers)).status());
+  if (pc.bind) {
+    if (absl::Status st = config::CheckBindEndpoint(config_, pc.endpoint); !st.ok())
+      return Refuse(r, "BIND_NOT_ALLOWED", st);
+  }
+  absl::Status st =
+      index_->RegisterPublisher(config::PublisherSpecFor(pc, *ns, config_.workers)).status();
+  if (absl::IsResourceExhausted(st)) return Refuse(r, "PUBLISHER_TABLE_FULL", st);
+  KVIDX_RETURN_IF_ERROR(st);
   r.publishers = 1;
   return absl::OkStatus();
 }
@@ -89,7 +125,8 @@ absl::Status Worker::ExecuteDropPod(bool unregister, const CommandArgs& a, Comma
     ++r.publishers;
   }
   if (r.publishers == 0)
-    return absl::NotFoundError(absl::StrCat("no publisher ", std::string(pod)));
+    return Refuse(r, "UNKNOWN_POD",
+                  absl::NotFoundError(absl::StrCat("no publisher ", std::string(pod))));
   return absl::OkStatus();
 }
 
@@ -111,7 +148,7 @@ absl::Status Worker::ExecuteSequences(bool one, const CommandArgs& a, CommandRes
                                       std::span<char> payload) {
   const std::string pod(FieldView(a.pod));
   auto id = index_->FindPublisher(pod, static_cast<uint32_t>(std::max(0, a.dp_rank)));
-  if (!id) return absl::NotFoundError(absl::StrCat("no publisher ", pod));
+  if (!id) return Refuse(r, "UNKNOWN_POD", absl::NotFoundError(absl::StrCat("no publisher ", pod)));
   const auto* seqs = applier_->sequences(*id);
   size_t used = 0;
   auto put = [&](const void* p, size_t n) {
@@ -133,7 +170,8 @@ absl::Status Worker::ExecuteSequences(bool one, const CommandArgs& a, CommandRes
   } else {
     auto it = seqs == nullptr ? decltype(seqs->end()){} : seqs->find(a.sequence_id);
     if (seqs == nullptr || it == seqs->end()) {
-      return absl::NotFoundError(absl::StrCat("no sequence ", a.sequence_id, " on ", pod));
+      return Refuse(r, "UNKNOWN_SEQUENCE",
+                    absl::NotFoundError(absl::StrCat("no sequence ", a.sequence_id, " on ", pod)));
     }
     control::SequenceRecord rec = RecordOf(it->first, it->second);
     put(&rec, sizeof(rec));
@@ -152,8 +190,10 @@ absl::Status Worker::ExecuteClearNamespaces(bool all, const CommandArgs& a, Comm
   } else {
     auto ns = index_->FindNamespace(FieldView(a.model), FieldView(a.lora_name));
     if (!ns) {
-      return absl::NotFoundError(absl::StrCat("no namespace ", std::string(FieldView(a.model)), "/",
-                                              std::string(FieldView(a.lora_name))));
+      return Refuse(
+          r, "UNKNOWN_NAMESPACE",
+          absl::NotFoundError(absl::StrCat("no namespace ", std::string(FieldView(a.model)), "/",
+                                           std::string(FieldView(a.lora_name)))));
     }
     targets.push_back(*ns);
   }

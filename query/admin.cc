@@ -37,7 +37,8 @@ grpc::Status KvIndexService::RunCommand(const control::Command& c, control::Answ
   *answer = std::move(*r);
   const control::CommandResult& res = answer->command.result;
   if (res.code != 0) {
-    return Error(static_cast<grpc::StatusCode>(res.code), "REFUSED",
+    const std::string reason(control::FieldView(res.reason));
+    return Error(static_cast<grpc::StatusCode>(res.code), reason.empty() ? "REFUSED" : reason,
                  std::string(control::FieldView(res.message)));
   }
   return grpc::Status::OK;

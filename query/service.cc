@@ -22,12 +22,6 @@ namespace kvidx::query {
 
 using index::Ld;
 
-grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::string& message) {
-  v1::ErrorDetail d;
-  d.set_reason(reason);
-  return grpc::Status(code, reason + ": " + message, d.SerializeAsString());
-}
-
 namespace {
 
 std::string Str(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
@@ -256,6 +250,15 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_segment_resident_bytes(pages.resident_bytes);
   resp->set_segment_huge_page_bytes(pages.huge_page_bytes);
   resp->set_segment_page_policy(pages.policy);
+  std::array<uint64_t, kAibrixCodes> codes = ErrorCodeCounts();
+  for (index::PublisherId id : index_->ActivePublishers()) {
+    if (const index::PublisherSlot* ps = index_->publisher_slot(id)) {
+      const auto mine = PublisherErrorCodes(*ps);
+      for (int i = 0; i < kAibrixCodes; ++i) codes[i] += mine[i];
+    }
+  }
+  for (int i = 0; i < kAibrixCodes; ++i)
+    if (codes[i] != 0) (*resp->mutable_error_codes())[kFirstAibrixCode + i] = codes[i];
   resp->set_bytes_per_pair(s.bytes_per_live_pair);
   resp->set_batches_applied(Ld(h->ingest.batches_applied));
   resp->set_events_applied(Ld(h->ingest.events_applied));
@@ -377,6 +380,9 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["connects"] = Ld(s->ingest.connects);
   c["disconnects"] = Ld(s->ingest.disconnects);
   c["connect_retries"] = Ld(s->ingest.connect_retries);
+  const auto codes = PublisherErrorCodes(*s);
+  for (int i = 0; i < kAibrixCodes; ++i)
+    if (codes[i] != 0) (*pod->mutable_error_codes())[kFirstAibrixCode + i] = codes[i];
 }
 
 grpc::Status KvIndexService::ListPods(grpc::ServerContext*, const v1::ListPodsRequest*,

@@ -17,6 +17,7 @@
 #include "index/prefix_index.h"
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
+#include "query/errors.h"
 
 namespace kvidx::query {
 
@@ -101,8 +102,5 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   std::atomic<int> inflight_{0};
   std::atomic<int> watch_streams_{0};
 };
-
-// gRPC status with a reason (also attached as a kvidx.v1.ErrorDetail).
-grpc::Status Error(grpc::StatusCode code, const std::string& reason, const std::string& message);
 
 }  // namespace kvidx::query

@@ -123,6 +123,11 @@ class QueryTest : public ::testing::Test {
     d.ParseFromString(st.error_details());
     return d.reason();
   }
+  static uint32_t Code(const grpc::Status& st) {
+    v1::ErrorDetail d;
+    d.ParseFromString(st.error_details());
+    return d.code();
+  }
   KvIndex::Stub& stub() { return *env->stub; }
   KvIndex::Stub& admin() { return *env->admin_stub; }
 };
@@ -516,6 +521,7 @@ TEST_F(QueryTest, StatsPodsAndGetPod) {
   grpc::Status st = stub().GetPod(&ctx, req, &pod);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Reason(st), "UNKNOWN_POD");
+  EXPECT_EQ(Code(st), 0u);  // no AIBrix code means the same
 }
 
 TEST_F(QueryTest, WatchEventsSeesEventsAppliedAfterItStarted) {
@@ -692,8 +698,17 @@ TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
   }
   get.set_sequence_id(99);
   {
+    // The worker's refusal reaches the router with its reason and the AIBrix code, and is
+    // counted in Stats.
     grpc::ClientContext ctx;
-    EXPECT_EQ(stub().GetSequence(&ctx, get, &one).error_code(), grpc::StatusCode::NOT_FOUND);
+    grpc::Status st = stub().GetSequence(&ctx, get, &one);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(Reason(st), "UNKNOWN_SEQUENCE");
+    EXPECT_EQ(Code(st), 1007u);
+    grpc::ClientContext sctx;
+    v1::StatsResponse stats;
+    ASSERT_TRUE(stub().Stats(&sctx, v1::StatsRequest(), &stats).ok());
+    EXPECT_GE(stats.error_codes().count(1007) ? stats.error_codes().at(1007) : 0, 1u);
   }
   list.set_pod("nobody");
   {
