@@ -369,6 +369,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     std::string where = origin + " [query]";
     KVIDX_READ(*s, "listen", &c.listen, where);
     KVIDX_READ(*s, "metrics_listen", &c.metrics_listen, where);
+    KVIDX_READ(*s, "http_listen", &c.http_listen, where);
+    KVIDX_READ(*s, "max_http_connections", &c.max_http_connections, where);
     KVIDX_READ(*s, "max_tokens", &c.max_tokens, where);
     KVIDX_READ(*s, "max_lookups_per_call", &c.max_lookups_per_call, where);
     KVIDX_READ(*s, "max_inflight_rpcs", &c.max_inflight_rpcs, where);
@@ -477,6 +479,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
   EnvString("KVIDX_SEGMENT", &c.segment);
   EnvString("KVIDX_LISTEN", &c.listen);
   EnvString("KVIDX_METRICS_LISTEN", &c.metrics_listen);
+  EnvString("KVIDX_HTTP_LISTEN", &c.http_listen);
   EnvString("KVIDX_ADMIN_LISTEN", &c.admin_listen);
   for (auto [name, field] : {std::pair{"KVIDX_WORKERS", &c.workers},
                              std::pair{"KVIDX_REPLAY_TIMEOUT_MS", &c.replay_timeout_ms},

@@ -86,6 +86,9 @@ struct Config {
   // calls there are refused with PERMISSION_DENIED.
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
+  // HTTP/JSON and WebSocket (query/http_server.h), a router surface; "" = off.
+  std::string http_listen;
+  uint32_t max_http_connections = 64;
   // The admin listener: a unix socket (mode admin_socket_mode, group admin_group; "" = this
   // process's group) serving every call, kvidxctl's default. "off": none.
   std::string admin_listen = "unix:/run/kvidx/admin.sock";

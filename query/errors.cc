@@ -67,8 +67,7 @@ std::array<uint64_t, kAibrixCodes> PublisherErrorCodes(const index::PublisherSlo
                                               Ld(s.ingest.foreign_model_events);
   c[kReplayFailed - kFirstAibrixCode] = Ld(s.ingest.resyncs) + Ld(s.ingest.unverifiable_gaps);
   c[kCacheFull - kFirstAibrixCode] = Ld(s.index.rejected_stores) + Ld(s.index.engine_table_full) +
-                                     Ld(s.ingest.budget_drops) +
-                                     Ld(s.ingest.adapter_limit_events);
+                                     Ld(s.ingest.budget_drops) + Ld(s.ingest.adapter_limit_events);
   return c;
 }
 

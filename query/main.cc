@@ -1,10 +1,12 @@
 // kvidx-query: the gRPC query server (kvidx.v1.KvIndex, health, reflection) and Prometheus
 // metrics, over a read-only mapping of the index.
 //
-//   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] [--port-file F]
-// --listen HOST:0 takes a free port (and metrics HOST:0 too); --port-file then receives the
-// bound gRPC port, the metrics port and the admin TCP port (0: none), a line each, once
-// serving. SIGHUP re-reads the TLS certificate files (query/listeners.h).
+//   kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]
+//               [--http HOST:PORT|off] [--port-file F]
+// --listen HOST:0 takes a free port (and metrics and http HOST:0 too); --port-file then
+// receives the bound gRPC port, the metrics port, the admin TCP port (0: none) and the HTTP
+// port (0: off), a line each, once serving. SIGHUP re-reads the TLS certificate files
+// (query/listeners.h).
 #include <signal.h>
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include "config/config.h"
 #include "control/control_area.h"
 #include "index/segment.h"
+#include "query/http_server.h"
 #include "query/listeners.h"
 #include "query/metrics.h"
 #include "query/service.h"
@@ -38,14 +41,14 @@ void OnHangup(int) { g_hangup = true; }
 int main(int argc, char** argv) {
   const char* env_config = std::getenv("KVIDX_CONFIG");  // NOLINT(concurrency-mt-unsafe)
   std::string config_path = env_config != nullptr ? env_config : "";
-  std::string listen, metrics, port_file;
+  std::string listen, metrics, http, port_file;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) {
       std::fprintf(
           stderr,
           "usage: kvidx-query [--config FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off] "
-          "[--port-file FILE]\n");
+          "[--http HOST:PORT|off] [--port-file FILE]\n");
       return 2;
     }
     if (a == "--config")
@@ -56,6 +59,8 @@ int main(int argc, char** argv) {
       port_file = argv[++i];
     else if (a == "--metrics")
       metrics = argv[++i];
+    else if (a == "--http")
+      http = argv[++i];
     else {
       std::fprintf(stderr, "kvidx-query: unknown flag %s\n", a.c_str());
       return 2;
@@ -71,6 +76,7 @@ int main(int argc, char** argv) {
     for (const std::string& w : config->warnings) KVIDX_LOG_WARN("%s", w.c_str());
     if (!listen.empty()) config->listen = listen;
     if (!metrics.empty()) config->metrics_listen = metrics;
+    if (!http.empty()) config->http_listen = http == "off" ? "" : http;
     // Wait for the ingest workers to create the segment and the control area (they own them;
     // one of another owner or a wider mode is refused).
     auto owner = kvidx::config::ResolveOwner(config->segment_owner);
@@ -121,6 +127,20 @@ int main(int argc, char** argv) {
       else
         m = std::move(*started);
     }
+    std::unique_ptr<kvidx::query::HttpServer> web;
+    if (!config->http_listen.empty()) {
+      kvidx::query::HttpOptions ho;
+      ho.max_connections = config->max_http_connections;
+      ho.max_body_bytes = config->max_request_bytes;
+      auto started = kvidx::query::HttpServer::Start(config->http_listen, &service, ho);
+      if (!started.ok()) {
+        KVIDX_LOG_ERROR("%s", started.status().ToString().c_str());
+        return 1;
+      }
+      web = std::move(*started);
+      KVIDX_LOG_INFO("serving HTTP/JSON and WebSocket on %s (port %d)", config->http_listen.c_str(),
+                     web->port());
+    }
     KVIDX_LOG_INFO("serving kvidx.v1.KvIndex on %s (port %d%s), admin on %s%s%s, metrics on %s",
                    config->listen.c_str(), port, config->tls_cert.empty() ? "" : ", TLS",
                    config->admin_listen.c_str(),
@@ -138,7 +158,8 @@ int main(int argc, char** argv) {
         // gRPC, metrics (0: off), admin over TCP (0: none)
         out << port << "\n"
             << (m ? m->port() : 0) << "\n"
-            << (*listeners)->admin_tcp_port() << "\n";
+            << (*listeners)->admin_tcp_port() << "\n"
+            << (web ? web->port() : 0) << "\n";
       }
       std::rename((port_file + ".tmp").c_str(), port_file.c_str());
     }
@@ -154,6 +175,7 @@ int main(int argc, char** argv) {
       }
     }
     sd_notify(0, "STOPPING=1");
+    if (web) web->Shutdown();
     (*listeners)->Shutdown();
     KVIDX_LOG_INFO("stopped");
     return 0;

@@ -423,30 +423,37 @@ void KvIndexService::FillApplied(const control::RingEntry& e, v1::AppliedEvent* 
 grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
                                          const v1::WatchEventsRequest* req,
                                          grpc::ServerWriter<v1::WatchEvent>* writer) {
+  return Watch(
+      *req, [ctx] { return ctx->IsCancelled(); },
+      [writer](const v1::WatchEvent& ev) { return writer->Write(ev); });
+}
+
+grpc::Status KvIndexService::Watch(const v1::WatchEventsRequest& req,
+                                   const std::function<bool()>& cancelled,
+                                   const std::function<bool(const v1::WatchEvent&)>& write) {
   InflightGuard streams(watch_streams_, static_cast<int>(config_.max_watch_streams));
   if (!streams.ok()) {
     counters_.overloaded.fetch_add(1);
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS",
-                 absl::StrCat("at most ", config_.max_watch_streams, " WatchEvents streams"));
+                 absl::StrCat("at most ", config_.max_watch_streams, " event streams"));
   }
   const int64_t stats_interval_ms =
-      req->stats_interval_ms() == 0
+      req.stats_interval_ms() == 0
           ? 0
-          : std::max<int64_t>(req->stats_interval_ms(), config_.min_stats_interval_ms);
+          : std::max<int64_t>(req.stats_interval_ms(), config_.min_stats_interval_ms);
   // Readers start at the rings' current heads: a watcher sees what is applied after it started.
   std::vector<control::RingReader> rings;
   for (uint32_t w = 0; w < control::kMaxWorkers; ++w) rings.emplace_back(*control_, w);
   int64_t next_stats = MonotonicNanos();
-  while (!ctx->IsCancelled()) {
+  while (!cancelled()) {
     bool sent = false;
-    bool open = true;
     for (control::RingReader& ring : rings) {
-      open = ring.Poll([&](const control::RingEntry& e, uint64_t missed) {
+      const bool open = ring.Poll([&](const control::RingEntry& e, uint64_t missed) {
         v1::WatchEvent ev;
         FillApplied(e, ev.mutable_applied());
         ev.set_missed(missed);
         sent = true;
-        return writer->Write(ev);
+        return write(ev);
       });
       if (!open) return grpc::Status::OK;
     }
@@ -454,7 +461,7 @@ grpc::Status KvIndexService::WatchEvents(grpc::ServerContext* ctx,
       next_stats = MonotonicNanos() + stats_interval_ms * 1'000'000;
       v1::WatchEvent ev;
       FillStats(ev.mutable_stats());
-      if (!writer->Write(ev)) return grpc::Status::OK;
+      if (!write(ev)) return grpc::Status::OK;
     }
     if (!sent) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -81,6 +82,12 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   const ServiceCounters& counters() const { return counters_; }
   void CountPermissionDenied() { counters_.permission_denied.fetch_add(1); }
   void FillStats(v1::StatsResponse* resp) const;
+  const config::Config& config() const { return config_; }
+  // The WatchEvents loop for any transport (gRPC, the HTTP listener's WebSockets): calls
+  // `write` with each event until it returns false or `cancelled` returns true. Counts against
+  // max_watch_streams (RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS past it).
+  grpc::Status Watch(const v1::WatchEventsRequest& req, const std::function<bool()>& cancelled,
+                     const std::function<bool(const v1::WatchEvent&)>& write);
 
  private:
   grpc::Status Overloaded();

@@ -12,6 +12,7 @@ DIR=$(mktemp -d /tmp/kvidx-demo.XXXXXX)
 SEG="kvidx-demo-$$"
 GRPC="${KVIDX_DEMO_GRPC:-127.0.0.1:50051}"
 METRICS="${KVIDX_DEMO_METRICS:-127.0.0.1:9464}"
+HTTP="${KVIDX_DEMO_HTTP:-127.0.0.1:8080}"
 SIM_PORT="${KVIDX_DEMO_SIM_PORT:-5557}"
 PIDS=()
 cleanup() {
@@ -46,6 +47,7 @@ workers = 2
 [query]
 listen = "$GRPC"
 metrics_listen = "$METRICS"
+http_listen = "$HTTP"
 admin_listen = "unix:$DIR/admin.sock"
 
 TOML
@@ -82,6 +84,25 @@ ctl lookup --model demo-model --tokens 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17
 
 say "lookup restricted to candidate pods pod-0,pod-1, as JSON"
 head -n1 "$DIR/prompts.txt" | { read -r line; ctl --json lookup --model demo-model --tokens "$line" --candidates pod-0,pod-1; }
+
+say "the same lookup over HTTP/JSON: curl -X POST http://$HTTP/v1/lookup"
+head -n1 "$DIR/prompts.txt" | { read -r line; curl -s -X POST "http://$HTTP/v1/lookup" \
+  -d "{\"queries\": [{\"namespace\": {\"model\": \"demo-model\"}, \"tokens\": {\"ids\": [$line]}}]}" |
+  /usr/bin/python3 -c 'import json, sys; r = json.load(sys.stdin)["results"][0]; print("prompt blocks", r["promptBlocks"], "| best", r.get("best", {}).get("pod"), r.get("best", {}).get("matchedBlocks"), "blocks |", len(r["matches"]), "pods match")'; }
+
+say "AIBrix status route: curl http://$HTTP/api/v1/cache/status"
+curl -s "http://$HTTP/api/v1/cache/status"
+echo
+
+say "one AIBrix WebSocket event (ws://$HTTP/api/v1/cache/events) with python3-websocket"
+/usr/bin/python3 -c 'import sys, websocket
+ws = websocket.create_connection(sys.argv[1], timeout=10)
+while True:
+    m = ws.recv()
+    if "block_" in m:
+        print(m)
+        break
+ws.close()' "ws://$HTTP/api/v1/cache/events?stats_interval_ms=0"
 
 say "kvidxctl watch (the next 8 applied events)"
 ctl watch --count 8
