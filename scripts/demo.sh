@@ -104,6 +104,14 @@ while True:
         break
 ws.close()' "ws://$HTTP/api/v1/cache/events?stats_interval_ms=0"
 
+say "the Python client (clients/python/README.md's example, verbatim but for the address)"
+PYTHONPATH=clients/python /usr/bin/python3 -c '
+from kvidx_client import KvidxClient
+with KvidxClient("'"$GRPC"'") as kv:
+    r = kv.lookup("demo-model", tokens=list(range(64)))
+    print(r.prompt_blocks, "blocks;", len(r.matches), "pods match")
+    print(kv.stats().blocks, "blocks indexed")'
+
 say "kvidxctl watch (the next 8 applied events)"
 ctl watch --count 8
 

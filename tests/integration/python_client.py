@@ -1,26 +1,24 @@
 #!/usr/bin/python3
-"""A kvidx client in another language: generates Python stubs from proto/ at test time (Debian's
-python3-grpc-tools), then runs a lookup and reads stats through a running kvidx-query, and
-checks the standard health and reflection services with raw messages.
+"""A kvidx client in another language: the project's Python client (clients/python, its stubs
+generated from proto/ with Debian's python3-grpc-tools) runs lookups and reads stats through a
+running kvidx-query; the raw stub checks the errors' details; the standard health and
+reflection services are checked with raw messages.
 
 usage: python_client.py HOST:PORT PROMPT_TOKENS_FILE
 Exits 0 when every check passes; prints what failed otherwise.
 """
 import os
-import subprocess
 import sys
-import tempfile
 
 import grpc
 
 addr, prompts_path = sys.argv[1], sys.argv[2]
+# The project's own client package (clients/python): from the directory it was installed into
+# (KVIDX_CLIENT_PATH), else from the repository.
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-out = tempfile.mkdtemp(prefix="kvidx-pystubs-")
-subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(root, "proto/kvidx/v1"),
-                "--python_out", out, "--grpc_python_out", out, "kvidx.proto"], check=True)
-sys.path.insert(0, out)
-import kvidx_pb2  # noqa: E402
-import kvidx_pb2_grpc  # noqa: E402
+sys.path.insert(0, os.environ.get("KVIDX_CLIENT_PATH") or os.path.join(root, "clients", "python"))
+import kvidx_client  # noqa: E402
+from kvidx_client import KvidxClient, KvidxError, pb as kvidx_pb2  # noqa: E402
 
 failures = []
 
@@ -30,8 +28,14 @@ def check(cond, what):
         failures.append(what)
 
 
-channel = grpc.insecure_channel(addr)
-stub = kvidx_pb2_grpc.KvIndexStub(channel)
+if os.environ.get("KVIDX_CLIENT_PATH"):
+    check(os.path.dirname(kvidx_client.__file__).startswith(os.environ["KVIDX_CLIENT_PATH"]),
+          "the installed package is the one imported")
+    check(hasattr(kvidx_client.pb, "LookupRequest") and
+          kvidx_client.pb.__name__ == "kvidx_client.kvidx_pb2", "installed with its built stubs")
+kv = KvidxClient(addr)
+channel = kv.channel
+stub = kv.stub
 
 tokens = [int(t) for t in open(prompts_path).readline().strip().split(",")]
 req = kvidx_pb2.LookupRequest(queries=[
@@ -46,7 +50,31 @@ check(resp.results[0].namespace_known, "namespace known")
 check(resp.results[0].prompt_blocks == len(tokens) // 16, "prompt blocks")
 check(not resp.results[1].namespace_known, "unknown namespace is an answer")
 
-stats = stub.Stats(kvidx_pb2.StatsRequest(), timeout=5)
+# The typed wrapper agrees with the raw answer.
+typed = kv.lookup("qm", tokens=tokens)
+check(typed.namespace_known and typed.prompt_blocks == len(tokens) // 16, "typed lookup")
+check(typed.block_size == 16, "typed block size")
+check(not typed.matches or typed.best is not None, "a best pod when some pod matches")
+check(all(m.pod.startswith("pod-") for m in typed.matches), "typed matches name pods")
+check(not kv.lookup("not-a-model", tokens=[1, 2, 3]).namespace_known, "typed unknown namespace")
+by_keys = kv.lookup("qm", block_keys=[1, 2, 3])
+check(by_keys.matches == [] and by_keys.best is None, "typed miss by block keys")
+try:
+    kv.lookup("qm", tokens=[7] * 5000)
+    failures.append("too many tokens should be refused")
+except KvidxError as e:
+    check(e.code == grpc.StatusCode.INVALID_ARGUMENT and e.reason == "TOO_MANY_TOKENS",
+          "KvidxError carries code and reason, got %r" % e)
+    check(e.aibrix_code == 0, "no AIBrix code for TOO_MANY_TOKENS")
+try:
+    kv.pod("nobody")
+    failures.append("an unknown pod should be refused")
+except KvidxError as e:
+    check(e.code == grpc.StatusCode.NOT_FOUND and e.reason == "UNKNOWN_POD", "UNKNOWN_POD")
+check(len(kv.pods()) >= 4, "typed pods")
+kv.ping()
+
+stats = kv.stats()
 check(stats.publishers >= 4, "stats publishers")
 check(stats.blocks > 0, "stats blocks")
 check(stats.lookups > 0, "stats lookups")

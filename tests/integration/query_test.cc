@@ -638,6 +638,25 @@ TEST_F(QueryTest, PythonClientRunsALookupAndReadsStats) {
   EXPECT_EQ(py.Wait(std::chrono::milliseconds(60000)), 0) << py.Log();
 }
 
+// The client package installs from the repository without the network (pip, no index, no
+// build isolation: Debian's setuptools and grpc_tools), stubs built in, and works installed.
+TEST_F(QueryTest, PythonClientPackageInstallsWithoutNetworkAndWorksInstalled) {
+  const std::string target = env->dir + "/pyclient-installed";
+  Process pip({"/usr/bin/python3", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+               "--no-build-isolation", "--target", target,
+               std::string(KVIDX_SOURCE_ROOT) + "/clients/python"},
+              env->dir + "/pip.log");
+  ASSERT_EQ(pip.Wait(std::chrono::milliseconds(120000)), 0) << pip.Log();
+  ASSERT_EQ(access((target + "/kvidx_client/kvidx_pb2.py").c_str(), R_OK), 0) << pip.Log();
+  setenv("KVIDX_CLIENT_PATH", target.c_str(), 1);
+  Process py(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/python_client.py",
+       env->grpc_addr, env->dir + "/prompts.txt"},
+      env->dir + "/pyclient-installed.log");
+  unsetenv("KVIDX_CLIENT_PATH");
+  EXPECT_EQ(py.Wait(std::chrono::milliseconds(60000)), 0) << py.Log();
+}
+
 // A sequence-id publisher registered at run time; its sequences are read back through the
 // owning worker.
 TEST_F(QueryTest, SequencesOfASequenceIdPublisher) {
