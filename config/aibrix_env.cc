@@ -141,9 +141,31 @@ absl::Status ApplyAibrixEnvironment(Config* c) {
     if (!absl::SimpleAtoi(v, &n) || n == 0)
       return Bad("AIBRIX_KV_EVENT_BATCH_SIZE", v, "not a count");
   }
-  for (const char* name : {"AIBRIX_USE_REMOTE_TOKENIZER"}) {
-    if (const char* v = Env(name); v != nullptr && !ParseGoBool(v).ok())
-      return Bad(name, v, "not a boolean");
+  // The remote tokenizer: the endpoint of every model that names none; kvidx never tokenizes
+  // locally, so "false" and "local" are accepted with a warning.
+  if (const char* v = Env("AIBRIX_USE_REMOTE_TOKENIZER")) {
+    auto on = ParseGoBool(v);
+    if (!on.ok()) return Bad("AIBRIX_USE_REMOTE_TOKENIZER", v, "not a boolean");
+    if (!*on) {
+      c->warnings.push_back(absl::StrCat("AIBRIX_USE_REMOTE_TOKENIZER='", v,
+                                         "' is accepted and ignored: kvidx never tokenizes "
+                                         "locally (prompt text goes to tokenizer_endpoint)"));
+    }
+  }
+  if (const char* v = Env("AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE"); v != nullptr) {
+    if (std::string(v) != "remote") {
+      c->warnings.push_back(absl::StrCat("AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE='", v,
+                                         "' is accepted and ignored: kvidx's tokenizer is always "
+                                         "the remote one"));
+    }
+  }
+  if (const char* v = Env("AIBRIX_REMOTE_TOKENIZER_ENDPOINT"); v != nullptr && *v != '\0') {
+    std::string ep = v;
+    if (ep.find("://") == std::string::npos) ep = "http://" + ep;
+    if (ep.rfind("http://", 0) != 0)
+      return Bad("AIBRIX_REMOTE_TOKENIZER_ENDPOINT", v, "only http:// endpoints are supported");
+    for (ModelConfig& m : c->models)
+      if (m.tokenizer_endpoint.empty()) m.tokenizer_endpoint = ep;
   }
   for (const char* name : {"AIBRIX_ZMQ_RECV_TIMEOUT", "AIBRIX_ZMQ_SEND_TIMEOUT"}) {
     if (const char* v = Env(name); v != nullptr && !ParseGoDuration(v).ok())
@@ -158,12 +180,6 @@ absl::Status ApplyAibrixEnvironment(Config* c) {
                      "is dropped and asked again at the replay timeout"},
            std::pair{"AIBRIX_KV_EVENT_BATCH_SIZE",
                      "kvidx applies each engine batch whole as it arrives"},
-           std::pair{"AIBRIX_USE_REMOTE_TOKENIZER",
-                     "kvidx answers token ids (and engine hashes) and never tokenizes locally"},
-           std::pair{"AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE",
-                     "kvidx never tokenizes locally; lookups carry the engine's token ids"},
-           std::pair{"AIBRIX_REMOTE_TOKENIZER_ENDPOINT",
-                     "prompt-text lookups are not built yet; lookups carry token ids"},
        }) {
     if (absl::Status st = Meaningless(c, name, why); !st.ok()) return st;
   }

@@ -371,6 +371,9 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "metrics_listen", &c.metrics_listen, where);
     KVIDX_READ(*s, "http_listen", &c.http_listen, where);
     KVIDX_READ(*s, "max_http_connections", &c.max_http_connections, where);
+    KVIDX_READ(*s, "tokenizer_timeout_ms", &c.tokenizer_timeout_ms, where);
+    KVIDX_READ(*s, "tokenizer_cache_entries", &c.tokenizer_cache_entries, where);
+    KVIDX_READ(*s, "tokenizer_connections", &c.tokenizer_connections, where);
     KVIDX_READ(*s, "max_tokens", &c.max_tokens, where);
     KVIDX_READ(*s, "max_lookups_per_call", &c.max_lookups_per_call, where);
     KVIDX_READ(*s, "max_inflight_rpcs", &c.max_inflight_rpcs, where);
@@ -401,6 +404,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       KVIDX_READ(*m, "name", &mc.name, where);
       KVIDX_READ(*m, "block_size", &mc.block_size, where);
       KVIDX_READ(*m, "key_by_engine_hash", &mc.key_by_engine_hash, where);
+      KVIDX_READ(*m, "tokenizer_endpoint", &mc.tokenizer_endpoint, where);
+      KVIDX_READ(*m, "tokenizer_model", &mc.tokenizer_model, where);
       known[m].insert("lora_names");
       if (const toml::table* l = (*m)["lora_names"].as_table()) {
         for (const auto& [k, v] : *l) {

@@ -22,6 +22,10 @@ struct ModelConfig {
   uint32_t block_size = 16;
   bool key_by_engine_hash = false;            // token-less dialects (KVBM)
   std::map<int64_t, std::string> lora_names;  // lora_id -> adapter name
+  // Prompt-text lookups: the engine's tokenizer ("http://HOST:PORT", vLLM's POST /tokenize)
+  // and the model name to send it ("" = name).
+  std::string tokenizer_endpoint;
+  std::string tokenizer_model;
 };
 
 struct PublisherConfig {
@@ -89,6 +93,10 @@ struct Config {
   // HTTP/JSON and WebSocket (query/http_server.h), a router surface; "" = off.
   std::string http_listen;
   uint32_t max_http_connections = 64;
+  // The tokenizer client of prompt-text lookups (query/tokenizer.h).
+  uint32_t tokenizer_timeout_ms = 2000;
+  uint32_t tokenizer_cache_entries = 10000;
+  uint32_t tokenizer_connections = 8;  // idle keep-alive connections per endpoint
   // The admin listener: a unix socket (mode admin_socket_mode, group admin_group; "" = this
   // process's group) serving every call, kvidxctl's default. "off": none.
   std::string admin_listen = "unix:/run/kvidx/admin.sock";

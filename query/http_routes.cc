@@ -1,15 +1,14 @@
 // The HTTP listener's routes (query/http_server.h): kvidx's own, in the canonical protobuf JSON
 // mapping of the gRPC messages, and the AIBrix KV event sync ones in the shape that API defines.
-#include <google/protobuf/util/json_util.h>
-
 #include <algorithm>
 #include <cstring>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
 
 #include "query/errors.h"
 #include "query/http_server.h"
@@ -118,15 +117,15 @@ HttpResponse AibrixSequences(KvIndexService* service) {
     truncated |= resp.truncated();
     const uint32_t bs = BlockSizeOf(service->index(), *s);
     for (const v1::Sequence& q : resp.sequences()) {
-      list.push_back({{"id", q.sequence_id()},
-                      {"token_count", uint64_t{q.stored_blocks()} * bs},
-                      {"block_count", q.stored_blocks()},
-                      {"last_accessed",
-                       static_cast<int64_t>(UnixSeconds(Ld(s->ingest.last_event_wall_ns)))},
-                      {"pod", q.pod()},
-                      {"dp_rank", q.dp_rank()},
-                      {"request_id", q.request_id()},
-                      {"finished", q.finished()}});
+      list.push_back(
+          {{"id", q.sequence_id()},
+           {"token_count", uint64_t{q.stored_blocks()} * bs},
+           {"block_count", q.stored_blocks()},
+           {"last_accessed", static_cast<int64_t>(UnixSeconds(Ld(s->ingest.last_event_wall_ns)))},
+           {"pod", q.pod()},
+           {"dp_rank", q.dp_rank()},
+           {"request_id", q.request_id()},
+           {"finished", q.finished()}});
     }
   }
   return Json(200, {{"sequences", list}, {"truncated", truncated}});
@@ -157,16 +156,17 @@ HttpResponse AibrixSequence(KvIndexService* service, const HttpRequest& r, std::
     const auto at = static_cast<int64_t>(UnixSeconds(Ld(s->ingest.last_event_wall_ns)));
     // kvidx keeps block keys, not token ids: tokens is empty; access is not tracked per
     // sequence (created_at and last_accessed are the publisher's last event).
-    return Json(200, {{"sequence_id", q.sequence_id()},
-                      {"tokens", json::array()},
-                      {"blocks", blocks},
-                      {"block_keys", keys},
-                      {"pod", q.pod()},
-                      {"dp_rank", q.dp_rank()},
-                      {"metadata", {{"created_at", at}, {"last_accessed", at}, {"access_count", 0}}}});
+    return Json(200,
+                {{"sequence_id", q.sequence_id()},
+                 {"tokens", json::array()},
+                 {"blocks", blocks},
+                 {"block_keys", keys},
+                 {"pod", q.pod()},
+                 {"dp_rank", q.dp_rank()},
+                 {"metadata", {{"created_at", at}, {"last_accessed", at}, {"access_count", 0}}}});
   }
-  return ErrorResponse(Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_SEQUENCE",
-                             absl::StrCat("no sequence ", seq)));
+  return ErrorResponse(
+      Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_SEQUENCE", absl::StrCat("no sequence ", seq)));
 }
 
 HttpResponse Lookup(KvIndexService* service, const HttpRequest& r) {
@@ -174,8 +174,8 @@ HttpResponse Lookup(KvIndexService* service, const HttpRequest& r) {
   google::protobuf::util::JsonParseOptions o;
   auto parsed = google::protobuf::util::JsonStringToMessage(r.body, &req, o);
   if (!parsed.ok()) {
-    return ErrorResponse(Error(grpc::StatusCode::INVALID_ARGUMENT, "BAD_JSON",
-                               std::string(parsed.message())));
+    return ErrorResponse(
+        Error(grpc::StatusCode::INVALID_ARGUMENT, "BAD_JSON", std::string(parsed.message())));
   }
   grpc::ServerContext ctx;
   v1::LookupResponse resp;
@@ -192,7 +192,8 @@ HttpResponse Pods(KvIndexService* service, const HttpRequest& r, std::string_vie
   v1::GetPodRequest req;
   req.set_pod(std::string(pod));
   uint32_t rank = 0;
-  if (auto it = r.query.find("dp_rank"); it != r.query.end() && !absl::SimpleAtoi(it->second, &rank))
+  if (auto it = r.query.find("dp_rank");
+      it != r.query.end() && !absl::SimpleAtoi(it->second, &rank))
     return ErrorResponse(Error(grpc::StatusCode::INVALID_ARGUMENT, "BAD_DP_RANK", it->second));
   req.set_dp_rank(rank);
   v1::Pod resp;
@@ -210,11 +211,23 @@ bool Prefix(std::string_view path, std::string_view prefix, std::string_view* re
 HttpResponse ErrorResponse(const grpc::Status& st) {
   v1::ErrorDetail d;
   d.ParseFromString(st.error_details());
-  static constexpr const char* kNames[] = {
-      "OK",       "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS",   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",  "UNIMPLEMENTED",       "INTERNAL",
-      "UNAVAILABLE", "DATA_LOSS",      "UNAUTHENTICATED"};
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
   const int code = static_cast<int>(st.error_code());
   std::string message = st.error_message();
   if (const std::string prefix = d.reason() + ": "; message.rfind(prefix, 0) == 0)

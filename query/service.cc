@@ -43,7 +43,55 @@ KvIndexService::KvIndexService(const config::Config& config,
     : config_(config),
       segment_(std::move(segment)),
       index_(std::make_unique<index::PrefixIndex>(segment_.get())),
-      control_(std::move(control)) {}
+      control_(std::move(control)) {
+  TokenizerOptions t;
+  t.timeout_ms = config_.tokenizer_timeout_ms;
+  t.cache_entries = config_.tokenizer_cache_entries;
+  t.idle_connections = config_.tokenizer_connections;
+  t.max_tokens = config_.max_tokens;
+  tokenizer_ = std::make_unique<Tokenizer>(t);
+}
+
+grpc::Status KvIndexService::Tokenize(const v1::LookupQuery& q, std::vector<uint32_t>* tokens,
+                                      v1::LookupResult* out) {
+  const config::ModelConfig* model = nullptr;
+  for (const auto& m : config_.models)
+    if (m.name == q.namespace_().model()) model = &m;
+  if (model == nullptr || model->tokenizer_endpoint.empty()) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_TOKENIZER",
+                 absl::StrCat("model '", q.namespace_().model(),
+                              "' has no tokenizer_endpoint: send token ids"));
+  }
+  uint64_t bytes = q.prompt().size();
+  std::vector<ChatTurn> turns;
+  for (const auto& m : q.messages().messages()) {
+    turns.push_back({m.role(), m.content()});
+    bytes += m.role().size() + m.content().size();
+  }
+  // Text of max_tokens tokens is rarely more than 32 bytes a token.
+  if (bytes > uint64_t{config_.max_tokens} * 32) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "PROMPT_TOO_LONG",
+                 absl::StrCat(bytes, " bytes of prompt text"));
+  }
+  auto r =
+      tokenizer_->Tokenize(model->tokenizer_endpoint,
+                           model->tokenizer_model.empty() ? model->name : model->tokenizer_model,
+                           q.input_case() == v1::LookupQuery::kPrompt ? &q.prompt() : nullptr,
+                           q.input_case() == v1::LookupQuery::kMessages ? &turns : nullptr);
+  if (!r.ok()) {
+    if (absl::IsResourceExhausted(r.status()))
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
+                   std::string(r.status().message()));
+    const bool late = absl::IsDeadlineExceeded(r.status());
+    return Error(late ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::UNAVAILABLE,
+                 late ? "TOKENIZER_TIMEOUT" : "TOKENIZER_FAILED",
+                 std::string(r.status().message()));
+  }
+  *tokens = std::move(r->tokens);
+  out->set_input(r->cached ? "tokenizer_cache" : "tokenizer");
+  out->set_prompt_tokens(static_cast<uint32_t>(tokens->size()));
+  return grpc::Status::OK;
+}
 
 void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness* f,
                                    int64_t now_ns) const {
@@ -81,8 +129,16 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   const uint32_t bs = nss->block_size;
   out->set_block_size(bs);
   std::vector<index::BlockKey> keys;
+  std::vector<uint32_t> tokenized;
   switch (q.input_case()) {
+    case v1::LookupQuery::kPrompt:
+    case v1::LookupQuery::kMessages: {
+      if (grpc::Status st = Tokenize(q, &tokenized, out); !st.ok()) return st;
+      keys = index::ChainBlockKeys(Ld(nss->root), tokenized, bs);
+      break;
+    }
     case v1::LookupQuery::kTokens: {
+      out->set_input("tokens");
       const auto& ids = q.tokens().ids();
       if (static_cast<uint32_t>(ids.size()) > config_.max_tokens) {
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
@@ -93,6 +149,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
       break;
     }
     case v1::LookupQuery::kBlockKeys: {
+      out->set_input("block_keys");
       const auto& k = q.block_keys().keys();
       if (uint64_t{static_cast<uint64_t>(k.size())} * std::max(1u, bs) > config_.max_tokens) {
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
@@ -102,6 +159,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
       break;
     }
     case v1::LookupQuery::kEngineHashes: {
+      out->set_input("engine_hashes");
       const auto& h = q.engine_hashes().hashes();
       if (uint64_t{static_cast<uint64_t>(h.size())} * std::max(1u, bs) > config_.max_tokens) {
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_BLOCKS",
@@ -118,7 +176,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     }
     default:
       return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_INPUT",
-                   "a query needs tokens, block_keys or engine_hashes");
+                   "a query needs tokens, block_keys, engine_hashes, prompt or messages");
   }
   if (q.input_case() != v1::LookupQuery::kEngineHashes) {
     out->set_prompt_blocks(static_cast<uint32_t>(keys.size()));
@@ -250,6 +308,9 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_segment_resident_bytes(pages.resident_bytes);
   resp->set_segment_huge_page_bytes(pages.huge_page_bytes);
   resp->set_segment_page_policy(pages.policy);
+  resp->set_tokenizer_calls(tokenizer_->calls());
+  resp->set_tokenizer_cache_hits(tokenizer_->cache_hits());
+  resp->set_tokenizer_failures(tokenizer_->failures());
   std::array<uint64_t, kAibrixCodes> codes = ErrorCodeCounts();
   for (index::PublisherId id : index_->ActivePublishers()) {
     if (const index::PublisherSlot* ps = index_->publisher_slot(id)) {

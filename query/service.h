@@ -19,6 +19,7 @@
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
 #include "query/errors.h"
+#include "query/tokenizer.h"
 
 namespace kvidx::query {
 
@@ -92,6 +93,9 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
  private:
   grpc::Status Overloaded();
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
+  // Prompt text or chat messages of `q` -> token ids, through the model's tokenizer.
+  grpc::Status Tokenize(const v1::LookupQuery& q, std::vector<uint32_t>* tokens,
+                        v1::LookupResult* out);
   void FillPod(index::PublisherId id, v1::Pod* pod) const;
   void FillFreshness(const index::PublisherSlot& s, v1::Freshness* f, int64_t now_ns = 0) const;
   // Admin calls (query/admin.cc) run as commands of the owning worker (control/layout.h).
@@ -108,6 +112,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   ServiceCounters counters_;
   std::atomic<int> inflight_{0};
   std::atomic<int> watch_streams_{0};
+  std::unique_ptr<Tokenizer> tokenizer_;
 };
 
 }  // namespace kvidx::query

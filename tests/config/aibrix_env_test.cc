@@ -163,21 +163,43 @@ TEST(AibrixEnvTest, KvEventSyncEnabled) {
   EXPECT_FALSE(ParseConfig(kFile, "test.toml").ok());
 }
 
-TEST(AibrixEnvTest, UseRemoteTokenizerIsAcceptedWithAWarning) {
-  ScopedEnv e{{"AIBRIX_USE_REMOTE_TOKENIZER", "true"}};
-  EXPECT_TRUE(Warned(Parse(), "AIBRIX_USE_REMOTE_TOKENIZER"));
+TEST(AibrixEnvTest, UseRemoteTokenizer) {
+  {
+    ScopedEnv e{{"AIBRIX_USE_REMOTE_TOKENIZER", "true"}};
+    EXPECT_TRUE(Parse().warnings.empty());
+  }
+  {
+    ScopedEnv e{{"AIBRIX_USE_REMOTE_TOKENIZER", "false"}};
+    EXPECT_TRUE(Warned(Parse(), "AIBRIX_USE_REMOTE_TOKENIZER"));
+  }
   ScopedEnv bad{{"AIBRIX_USE_REMOTE_TOKENIZER", "yes please"}};
   EXPECT_FALSE(ParseConfig(kFile, "test.toml").ok());
 }
 
-TEST(AibrixEnvTest, PrefixCacheTokenizerTypeIsAcceptedWithAWarning) {
-  ScopedEnv e{{"AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE", "remote"}};
+TEST(AibrixEnvTest, PrefixCacheTokenizerType) {
+  {
+    ScopedEnv e{{"AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE", "remote"}};
+    EXPECT_TRUE(Parse().warnings.empty());
+  }
+  ScopedEnv e{{"AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE", "local"}};
   EXPECT_TRUE(Warned(Parse(), "AIBRIX_PREFIX_CACHE_TOKENIZER_TYPE"));
 }
 
-TEST(AibrixEnvTest, RemoteTokenizerEndpointIsAcceptedWithAWarning) {
-  ScopedEnv e{{"AIBRIX_REMOTE_TOKENIZER_ENDPOINT", "http://vllm:8000"}};
-  EXPECT_TRUE(Warned(Parse(), "AIBRIX_REMOTE_TOKENIZER_ENDPOINT"));
+TEST(AibrixEnvTest, RemoteTokenizerEndpointIsEveryUnnamedModelsTokenizer) {
+  constexpr char kModels[] = R"(
+[[model]]
+name = "a"
+[[model]]
+name = "b"
+tokenizer_endpoint = "http://b-engine:8000"
+)";
+  ScopedEnv e{{"AIBRIX_REMOTE_TOKENIZER_ENDPOINT", "vllm:8000"}};
+  Config c = Parse(kModels);
+  ASSERT_EQ(c.models.size(), 2u);
+  EXPECT_EQ(c.models[0].tokenizer_endpoint, "http://vllm:8000");
+  EXPECT_EQ(c.models[1].tokenizer_endpoint, "http://b-engine:8000");  // the file's own wins
+  ScopedEnv bad{{"AIBRIX_REMOTE_TOKENIZER_ENDPOINT", "https://vllm:8000"}};
+  EXPECT_FALSE(ParseConfig(kModels, "test.toml").ok());
 }
 
 TEST(AibrixEnvTest, NoVariablesNoWarningsAndTheFileStands) {

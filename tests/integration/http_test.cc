@@ -1,7 +1,6 @@
 // kvidx-query's HTTP/JSON and WebSocket listener (query/http_server.h) as a real process over a
 // real index fed by kvidx-sim and a kvidx-ingest worker, called by real clients: curl for the
 // HTTP routes, Debian's python3-websocket for the event streams.
-#include <google/protobuf/util/json_util.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -10,6 +9,7 @@
 
 #include "gtest/gtest.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
@@ -26,7 +26,8 @@ using v1::KvIndex;
 
 struct Env {
   std::string dir, segment, config, http, admin_addr;
-  std::unique_ptr<Process> sim, w0, query;
+  std::unique_ptr<Process> sim, w0, query, tokenizer;
+  int tokenizer_port = 0;
   std::unique_ptr<KvIndex::Stub> stub, admin_stub;
   std::string prompt;  // a sample prompt's token ids, comma-separated
 };
@@ -42,8 +43,8 @@ struct HttpAnswer {
 HttpAnswer Curl(const std::string& path, std::vector<std::string> args = {}) {
   static int n = 0;
   const std::string base = env->dir + "/curl-" + std::to_string(++n);
-  std::vector<std::string> argv{"/usr/bin/curl", "-s", "-S", "--max-time", "20", "-o",
-                                base + ".body", "-w", "%{http_code}"};
+  std::vector<std::string> argv{"/usr/bin/curl", "-s", "-S",          "--max-time", "20", "-o",
+                                base + ".body",  "-w", "%{http_code}"};
   argv.insert(argv.end(), args.begin(), args.end());
   argv.push_back("http://" + env->http + path);
   Process p(argv, base + ".log");
@@ -61,8 +62,8 @@ HttpAnswer PostJson(const std::string& path, const std::string& body) {
   static int n = 0;
   const std::string file = env->dir + "/post-" + std::to_string(++n) + ".json";
   std::ofstream(file) << body;
-  return Curl(path, {"-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
-                     "@" + file});
+  return Curl(path,
+              {"-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + file});
 }
 
 class HttpTest : public ::testing::Test {
@@ -85,6 +86,16 @@ class HttpTest : public ::testing::Test {
     std::ifstream in(env->dir + "/sim.toml");
     std::stringstream ss;
     ss << in.rdbuf();
+    // The engines' tokenizer (vLLM's /tokenize), named for every model by the AIBrix variable.
+    env->tokenizer = std::make_unique<Process>(
+        std::vector<std::string>{
+            "/usr/bin/python3",
+            std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/tokenizer_peer.py",
+            env->dir + "/tokenizer.port", env->dir + "/prompts.txt"},
+        env->dir + "/tokenizer.log");
+    env->tokenizer_port = std::atoi(
+        WaitForFile(env->dir + "/tokenizer.port", std::chrono::milliseconds(30000)).c_str());
+    ASSERT_GT(env->tokenizer_port, 0) << env->tokenizer->Log();
     env->config = env->dir + "/kvidx.toml";
     env->admin_addr = "unix:" + env->dir + "/admin.sock";
     std::ofstream out(env->config);
@@ -93,7 +104,8 @@ class HttpTest : public ::testing::Test {
         << "[ingest]\nworkers = 1\nreconnect_initial_ms = 100\n"
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\n"
         << "http_listen = \"127.0.0.1:0\"\nadmin_listen = \"" << env->admin_addr << "\"\n"
-        << "max_tokens = 4096\nmax_request_bytes = 1048576\nmax_watch_streams = 4\n\n"
+        << "max_tokens = 4096\nmax_request_bytes = 1048576\nmax_watch_streams = 4\n"
+        << "tokenizer_timeout_ms = 1000\ntokenizer_cache_entries = 2\n\n"
         << "[[model]]\nname = \"qm4\"\nblock_size = 4\n\n"  // the sequence-id peer's
         << ss.str();
     out.close();
@@ -101,10 +113,13 @@ class HttpTest : public ::testing::Test {
         std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", env->config,
                                  "--worker", "0"},
         env->dir + "/w0.log");
+    const std::string tokenizer = "127.0.0.1:" + std::to_string(env->tokenizer_port);
+    setenv("AIBRIX_REMOTE_TOKENIZER_ENDPOINT", tokenizer.c_str(), 1);
     env->query = std::make_unique<Process>(
         std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", env->config,
                                  "--port-file", env->dir + "/query.port"},
         env->dir + "/query.log");
+    unsetenv("AIBRIX_REMOTE_TOKENIZER_ENDPOINT");
     std::string port = WaitForFile(env->dir + "/query.port", std::chrono::milliseconds(30000));
     ASSERT_FALSE(port.empty()) << env->query->Log();
     std::istringstream ports(port);
@@ -129,8 +144,10 @@ class HttpTest : public ::testing::Test {
     ASSERT_FALSE(env->prompt.empty());
   }
   static void TearDownTestSuite() {
-    for (auto* p : {env->query.get(), env->w0.get(), env->sim.get()}) p->Signal(SIGTERM);
-    for (auto* p : {env->query.get(), env->w0.get(), env->sim.get()}) p->Wait();
+    for (auto* p : {env->query.get(), env->w0.get(), env->sim.get(), env->tokenizer.get()})
+      p->Signal(SIGTERM);
+    for (auto* p : {env->query.get(), env->w0.get(), env->sim.get(), env->tokenizer.get()})
+      p->Wait();
     index::Segment::Remove(env->segment);
     control::ControlArea::Remove(control::ControlName(env->segment));
     delete env;
@@ -152,7 +169,8 @@ std::vector<std::pair<std::string, uint32_t>> Matches(const v1::LookupResponse& 
 
 TEST_F(HttpTest, LookupOverHttpAnswersAsTheGrpcLookupInTheSameSchema) {
   v1::LookupRequest req;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(LookupJson("hm", env->prompt), &req).ok());
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(LookupJson("hm", env->prompt), &req).ok());
   // The index changes while the engines run: the two answers are compared until one pair,
   // taken back to back, agrees.
   v1::LookupResponse over_http, over_grpc;
@@ -172,7 +190,8 @@ TEST_F(HttpTest, LookupOverHttpAnswersAsTheGrpcLookupInTheSameSchema) {
   EXPECT_GT(over_http.results(0).prompt_blocks(), 0u);
   EXPECT_FALSE(over_http.results(0).matches().empty());
   // A prompt nobody has, and an unknown model: answers, not errors.
-  HttpAnswer miss = PostJson("/v1/lookup", LookupJson("hm", "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"));
+  HttpAnswer miss =
+      PostJson("/v1/lookup", LookupJson("hm", "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"));
   ASSERT_EQ(miss.status, 200) << miss.body;
   EXPECT_TRUE(miss.Json()["results"][0]["matches"].empty()) << miss.body;
   HttpAnswer unknown = PostJson("/v1/lookup", LookupJson("no-model", "1,2,3"));
@@ -252,10 +271,10 @@ TEST_F(HttpTest, ClearIsAdminOnlyAndClearsNothing) {
 TEST_F(HttpTest, WebSocketStreamsCarryAppliedEventsInBothShapes) {
   for (auto [path, kind] : {std::pair{"/api/v1/cache/events?stats_interval_ms=1000", "aibrix"},
                             std::pair{"/v1/events", "proto"}}) {
-    Process ws({"/usr/bin/python3",
-                std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/ws_client.py",
-                "ws://" + env->http + path, "20", kind},
-               env->dir + "/ws-" + kind + ".log");
+    Process ws(
+        {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/ws_client.py",
+         "ws://" + env->http + path, "20", kind},
+        env->dir + "/ws-" + kind + ".log");
     EXPECT_EQ(ws.Wait(std::chrono::milliseconds(60000)), 0) << ws.Log();
     EXPECT_NE(ws.Log().find("ok"), std::string::npos) << ws.Log();
   }
@@ -310,6 +329,122 @@ TEST_F(HttpTest, AibrixSequencesOfASequenceIdPublisher) {
   un.set_pod("seq-pod");
   v1::UnregisterPublisherResponse ur;
   EXPECT_TRUE(env->admin_stub->UnregisterPublisher(&ctx, un, &ur).ok());
+}
+
+int TokenizerCalls() {
+  static int n = 0;
+  const std::string base = env->dir + "/calls-" + std::to_string(++n);
+  Process p({"/usr/bin/curl", "-s", "-o", base + ".body",
+             "http://127.0.0.1:" + std::to_string(env->tokenizer_port) + "/calls"},
+            base + ".log");
+  EXPECT_EQ(p.Wait(std::chrono::milliseconds(30000)), 0);
+  std::ifstream in(base + ".body");
+  json j = json::parse(in, nullptr, false);
+  return j.is_object() ? j["calls"].get<int>() : -1;
+}
+
+v1::LookupResponse GrpcLookup(const v1::LookupQuery& q, grpc::Status* st) {
+  v1::LookupRequest req;
+  *req.add_queries() = q;
+  v1::LookupResponse resp;
+  grpc::ClientContext ctx;
+  *st = env->stub->Lookup(&ctx, req, &resp);
+  return resp;
+}
+
+std::string Reason(const grpc::Status& st, uint32_t* code) {
+  v1::ErrorDetail d;
+  d.ParseFromString(st.error_details());
+  *code = d.code();
+  return d.reason();
+}
+
+// Prompt text goes through the engine's /tokenize (the endpoint given by
+// AIBRIX_REMOTE_TOKENIZER_ENDPOINT), and lands on the same blocks as its token ids; a repeated
+// prompt is answered from the cache; the answer says which path it took.
+TEST_F(HttpTest, PromptTextIsTokenizedByTheEngineAndCached) {
+  v1::LookupQuery by_text;
+  by_text.mutable_namespace_()->set_model("hm");
+  by_text.set_prompt("sample:0");
+  v1::LookupQuery by_ids;
+  by_ids.mutable_namespace_()->set_model("hm");
+  std::stringstream ls(env->prompt);
+  std::string tok;
+  while (std::getline(ls, tok, ',')) by_ids.mutable_tokens()->add_ids(std::stoul(tok));
+  const int calls0 = TokenizerCalls();
+  grpc::Status st;
+  v1::LookupResponse first = GrpcLookup(by_text, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(first.results(0).input(), "tokenizer");
+  EXPECT_EQ(first.results(0).prompt_tokens(), static_cast<uint32_t>(by_ids.tokens().ids_size()));
+  EXPECT_EQ(TokenizerCalls(), calls0 + 1);
+  v1::LookupResponse again, ids;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        again = GrpcLookup(by_text, &st);
+        ids = GrpcLookup(by_ids, &st);
+        return st.ok() && Matches(again) == Matches(ids);
+      },
+      std::chrono::milliseconds(20000)));
+  EXPECT_EQ(again.results(0).input(), "tokenizer_cache");
+  EXPECT_EQ(ids.results(0).input(), "tokens");
+  EXPECT_EQ(again.results(0).prompt_blocks(), ids.results(0).prompt_blocks());
+  EXPECT_FALSE(again.results(0).matches().empty());
+  EXPECT_EQ(TokenizerCalls(), calls0 + 1);  // every repeat came from the cache
+  // Chat messages, and prompt text over HTTP.
+  v1::LookupQuery chat;
+  chat.mutable_namespace_()->set_model("hm");
+  auto* m = chat.mutable_messages()->add_messages();
+  m->set_role("user");
+  m->set_content("sample:");
+  chat.mutable_messages()->add_messages()->set_content("0");
+  v1::LookupResponse by_chat = GrpcLookup(chat, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(by_chat.results(0).input(), "tokenizer");
+  EXPECT_EQ(by_chat.results(0).prompt_blocks(), ids.results(0).prompt_blocks());
+  HttpAnswer a = PostJson("/v1/lookup", R"({"queries": [{"namespace": {"model": "hm"},
+                                            "prompt": "sample:1"}]})");
+  ASSERT_EQ(a.status, 200) << a.body;
+  EXPECT_EQ(a.Json()["results"][0]["input"], "tokenizer") << a.body;
+  // The cache holds 2 entries: after two others, sample:0 is asked for again.
+  for (const char* p : {"sample:2", "sample:3", "sample:0"}) {
+    by_text.set_prompt(p);
+    ASSERT_TRUE(GrpcLookup(by_text, &st).results(0).input() == "tokenizer") << p;
+  }
+  grpc::ClientContext ctx;
+  v1::StatsResponse s;
+  ASSERT_TRUE(env->stub->Stats(&ctx, {}, &s).ok());
+  EXPECT_GE(s.tokenizer_calls(), 6u);
+  EXPECT_GE(s.tokenizer_cache_hits(), 1u);
+}
+
+TEST_F(HttpTest, ATokenizerThatFailsOrHangsIsAnErrorWithCode1005) {
+  v1::LookupQuery q;
+  q.mutable_namespace_()->set_model("hm");
+  q.set_prompt("fail");
+  grpc::Status st;
+  GrpcLookup(q, &st);
+  uint32_t code = 0;
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Reason(st, &code), "TOKENIZER_FAILED");
+  EXPECT_EQ(code, 1005u);
+  // A tokenizer that never answers: the call ends at its deadline (tokenizer_timeout_ms).
+  q.set_prompt("slow");
+  const auto t0 = std::chrono::steady_clock::now();
+  GrpcLookup(q, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(Reason(st, &code), "TOKENIZER_TIMEOUT");
+  EXPECT_EQ(code, 1005u);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+  HttpAnswer a = PostJson("/v1/lookup", R"({"queries": [{"namespace": {"model": "hm"},
+                                            "prompt": "fail"}]})");
+  EXPECT_EQ(a.status, 503);
+  EXPECT_EQ(a.Json()["error"]["code"], 1005) << a.body;
+  grpc::ClientContext ctx;
+  v1::StatsResponse s;
+  ASSERT_TRUE(env->stub->Stats(&ctx, {}, &s).ok());
+  EXPECT_GE(s.tokenizer_failures(), 3u);
+  EXPECT_GE(s.error_codes().count(1005) ? s.error_codes().at(1005) : 0, 3u);
 }
 
 }  // namespace
