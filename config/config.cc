@@ -259,6 +259,8 @@ std::string FleetToml(const std::vector<ModelConfig>& models,
   for (const ModelConfig& m : models) {
     toml::table t{{"name", m.name}, {"block_size", static_cast<int64_t>(m.block_size)}};
     if (m.key_by_engine_hash) t.insert("key_by_engine_hash", true);
+    if (!m.tokenizer_endpoint.empty()) t.insert("tokenizer_endpoint", m.tokenizer_endpoint);
+    if (!m.tokenizer_model.empty()) t.insert("tokenizer_model", m.tokenizer_model);
     if (!m.lora_names.empty()) {
       toml::table names;
       for (const auto& [id, name] : m.lora_names) names.insert(std::to_string(id), name);

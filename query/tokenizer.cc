@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/strings/str_cat.h"
+
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
-
-#include "absl/strings/str_cat.h"
 
 #include "shared/clock.h"
 
@@ -130,9 +130,8 @@ void Tokenizer::CachePut(const std::string& key, const std::vector<uint32_t>& to
   }
 }
 
-absl::StatusOr<std::string> Tokenizer::PostOnce(const Target& t, int fd,
-                                                const std::string& request, int64_t deadline_ns,
-                                                bool* reusable) {
+absl::StatusOr<std::string> Tokenizer::PostOnce(const Target& t, int fd, const std::string& request,
+                                                int64_t deadline_ns, bool* reusable) {
   size_t sent = 0;
   while (sent < request.size()) {
     const ssize_t n =
@@ -163,7 +162,8 @@ absl::StatusOr<std::string> Tokenizer::PostOnce(const Target& t, int fd,
     boost::beast::error_code ec;
     const size_t used = parser.put(boost::asio::buffer(buf), ec);
     if (ec == http::error::need_more) ec = {};
-    if (ec) return absl::UnavailableError(absl::StrCat("tokenizer: bad HTTP answer: ", ec.message()));
+    if (ec)
+      return absl::UnavailableError(absl::StrCat("tokenizer: bad HTTP answer: ", ec.message()));
     buf.erase(0, used);
   }
   const auto& res = parser.get();

@@ -42,7 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < c->models.size(); ++i) {
     const ModelConfig &a = c->models[i], &b = back->models[i];
     if (a.name != b.name || a.block_size != b.block_size ||
-        a.key_by_engine_hash != b.key_by_engine_hash || a.lora_names != b.lora_names)
+        a.key_by_engine_hash != b.key_by_engine_hash || a.lora_names != b.lora_names ||
+        a.tokenizer_endpoint != b.tokenizer_endpoint || a.tokenizer_model != b.tokenizer_model)
       Disagree("a model");
   }
   if (back->publishers.size() != c->publishers.size()) Disagree("the publisher count");
