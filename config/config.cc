@@ -450,11 +450,47 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       c.publishers.push_back(std::move(pc));
     }
   }
+  if (const toml::array* ds = root["discovery"].as_array()) {
+    for (const toml::node& n : *ds) {
+      const toml::table* t = n.as_table();
+      if (t == nullptr)
+        return absl::InvalidArgumentError(origin + ": [[discovery]] must be tables");
+      DiscoveryConfig d;
+      const std::string where = origin + " [[discovery]]";
+      std::string dialect = "auto";
+      KVIDX_READ(*t, "name", &d.name, where);
+      KVIDX_READ(*t, "model", &d.model, where);
+      KVIDX_READ(*t, "pub_port", &d.pub_port, where);
+      KVIDX_READ(*t, "replay_port", &d.replay_port, where);
+      KVIDX_READ(*t, "dp_ranks", &d.dp_ranks, where);
+      KVIDX_READ(*t, "dp_port_stride", &d.dp_port_stride, where);
+      KVIDX_READ(*t, "topic", &d.topic, where);
+      KVIDX_READ(*t, "dialect", &dialect, where);
+      KVIDX_READ(*t, "interval_ms", &d.interval_ms, where);
+      KVIDX_READ(*t, "server", &d.server, where);
+      KVIDX_READ(*t, "pod_prefix", &d.pod_prefix, where);
+      KVIDX_READ(*t, "drop_after_misses", &d.drop_after_misses, where);
+      auto dl = ParseDialect(dialect);
+      const uint64_t last = uint64_t{std::max(d.pub_port, d.replay_port)} +
+                            uint64_t{d.dp_port_stride} * (d.dp_ranks == 0 ? 0 : d.dp_ranks - 1);
+      if (d.name.empty() || d.model.empty() || d.pub_port == 0 || last > 65535 || !dl ||
+          d.dp_ranks == 0 || d.interval_ms < 100 || d.drop_after_misses == 0) {
+        return absl::InvalidArgumentError(
+            where +
+            ": needs name, model, pub_port (every rank's ports <= 65535), a known "
+            "dialect, dp_ranks >= 1, interval_ms >= 100 and drop_after_misses >= 1");
+      }
+      d.dialect = *dl;
+      if (d.pod_prefix.empty()) d.pod_prefix = d.name.substr(0, d.name.find('.')) + "-";
+      c.discovery.push_back(std::move(d));
+    }
+  }
   // A misspelt key would silently run with its default (`replay_endpont = ...` runs without
   // replay): every key must be one kvidx reads.
   {
-    absl::Status st = UnknownKeys(root, {"segment", "ingest", "query", "tls", "model", "publisher"},
-                                  origin, "the top level");
+    absl::Status st =
+        UnknownKeys(root, {"segment", "ingest", "query", "tls", "model", "publisher", "discovery"},
+                    origin, "the top level");
     if (!st.ok()) return st;
     for (const char* section : {"segment", "ingest", "query", "tls"}) {
       if (const toml::table* t = root[section].as_table()) {
@@ -462,7 +498,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
         if (!st.ok()) return st;
       }
     }
-    for (const char* section : {"model", "publisher"}) {
+    for (const char* section : {"model", "publisher", "discovery"}) {
       if (const toml::array* a = root[section].as_array()) {
         for (const toml::node& n : *a) {
           const toml::table* t = n.as_table();
@@ -470,6 +506,15 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
           if (!st.ok()) return st;
         }
       }
+    }
+  }
+  for (const auto& d : c.discovery) {
+    bool model_known = false;
+    for (const auto& m : c.models) model_known |= m.name == d.model;
+    if (!model_known) {
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": discovery of ", d.name,
+                                                     " names model '", d.model,
+                                                     "' which has no [[model]] entry"));
     }
   }
   for (const auto& p : c.publishers) {

@@ -41,6 +41,26 @@ struct PublisherConfig {
   bool private_engine_hashes = false;
 };
 
+// [[discovery]]: engines found by resolving a DNS name (a Kubernetes headless service) every
+// interval_ms (ingest/discovery.h). Each address becomes a publisher per data-parallel rank:
+// pod "<pod_prefix><address, dots as dashes>", rank r at pub_port + r * dp_port_stride (and
+// replay_port + r * dp_port_stride; replay_port 0: no replay). An address absent from
+// drop_after_misses answers in a row is unregistered; a failed resolution changes nothing.
+struct DiscoveryConfig {
+  std::string name;
+  std::string model;
+  uint32_t pub_port = 0;
+  uint32_t replay_port = 0;
+  uint32_t dp_ranks = 1;
+  uint32_t dp_port_stride = 0;
+  std::string topic;
+  Dialect dialect = Dialect::kAuto;
+  uint32_t interval_ms = 5000;
+  std::string server;      // "HOST:PORT" of the DNS server ("" = /etc/resolv.conf's)
+  std::string pod_prefix;  // "" = the name's first label and "-"
+  uint32_t drop_after_misses = 2;
+};
+
 struct Config {
   std::string segment = "kvidx";
   index::Geometry geometry;
@@ -122,6 +142,7 @@ struct Config {
 
   std::vector<ModelConfig> models;
   std::vector<PublisherConfig> publishers;
+  std::vector<DiscoveryConfig> discovery;
 
   // What the services log at start-up: settings accepted but ignored (config/aibrix_env.h).
   std::vector<std::string> warnings;

@@ -89,7 +89,62 @@ absl::Status Worker::Init() {
   uint32_t repaired = index_->RepairAbandonedStripes();
   if (repaired > 0) KVIDX_LOG_WARN("repaired %u stripes left by a dead writer", repaired);
   SyncLinks();
+  for (const config::DiscoveryConfig& d : config_.discovery) discovery_.emplace_back(d);
   return absl::OkStatus();
+}
+
+void Worker::ApplyDiscovery() {
+  for (Discovery& d : discovery_) {
+    const config::DiscoveryConfig& c = d.resolver->config();
+    for (const DiscoveryOutcome& o : d.resolver->Take()) {
+      if (!o.ok) {
+        KVIDX_LOG_WARN("discovery %s: resolution failed (%s): publishers kept", c.name.c_str(),
+                       o.error.c_str());
+        continue;
+      }
+      const DiscoveryChanges ch = d.state.Apply(o);
+      for (const std::string& pod : ch.remove) DropDiscovered(c, pod);
+      for (const DiscoveredHost& h : ch.upsert) RegisterDiscovered(c, h);
+    }
+  }
+}
+
+void Worker::RegisterDiscovered(const config::DiscoveryConfig& d, const DiscoveredHost& h) {
+  auto ns = index_->FindNamespace(d.model, "");
+  if (!ns) return;
+  for (uint32_t r = 0; r < d.dp_ranks; ++r) {
+    if (OwnerWorker(h.pod, r, config_.workers) != worker_) continue;
+    PublisherConfig pc;
+    pc.pod = h.pod;
+    pc.dp_rank = r;
+    pc.model = d.model;
+    pc.topic = d.topic;
+    pc.dialect = d.dialect;
+    pc.endpoint = absl::StrCat("tcp://", h.address, ":", d.pub_port + r * d.dp_port_stride);
+    if (d.replay_port != 0) {
+      pc.replay_endpoint =
+          absl::StrCat("tcp://", h.address, ":", d.replay_port + r * d.dp_port_stride);
+    }
+    // A known pod at a new address keeps its slot: the link is replaced (SyncLinks) and the
+    // stream machine's continuity check decides whether its entries survive.
+    auto id = index_->RegisterPublisher(config::PublisherSpecFor(pc, *ns, config_.workers));
+    const std::string outcome = id.ok() ? "registered" : id.status().ToString();
+    KVIDX_LOG_INFO("discovery %s: %s/%u at %s: %s", d.name.c_str(), h.pod.c_str(), r,
+                   pc.endpoint.c_str(), outcome.c_str());
+  }
+}
+
+void Worker::DropDiscovered(const config::DiscoveryConfig& d, const std::string& pod) {
+  for (uint32_t r = 0; r < d.dp_ranks; ++r) {
+    if (OwnerWorker(pod, r, config_.workers) != worker_) continue;
+    auto id = index_->FindPublisher(pod, r);
+    if (!id) continue;
+    links_.erase(*id);
+    applier_->Forget(*id);
+    absl::Status st = index_->UnregisterPublisher(*id);
+    KVIDX_LOG_INFO("discovery %s: %s/%u gone from DNS: %s", d.name.c_str(), pod.c_str(), r,
+                   st.ok() ? "unregistered" : st.ToString().c_str());
+  }
 }
 
 absl::Status Worker::RegisterFromConfig() {
@@ -233,6 +288,7 @@ void Worker::Run(const std::atomic<bool>& stop, const std::function<void()>& on_
       last_tick = now;
       for (auto& [id, link] : links_) link->Tick(now);
       ServeCommands();
+      ApplyDiscovery();
       SyncLinks();
       if (on_tick) on_tick();
     }

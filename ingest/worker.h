@@ -15,6 +15,7 @@
 #include "index/segment.h"
 #include "ingest/applier.h"
 #include "ingest/config.h"
+#include "ingest/discovery.h"
 #include "ingest/publisher_link.h"
 
 namespace kvidx::ingest {
@@ -50,6 +51,10 @@ class Worker {
   absl::Status ExecuteClearNamespaces(bool all, const control::CommandArgs& a,
                                       control::CommandResult& r);
   void SyncLinks();
+  // [[discovery]]: applies the resolutions that arrived to the publishers this worker owns.
+  void ApplyDiscovery();
+  void RegisterDiscovered(const config::DiscoveryConfig& d, const DiscoveredHost& h);
+  void DropDiscovered(const config::DiscoveryConfig& d, const std::string& pod);
   LinkOptions MakeLinkOptions() const;
 
   Config config_;
@@ -62,6 +67,13 @@ class Worker {
   std::map<index::PublisherId, std::unique_ptr<PublisherLink>> links_;
   uint64_t registry_version_ = ~uint64_t{0};
   std::function<void()> heartbeat_;
+  struct Discovery {
+    explicit Discovery(const config::DiscoveryConfig& d)
+        : resolver(std::make_unique<Discoverer>(d)), state(d.pod_prefix, d.drop_after_misses) {}
+    std::unique_ptr<Discoverer> resolver;
+    DiscoveryState state;
+  };
+  std::vector<Discovery> discovery_;
 };
 
 }  // namespace kvidx::ingest
