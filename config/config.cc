@@ -459,6 +459,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       const std::string where = origin + " [[discovery]]";
       std::string dialect = "auto";
       KVIDX_READ(*t, "name", &d.name, where);
+      KVIDX_READ(*t, "mode", &d.mode, where);
       KVIDX_READ(*t, "model", &d.model, where);
       KVIDX_READ(*t, "pub_port", &d.pub_port, where);
       KVIDX_READ(*t, "replay_port", &d.replay_port, where);
@@ -474,14 +475,16 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       const uint64_t last = uint64_t{std::max(d.pub_port, d.replay_port)} +
                             uint64_t{d.dp_port_stride} * (d.dp_ranks == 0 ? 0 : d.dp_ranks - 1);
       if (d.name.empty() || d.model.empty() || d.pub_port == 0 || last > 65535 || !dl ||
-          d.dp_ranks == 0 || d.interval_ms < 100 || d.drop_after_misses == 0) {
+          d.dp_ranks == 0 || d.interval_ms < 100 || d.drop_after_misses == 0 ||
+          (d.mode != "a" && d.mode != "srv")) {
         return absl::InvalidArgumentError(
             where +
             ": needs name, model, pub_port (every rank's ports <= 65535), a known "
             "dialect, dp_ranks >= 1, interval_ms >= 100 and drop_after_misses >= 1");
       }
       d.dialect = *dl;
-      if (d.pod_prefix.empty()) d.pod_prefix = d.name.substr(0, d.name.find('.')) + "-";
+      if (d.pod_prefix.empty() && d.mode == "a")
+        d.pod_prefix = d.name.substr(0, d.name.find('.')) + "-";
       c.discovery.push_back(std::move(d));
     }
   }

@@ -48,6 +48,10 @@ struct PublisherConfig {
 // drop_after_misses answers in a row is unregistered; a failed resolution changes nothing.
 struct DiscoveryConfig {
   std::string name;
+  // "a": a pod per A record of name, named from its address; "srv": a pod per SRV target of
+  // name (e.g. _kv._tcp.vllm.ns.svc), named by the target's first label, at the target's
+  // address: a new address is an endpoint change of the same pod.
+  std::string mode = "a";
   std::string model;
   uint32_t pub_port = 0;
   uint32_t replay_port = 0;
@@ -57,7 +61,7 @@ struct DiscoveryConfig {
   Dialect dialect = Dialect::kAuto;
   uint32_t interval_ms = 5000;
   std::string server;      // "HOST:PORT" of the DNS server ("" = /etc/resolv.conf's)
-  std::string pod_prefix;  // "" = the name's first label and "-"
+  std::string pod_prefix;  // mode "a": "" = the name's first label and "-"; "srv": "" = none
   uint32_t drop_after_misses = 2;
 };
 

@@ -23,11 +23,11 @@ std::string DiscoveredPodName(const std::string& prefix, const std::string& addr
   return pod;
 }
 
-DiscoveryChanges DiscoveryState::Apply(const DiscoveryOutcome& o) {
+DiscoveryChanges DiscoveryState::Apply(const DiscoveredHosts& o) {
   DiscoveryChanges ch;
   if (!o.ok) return ch;
   std::map<std::string, std::string> seen;  // pod -> its first address in the answer
-  for (const std::string& a : o.addresses) seen.emplace(DiscoveredPodName(prefix_, a), a);
+  for (const DiscoveredHost& h : o.hosts) seen.emplace(h.pod, h.address);
   for (auto it = known_.begin(); it != known_.end();) {
     if (seen.count(it->first) != 0 || ++it->second.misses < drop_after_) {
       ++it;
@@ -60,6 +60,17 @@ struct Answer {
   std::set<std::string> addresses;
 };
 
+void OnSrvAnswer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+  auto* a = static_cast<Answer*>(arg);
+  a->done = true;
+  a->status = status;
+  if (status != ARES_SUCCESS) return;
+  ares_srv_reply* srv = nullptr;
+  a->status = ares_parse_srv_reply(abuf, alen, &srv);
+  for (ares_srv_reply* r = srv; r != nullptr; r = r->next) a->addresses.insert(r->host);
+  if (srv != nullptr) ares_free_data(srv);
+}
+
 void OnAnswer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
   auto* a = static_cast<Answer*>(arg);
   a->done = true;
@@ -83,10 +94,9 @@ struct AresLibrary {
   ~AresLibrary() { ares_library_cleanup(); }
 };
 
-}  // namespace
-
-DiscoveryOutcome ResolveA(const std::string& name, const std::string& server,
-                          uint32_t timeout_ms) {
+// One query of `type` for `name`, answered into a list by `parse`.
+DiscoveryOutcome Query(const std::string& name, const std::string& server, uint32_t timeout_ms,
+                       int type, ares_callback parse) {
   static AresLibrary library;
   DiscoveryOutcome out;
   ares_options opts{};
@@ -103,7 +113,7 @@ DiscoveryOutcome ResolveA(const std::string& name, const std::string& server,
     return out;
   }
   Answer answer;
-  ares_query(channel, name.c_str(), ns_c_in, ns_t_a, OnAnswer, &answer);
+  ares_query(channel, name.c_str(), ns_c_in, type, parse, &answer);
   const int64_t deadline = MonotonicNanos() + int64_t{timeout_ms} * 1'000'000;
   while (!answer.done && MonotonicNanos() < deadline) {
     fd_set readers, writers;
@@ -133,6 +143,42 @@ DiscoveryOutcome ResolveA(const std::string& name, const std::string& server,
   return out;
 }
 
+}  // namespace
+
+DiscoveryOutcome ResolveA(const std::string& name, const std::string& server, uint32_t timeout_ms) {
+  return Query(name, server, timeout_ms, ns_t_a, OnAnswer);
+}
+
+DiscoveryOutcome ResolveSrv(const std::string& name, const std::string& server,
+                            uint32_t timeout_ms) {
+  return Query(name, server, timeout_ms, ns_t_srv, OnSrvAnswer);
+}
+
+DiscoveredHosts Discover(const config::DiscoveryConfig& d, uint32_t timeout_ms) {
+  DiscoveredHosts out;
+  const bool srv = d.mode == "srv";
+  DiscoveryOutcome first = (srv ? ResolveSrv : ResolveA)(d.name, d.server, timeout_ms);
+  if (!first.ok) {
+    out.error = first.error;
+    return out;
+  }
+  for (const std::string& item : first.addresses) {
+    if (!srv) {
+      out.hosts.push_back({DiscoveredPodName(d.pod_prefix, item), item});
+      continue;
+    }
+    DiscoveryOutcome a = ResolveA(item, d.server, timeout_ms);
+    if (!a.ok) {
+      out.error = absl::StrCat("SRV target ", item, ": ", a.error);
+      return out;
+    }
+    if (!a.addresses.empty())
+      out.hosts.push_back({d.pod_prefix + item.substr(0, item.find('.')), a.addresses[0]});
+  }
+  out.ok = true;
+  return out;
+}
+
 Discoverer::Discoverer(const config::DiscoveryConfig& config)
     : config_(config), thread_([this] { Loop(); }) {}
 
@@ -149,8 +195,7 @@ void Discoverer::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     lock.unlock();
-    DiscoveryOutcome o =
-        ResolveA(config_.name, config_.server, std::min<uint32_t>(config_.interval_ms, 2000));
+    DiscoveredHosts o = Discover(config_, std::min<uint32_t>(config_.interval_ms, 2000));
     lock.lock();
     outcomes_.push_back(std::move(o));
     while (outcomes_.size() > 16) outcomes_.pop_front();
@@ -158,10 +203,10 @@ void Discoverer::Loop() {
   }
 }
 
-std::vector<DiscoveryOutcome> Discoverer::Take() {
+std::vector<DiscoveredHosts> Discoverer::Take() {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<DiscoveryOutcome> out(std::make_move_iterator(outcomes_.begin()),
-                                    std::make_move_iterator(outcomes_.end()));
+  std::vector<DiscoveredHosts> out(std::make_move_iterator(outcomes_.begin()),
+                                   std::make_move_iterator(outcomes_.end()));
   outcomes_.clear();
   return out;
 }

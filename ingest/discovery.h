@@ -1,5 +1,5 @@
 // DNS discovery of engines ([[discovery]], config/config.h): a name (a Kubernetes headless
-// service) resolved every interval with c-ares; each address becomes publishers.
+// service) resolved every interval with c-ares; each host becomes publishers.
 //
 // - DiscoveryState is the pure decision: from a sequence of resolution outcomes, which hosts to
 //   register (new, or at a new address) and which to drop (absent from drop_after_misses
@@ -33,9 +33,16 @@ struct DiscoveredHost {
 };
 
 struct DiscoveryOutcome {
-  bool ok = false;                    // the server answered (possibly with no records)
-  std::vector<std::string> addresses;  // when ok
+  bool ok = false;                     // the server answered (possibly with no records)
+  std::vector<std::string> addresses;  // when ok: A records, or SRV targets (ResolveSrv)
   std::string error;                   // when not
+};
+
+// What a successful answer names: pod -> address (a pod named twice keeps its first).
+struct DiscoveredHosts {
+  bool ok = false;
+  std::vector<DiscoveredHost> hosts;
+  std::string error;
 };
 
 struct DiscoveryChanges {
@@ -49,9 +56,8 @@ std::string DiscoveredPodName(const std::string& prefix, const std::string& addr
 
 class DiscoveryState {
  public:
-  DiscoveryState(std::string pod_prefix, uint32_t drop_after_misses)
-      : prefix_(std::move(pod_prefix)), drop_after_(drop_after_misses) {}
-  DiscoveryChanges Apply(const DiscoveryOutcome& o);
+  explicit DiscoveryState(uint32_t drop_after_misses) : drop_after_(drop_after_misses) {}
+  DiscoveryChanges Apply(const DiscoveredHosts& o);
   // pod -> address of the hosts registered now.
   std::map<std::string, std::string> hosts() const;
 
@@ -60,7 +66,6 @@ class DiscoveryState {
     std::string address;
     uint32_t misses = 0;
   };
-  std::string prefix_;
   uint32_t drop_after_;
   std::map<std::string, Known> known_;
 };
@@ -68,6 +73,15 @@ class DiscoveryState {
 // The IPv4 addresses of `name` (sorted, unique) from `server` ("HOST:PORT"; "" = the system's
 // resolvers). ok with no addresses for NXDOMAIN or no A records; not ok for no answer.
 DiscoveryOutcome ResolveA(const std::string& name, const std::string& server, uint32_t timeout_ms);
+// The targets of `name`'s SRV records (sorted, unique), as ResolveA answers.
+DiscoveryOutcome ResolveSrv(const std::string& name, const std::string& server,
+                            uint32_t timeout_ms);
+
+// One round of a [[discovery]]: mode "a": a pod per A record, named from the address; mode
+// "srv": a pod per SRV target, named by the target's first label, at its first A record (a
+// target's new address is an endpoint change of the same pod). Any failed query fails the
+// round.
+DiscoveredHosts Discover(const config::DiscoveryConfig& d, uint32_t timeout_ms);
 
 class Discoverer {
  public:
@@ -78,7 +92,7 @@ class Discoverer {
 
   const config::DiscoveryConfig& config() const { return config_; }
   // The outcomes since the last call, oldest first (at most 16 are kept).
-  std::vector<DiscoveryOutcome> Take();
+  std::vector<DiscoveredHosts> Take();
 
  private:
   void Loop();
@@ -87,7 +101,7 @@ class Discoverer {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::deque<DiscoveryOutcome> outcomes_;
+  std::deque<DiscoveredHosts> outcomes_;
   std::thread thread_;
 };
 

@@ -96,7 +96,7 @@ absl::Status Worker::Init() {
 void Worker::ApplyDiscovery() {
   for (Discovery& d : discovery_) {
     const config::DiscoveryConfig& c = d.resolver->config();
-    for (const DiscoveryOutcome& o : d.resolver->Take()) {
+    for (const DiscoveredHosts& o : d.resolver->Take()) {
       if (!o.ok) {
         KVIDX_LOG_WARN("discovery %s: resolution failed (%s): publishers kept", c.name.c_str(),
                        o.error.c_str());

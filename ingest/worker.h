@@ -69,7 +69,7 @@ class Worker {
   std::function<void()> heartbeat_;
   struct Discovery {
     explicit Discovery(const config::DiscoveryConfig& d)
-        : resolver(std::make_unique<Discoverer>(d)), state(d.pod_prefix, d.drop_after_misses) {}
+        : resolver(std::make_unique<Discoverer>(d)), state(d.drop_after_misses) {}
     std::unique_ptr<Discoverer> resolver;
     DiscoveryState state;
   };

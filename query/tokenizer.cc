@@ -161,9 +161,12 @@ absl::StatusOr<std::string> Tokenizer::PostOnce(const Target& t, int fd, const s
     buf.append(chunk, static_cast<size_t>(n));
     boost::beast::error_code ec;
     const size_t used = parser.put(boost::asio::buffer(buf), ec);
-    if (ec == http::error::need_more) ec = {};
-    if (ec)
+    if (ec == http::error::need_more) {
+      ec = {};
+    }
+    if (ec) {
       return absl::UnavailableError(absl::StrCat("tokenizer: bad HTTP answer: ", ec.message()));
+    }
     buf.erase(0, used);
   }
   const auto& res = parser.get();

@@ -49,7 +49,7 @@ run() {
 run decoder_fuzz "$out/seeds" "${FUZZ_RUNS:-500000}"
 rc=$?
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I. -DTOML_HEADER_ONLY=0 tests/fuzz/config_fuzz.cc config/config.cc wire/vocabulary.cc \
+  -I. -DTOML_HEADER_ONLY=0 tests/fuzz/config_fuzz.cc config/config.cc config/aibrix_env.cc wire/vocabulary.cc \
   $(pkg-config --libs tomlplusplus absl_statusor absl_status absl_strings) -lxxhash -o "$out/config_fuzz" || exit 1
 mkdir -p "$out/config-seeds"
 cp systemd/kvidx.toml "$out/config-seeds/installed.toml"
@@ -66,7 +66,8 @@ rc2=$?
 [ -f build/proto/kvidx.pb.cc ] || ninja -C build proto/libkvidx_proto.a >/dev/null || exit 1
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I. -Ibuild/proto -DTOML_HEADER_ONLY=0 -DMSGPACK_DEFAULT_API_VERSION=3 -w \
-  tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc config/config.cc \
+  tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc query/errors.cc query/tokenizer.cc \
+  config/config.cc config/aibrix_env.cc \
   control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc \
   index/block_key.cc index/internal/*.cc index/lookup.cc index/prefix_index.cc \
   index/robust_mutex.cc index/segment.cc build/proto/kvidx.pb.cc build/proto/kvidx.grpc.pb.cc \

@@ -19,63 +19,75 @@ TEST(DiscoveryStateTest, PodNamesComeFromAddresses) {
   EXPECT_EQ(DiscoveredPodName("e-", "fd00::1"), "e-fd00--1");
 }
 
+DiscoveredHosts Answer(std::vector<std::string> addresses) {
+  DiscoveredHosts h;
+  h.ok = true;
+  for (const std::string& a : addresses) h.hosts.push_back({DiscoveredPodName("p-", a), a});
+  return h;
+}
+
 TEST(DiscoveryStateTest, AFailedResolutionNeverDropsAPod) {
-  DiscoveryState s("p-", 2);
-  auto ch = s.Apply({true, {"10.0.0.1", "10.0.0.2"}, ""});
+  DiscoveryState s(2);
+  auto ch = s.Apply(Answer({"10.0.0.1", "10.0.0.2"}));
   EXPECT_EQ(ch.upsert.size(), 2u);
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(s.Apply({false, {}, "timeout"}).empty());
   EXPECT_EQ(s.hosts().size(), 2u);
-  EXPECT_TRUE(s.Apply({true, {"10.0.0.1"}, ""}).empty());  // one miss of two
-  ch = s.Apply({true, {"10.0.0.1"}, ""});
+  EXPECT_TRUE(s.Apply(Answer({"10.0.0.1"})).empty());  // one miss of two
+  ch = s.Apply(Answer({"10.0.0.1"}));
   ASSERT_EQ(ch.remove.size(), 1u);
   EXPECT_EQ(ch.remove[0], "p-10-0-0-2");
-  ch = s.Apply({true, {}, ""});  // NXDOMAIN: the last one misses once
+  ch = s.Apply(Answer({}));  // NXDOMAIN: the last one misses once
   EXPECT_TRUE(ch.empty());
-  ch = s.Apply({true, {"10.0.0.2"}, ""});
+  ch = s.Apply(Answer({"10.0.0.2"}));
   EXPECT_EQ(ch.remove, std::vector<std::string>{"p-10-0-0-1"});
   EXPECT_EQ(ch.upsert, (std::vector<DiscoveredHost>{{"p-10-0-0-2", "10.0.0.2"}}));
 }
 
 // The model: a pod is registered iff it was in some successful answer and fewer than K
-// successful answers since its last appearance lacked it. The machine's changes, applied to a
-// map, must give exactly that after every step, and never repeat a registration.
+// successful answers since its last appearance lacked it, at the address of that appearance
+// (its first in the answer). The machine's changes, applied to a map, must give exactly that
+// after every step; a registration is repeated only for a new address (an endpoint change).
 TEST(DiscoveryStateTest, RandomSchedulesMatchTheModel) {
   const int schedules = 20000;
   for (int seed = 0; seed < schedules; ++seed) {
     std::mt19937 rng(seed);
     const uint32_t k = 1 + rng() % 4;
-    DiscoveryState s("d-", k);
-    std::map<std::string, std::string> applied;   // what the worker would have registered
-    std::map<std::string, uint32_t> since_seen;   // model: successful answers lacking the pod
-    std::set<std::string> ever;
+    DiscoveryState s(k);
+    std::map<std::string, std::string> applied;  // what the worker would have registered
+    struct Seen {
+      uint32_t misses;
+      std::string address;
+    };
+    std::map<std::string, Seen> model;
     const int steps = 5 + static_cast<int>(rng() % 40);
     for (int step = 0; step < steps; ++step) {
-      DiscoveryOutcome o;
+      DiscoveredHosts o;
       o.ok = rng() % 5 != 0;
       if (o.ok) {
-        for (int a = 0; a < 6; ++a)
-          if (rng() % 3 == 0) o.addresses.push_back("10.0.0." + std::to_string(a));
-        if (rng() % 4 == 0 && !o.addresses.empty()) o.addresses.push_back(o.addresses[0]);
+        for (int n = static_cast<int>(rng() % 7); n > 0; --n) {  // pods may repeat
+          o.hosts.push_back(
+              {"pod-" + std::to_string(rng() % 5), "10.0.0." + std::to_string(rng() % 3)});
+        }
       }
       const DiscoveryChanges ch = s.Apply(o);
       for (const std::string& pod : ch.remove) ASSERT_EQ(applied.erase(pod), 1u) << seed;
       for (const DiscoveredHost& h : ch.upsert) {
-        ASSERT_EQ(applied.count(h.pod), 0u) << "registered twice, seed " << seed;
+        ASSERT_TRUE(applied.count(h.pod) == 0 || applied[h.pod] != h.address)
+            << "registered again at the same address, seed " << seed;
         applied[h.pod] = h.address;
       }
       if (o.ok) {
-        std::set<std::string> in(o.addresses.begin(), o.addresses.end());
-        for (auto& [pod, n] : since_seen) ++n;
-        for (const std::string& a : in) {
-          since_seen[DiscoveredPodName("d-", a)] = 0;
-          ever.insert(a);
+        for (auto& [pod, seen] : model) ++seen.misses;
+        std::set<std::string> named;
+        for (const DiscoveredHost& h : o.hosts) {
+          if (!named.insert(h.pod).second) continue;  // its first address counts
+          model[h.pod] = {0, h.address};
         }
+        for (auto it = model.begin(); it != model.end();)
+          it = it->second.misses >= k ? model.erase(it) : std::next(it);
       }
       std::map<std::string, std::string> expect;
-      for (const auto& [pod, n] : since_seen)
-        if (n < k) expect[pod] = "10.0.0." + pod.substr(pod.rfind('-') + 1);
-      for (auto it = since_seen.begin(); it != since_seen.end();)
-        it = it->second >= k ? since_seen.erase(it) : std::next(it);
+      for (const auto& [pod, seen] : model) expect[pod] = seen.address;
       ASSERT_EQ(applied, expect) << "seed " << seed << " step " << step;
       ASSERT_EQ(s.hosts(), expect) << "seed " << seed;
     }
@@ -125,6 +137,39 @@ TEST_F(ResolverTest, AnswersNxdomainAndOutagesFromARealServer) {
   EXPECT_FALSE(o.ok);
   EXPECT_FALSE(o.error.empty());
   EXPECT_FALSE(ResolveA("kv.test", "not a server", 300).ok);
+}
+
+TEST_F(ResolverTest, SrvTargetsAreHostsNamedByTheirFirstLabel) {
+  dns_->Start("127.0.0.2 e0.kv.test\n127.0.0.3 e1.kv.test\n", 0,
+              {"--srv-host=_kv._tcp.kv.test,e0.kv.test,5557",
+               "--srv-host=_kv._tcp.kv.test,e1.kv.test,5557"});
+  config::DiscoveryConfig d;
+  d.name = "_kv._tcp.kv.test";
+  d.mode = "srv";
+  d.server = dns_->server();
+  DiscoveredHosts h;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        h = Discover(d, 500);
+        return h.ok;
+      },
+      std::chrono::milliseconds(10000)))
+      << h.error << dns_->Log();
+  EXPECT_EQ(h.hosts, (std::vector<DiscoveredHost>{{"e0", "127.0.0.2"}, {"e1", "127.0.0.3"}}));
+  // e1 moves: the same pod at another address.
+  dns_->SetHosts("127.0.0.2 e0.kv.test\n127.0.0.4 e1.kv.test\n");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        h = Discover(d, 500);
+        return h.ok && h.hosts.size() == 2 && h.hosts[1].address == "127.0.0.4";
+      },
+      std::chrono::milliseconds(10000)))
+      << dns_->Log();
+  d.mode = "a";
+  d.name = "e0.kv.test";
+  d.pod_prefix = "x-";
+  h = Discover(d, 500);
+  EXPECT_EQ(h.hosts, (std::vector<DiscoveredHost>{{"x-127-0-0-2", "127.0.0.2"}}));
 }
 
 }  // namespace

@@ -79,11 +79,10 @@ TEST(DiscoveryE2eTest, PublishersFollowTheRecordsAndSurviveAnOutage) {
   std::vector<std::unique_ptr<Process>> engines;
   for (const char* host : {"127.0.0.2", "127.0.0.3"}) {
     engines.push_back(std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("tools/kvidx-sim"), "--pods", "1", "--dp", "2",
-                                 "--host", host, "--base-port", std::to_string(base),
-                                 "--requests", "100000", "--rate", "60", "--cache-blocks", "300",
-                                 "--model", "dm", "--config-out",
-                                 dir + "/sim-" + host + ".toml"},
+        std::vector<std::string>{BuildPath("tools/kvidx-sim"), "--pods", "1", "--dp", "2", "--host",
+                                 host, "--base-port", std::to_string(base), "--requests", "100000",
+                                 "--rate", "60", "--cache-blocks", "300", "--model", "dm",
+                                 "--config-out", dir + "/sim-" + host + ".toml"},
         dir + "/sim-" + host + ".log"));
   }
   DnsServer dns(dir);
@@ -105,9 +104,9 @@ TEST(DiscoveryE2eTest, PublishersFollowTheRecordsAndSurviveAnOutage) {
                                  std::to_string(w)},
         dir + "/w" + std::to_string(w) + ".log"));
   }
-  Process query({BuildPath("query/kvidx-query"), "--config", config, "--port-file",
-                 dir + "/query.port"},
-                dir + "/query.log");
+  Process query(
+      {BuildPath("query/kvidx-query"), "--config", config, "--port-file", dir + "/query.port"},
+      dir + "/query.log");
   std::istringstream ports(WaitForFile(dir + "/query.port", std::chrono::milliseconds(30000)));
   int grpc_port = 0;
   ports >> grpc_port;
@@ -129,7 +128,8 @@ TEST(DiscoveryE2eTest, PublishersFollowTheRecordsAndSurviveAnOutage) {
       std::chrono::milliseconds(30000)))
       << workers[0]->Log() << workers[1]->Log() << dns.Log();
   EXPECT_EQ(pods["kv-127-0-0-3/1"].endpoint(), "tcp://127.0.0.3:" + std::to_string(base + 2));
-  EXPECT_EQ(pods["kv-127-0-0-3/1"].replay_endpoint(), "tcp://127.0.0.3:" + std::to_string(base + 3));
+  EXPECT_EQ(pods["kv-127-0-0-3/1"].replay_endpoint(),
+            "tcp://127.0.0.3:" + std::to_string(base + 3));
   std::set<uint32_t> owners;
   for (const auto& [id, p] : pods) owners.insert(p.worker());
   EXPECT_EQ(owners.size(), 2u) << "both workers own some of the four";

@@ -34,17 +34,28 @@ class DnsServer {
   }
 
   // Starts dnsmasq (on `port`, or a free one) with `hosts` ("ADDRESS NAME" lines).
-  void Start(const std::string& hosts, int port = 0) {
+  // `extra`: more dnsmasq options (e.g. --srv-host=...).
+  void Start(const std::string& hosts, int port = 0, const std::vector<std::string>& extra = {}) {
     WriteHosts(hosts);
     port_ = port != 0 ? port : FreeUdpPort();
-    proc_ = std::make_unique<Process>(
-        std::vector<std::string>{"/usr/sbin/dnsmasq", "--keep-in-foreground",
-                                 "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
-                                 "--listen-address=127.0.0.1", "--bind-interfaces",
-                                 "--port=" + std::to_string(port_), "--addn-hosts=" + dir_ + "/hosts",
-                                 "--local=/test/", "--log-facility=-", "--pid-file=",
-                                 "--user=root", "--group=root", "--cache-size=0"},
-        dir_ + "/dnsmasq.log");
+    std::vector<std::string> argv{"/usr/sbin/dnsmasq",
+                                  "--keep-in-foreground",
+                                  "--conf-file=/dev/null",
+                                  "--no-resolv",
+                                  "--no-hosts",
+                                  "--no-poll",
+                                  "--listen-address=127.0.0.1",
+                                  "--bind-interfaces",
+                                  "--port=" + std::to_string(port_),
+                                  "--addn-hosts=" + dir_ + "/hosts",
+                                  "--local=/test/",
+                                  "--log-facility=-",
+                                  "--pid-file=",
+                                  "--user=root",
+                                  "--group=root",
+                                  "--cache-size=0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc_ = std::make_unique<Process>(argv, dir_ + "/dnsmasq.log");
   }
   // Rewrites the hosts file (whole, renamed into place) and makes dnsmasq re-read it.
   void SetHosts(const std::string& hosts) {
