@@ -511,24 +511,17 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       }
     }
   }
-  for (const auto& d : c.discovery) {
-    bool model_known = false;
-    for (const auto& m : c.models) model_known |= m.name == d.model;
-    if (!model_known) {
-      return absl::InvalidArgumentError(absl::StrCat(origin, ": discovery of ", d.name,
-                                                     " names model '", d.model,
-                                                     "' which has no [[model]] entry"));
-    }
-  }
-  for (const auto& p : c.publishers) {
-    bool model_known = false;
-    for (const auto& m : c.models) model_known |= m.name == p.model;
-    if (!model_known) {
-      return absl::InvalidArgumentError(absl::StrCat(origin, ": publisher ", p.pod,
-                                                     " names model '", p.model,
-                                                     "' which has no [[model]] entry"));
-    }
-  }
+  // Publishers and discovered engines must name a configured model.
+  auto check_model = [&](const std::string& model, const std::string& who) {
+    for (const auto& m : c.models)
+      if (m.name == model) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": ", who, " names model '", model, "' which has no [[model]] entry"));
+  };
+  for (const auto& d : c.discovery)
+    KVIDX_RETURN_IF_ERROR(check_model(d.model, "discovery of " + d.name));
+  for (const auto& p : c.publishers)
+    KVIDX_RETURN_IF_ERROR(check_model(p.model, "publisher " + p.pod));
   // Environment overrides: the AIBrix names, then kvidx's own (which win).
   KVIDX_RETURN_IF_ERROR(ApplyAibrixEnvironment(&c));
   EnvString("KVIDX_SEGMENT", &c.segment);

@@ -75,15 +75,21 @@ uint32_t BlockSizeOf(const index::PrefixIndex& idx, const index::PublisherSlot& 
   return ns == nullptr ? 0 : ns->block_size;
 }
 
+// A sequence-id publisher's sequences, read from its owning worker (the ListSequences RPC).
+grpc::Status SequencesOf(KvIndexService* service, const index::PublisherSlot& s,
+                         v1::ListSequencesResponse* resp) {
+  grpc::ServerContext ctx;
+  v1::ListSequencesRequest req;
+  req.set_pod(PodOf(s));
+  req.set_dp_rank(s.id.dp_rank);
+  return service->ListSequences(&ctx, &req, resp);
+}
+
 json AibrixStats(KvIndexService* service, const v1::StatsResponse& st, const Publishers& pubs) {
   uint64_t sequences = 0;
   for (const index::PublisherSlot* s : pubs.seqid) {
-    grpc::ServerContext ctx;
-    v1::ListSequencesRequest req;
-    req.set_pod(PodOf(*s));
-    req.set_dp_rank(s->id.dp_rank);
     v1::ListSequencesResponse resp;
-    if (service->ListSequences(&ctx, &req, &resp).ok()) sequences += resp.sequences_size();
+    if (SequencesOf(service, *s, &resp).ok()) sequences += resp.sequences_size();
   }
   return {{"total_sequences", sequences},
           {"total_blocks", st.blocks()},
@@ -107,12 +113,8 @@ HttpResponse AibrixSequences(KvIndexService* service) {
   json list = json::array();
   bool truncated = false;
   for (const index::PublisherSlot* s : pubs.seqid) {
-    grpc::ServerContext ctx;
-    v1::ListSequencesRequest req;
-    req.set_pod(PodOf(*s));
-    req.set_dp_rank(s->id.dp_rank);
     v1::ListSequencesResponse resp;
-    grpc::Status st = service->ListSequences(&ctx, &req, &resp);
+    grpc::Status st = SequencesOf(service, *s, &resp);
     if (!st.ok()) return ErrorResponse(st);
     truncated |= resp.truncated();
     const uint32_t bs = BlockSizeOf(service->index(), *s);

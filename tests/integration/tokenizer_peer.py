@@ -4,19 +4,19 @@
 
 usage: tokenizer_peer.py PORT_FILE PROMPTS_FILE
   prompt "sample:N" (or messages whose contents join to it) -> line N of PROMPTS_FILE's ids;
-  "fail" -> 500; "slow" -> answers after 30 s (past any deadline); any other text -> one id
+  "fail" -> 500; "slow" -> never answers (blocks until the server is killed); any other text -> one id
   per byte. GET /calls -> {"calls": N} (tokenize calls answered so far). Binds 127.0.0.1:0 and
   writes its port to PORT_FILE.
 """
 import json
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port_file, prompts_file = sys.argv[1], sys.argv[2]
 calls = 0
 lock = threading.Lock()
+never = threading.Event()  # never set
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -54,8 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         if text == "fail":
             self.answer(500, {"error": "tokenizer exploded"})
         elif text == "slow":
-            time.sleep(30)
-            self.answer(200, {"tokens": [1]})
+            never.wait()  # a hung tokenizer: the caller's deadline must end the call
         elif text.startswith("sample:"):
             prompts = [line.strip() for line in open(prompts_file) if line.strip()]
             ids = [int(t) for t in prompts[int(text[7:])].split(",")]
