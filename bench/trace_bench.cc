@@ -84,6 +84,7 @@ void Replay(const TraceWorkload& w, const std::vector<BlockKey>& key_of, Figures
   ns.reserve(w.steps.size());
   std::vector<BlockKey> q;
   Answer got;
+  std::vector<uint64_t> removed;
   int64_t apply = 0;
   for (const TraceStep& s : w.steps) {
     const TraceRequest& r = w.requests[s.request];
@@ -98,13 +99,18 @@ void Replay(const TraceWorkload& w, const std::vector<BlockKey>& key_of, Figures
                   got.size(), s.truth.size());
     }
     t0 = MonotonicNanos();
-    for (uint32_t o = s.ops_begin; o < s.ops_end; ++o) {
+    for (uint32_t o = s.ops_begin; o < s.ops_end;) {
       const TraceOp& op = w.ops[o];
       if (op.kind == TraceOp::kStore) {
         store(op);
-      } else {
-        remove(op.pod, w.EngineHash(op.first));
+        ++o;
+        continue;
       }
+      // A request's evictions from one pod go out as one remove event (vLLM batches them).
+      removed.clear();
+      for (; o < s.ops_end && w.ops[o].kind == TraceOp::kRemove && w.ops[o].pod == op.pod; ++o)
+        removed.push_back(w.EngineHash(w.ops[o].first));
+      remove(op.pod, removed);
     }
     apply += MonotonicNanos() - t0;
   }
@@ -201,7 +207,9 @@ int Run(const Args& args) {
         auto r = idx.Store(pub[op.pod], req);
         if (r.ok() && r->orphan) ++orphans;
       },
-      [&](uint16_t pod, uint64_t hash) { (void)idx.Remove(pub[pod], index::kGpu, hash); },
+      [&](uint16_t pod, const std::vector<uint64_t>& hs) {
+        for (uint64_t h : hs) (void)idx.Remove(pub[pod], index::kGpu, h);
+      },
       [&](const std::vector<BlockKey>& q, Answer& a) {
         idx.LookupInto(q, {}, res);
         a.clear();
@@ -234,7 +242,9 @@ int Run(const Args& args) {
                         : std::nullopt,
                     hashes_of(op), tokens_of(op.first), op.count);
         },
-        [&](uint16_t pod, uint64_t hash) { bl->Remove(pod, hash); },
+        [&](uint16_t pod, const std::vector<uint64_t>& hs) {
+          for (uint64_t h : hs) bl->Remove(pod, h);
+        },
         [&](const std::vector<BlockKey>& q, Answer& a) {
           bl->Lookup(q, counts, &pods);
           a.clear();
@@ -260,7 +270,9 @@ int Run(const Args& args) {
             BlockKey parent = op.parent >= 0 ? key_of[op.parent] : root;
             ri.Store(op.pod, parent, hashes_of(op), tokens_of(op.first), op.count);
           },
-          [&](uint16_t pod, uint64_t hash) { ri.Remove(pod, hash); },
+          [&](uint16_t pod, const std::vector<uint64_t>& hs) {
+            ri.RemoveMany(pod, hs.data(), hs.size());
+          },
           [&](const std::vector<BlockKey>& q, Answer& a) {
             ri.Lookup(q, counts, pods);
             a.clear();

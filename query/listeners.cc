@@ -8,7 +8,9 @@
 #include <chrono>
 #include <climits>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -43,7 +45,7 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
 }
 
 // The certificate names of the caller: its CN and every SAN (gRPC's x509 properties).
-std::vector<std::string> PeerNames(const grpc::ServerContext& ctx) {
+std::vector<std::string> PeerNames(const grpc::ServerContextBase& ctx) {
   std::vector<std::string> names;
   std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
   if (!auth) return names;
@@ -54,19 +56,119 @@ std::vector<std::string> PeerNames(const grpc::ServerContext& ctx) {
   return names;
 }
 
+// Lookup's request and response on one protobuf arena per call, with a first block inline:
+// an answer of many pods (a PodMatch, its strings and its Freshness each) costs no malloc.
+// Holders are pooled (at most kPooled kept): a fresh 32 KiB holder per call made glibc trim
+// and re-grow its thread heaps, and every trim is a madvise with a TLB shootdown.
+class ArenaLookupAllocator final
+    : public grpc::MessageAllocator<v1::LookupRequest, v1::LookupResponse> {
+  class Holder final : public grpc::MessageHolder<v1::LookupRequest, v1::LookupResponse> {
+   public:
+    explicit Holder(ArenaLookupAllocator* pool) : pool_(pool), arena_(Options(first_block_)) {
+      Reset();
+    }
+    void Reset() {
+      arena_.Reset();
+      set_request(google::protobuf::Arena::CreateMessage<v1::LookupRequest>(&arena_));
+      set_response(google::protobuf::Arena::CreateMessage<v1::LookupResponse>(&arena_));
+    }
+    void Release() override { pool_->Put(this); }
+
+   private:
+    static google::protobuf::ArenaOptions Options(char* block) {
+      google::protobuf::ArenaOptions o;
+      o.initial_block = block;
+      o.initial_block_size = sizeof(first_block_);
+      o.start_block_size = 64 * 1024;
+      o.max_block_size = 1024 * 1024;
+      return o;
+    }
+    ArenaLookupAllocator* pool_;
+    alignas(16) char first_block_[32 * 1024];
+    google::protobuf::Arena arena_;
+  };
+  static constexpr size_t kPooled = 64;
+
+ public:
+  ~ArenaLookupAllocator() override {
+    for (Holder* h : free_) delete h;
+  }
+  grpc::MessageHolder<v1::LookupRequest, v1::LookupResponse>* AllocateMessages() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        Holder* h = free_.back();
+        free_.pop_back();
+        return h;
+      }
+    }
+    return new Holder(this);
+  }
+
+ private:
+  void Put(Holder* h) {
+    h->Reset();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kPooled) {
+      free_.push_back(h);
+      return;
+    }
+    delete h;
+  }
+  std::mutex mu_;
+  std::vector<Holder*> free_;
+};
+
+// Does any query of the call need the tokenizer (a blocking HTTP call)?
+bool NeedsTokenizer(const v1::LookupRequest& req) {
+  for (const auto& q : req.queries()) {
+    if (q.input_case() == v1::LookupQuery::kPrompt || q.input_case() == v1::LookupQuery::kMessages)
+      return true;
+  }
+  return false;
+}
+
 // Every KvIndex call of one surface: admitted (then answered by the one KvIndexService) or
-// refused with PERMISSION_DENIED and the reason.
-class SurfaceService final : public v1::KvIndex::Service {
+// refused with PERMISSION_DENIED and the reason. Lookup and Ping, the routers' hot calls, use
+// gRPC's callback API (no hand-off to a sync worker thread; Lookup's messages on an arena).
+class SurfaceService final : public v1::KvIndex::WithCallbackMethod_Lookup<
+                                 v1::KvIndex::WithCallbackMethod_Ping<v1::KvIndex::Service>> {
  public:
   SurfaceService(Surface surface, const config::Config& config, KvIndexService* impl)
-      : surface_(surface), config_(config), impl_(impl) {}
+      : surface_(surface), config_(config), impl_(impl) {
+    SetMessageAllocatorFor_Lookup(&allocator_);
+  }
+
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* req,
+                                   v1::LookupResponse* resp) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    grpc::Status admitted = Admit(*ctx, "Lookup");
+    if (!admitted.ok()) {
+      reactor->Finish(admitted);
+    } else if (NeedsTokenizer(*req)) {
+      // A callback must not block gRPC's threads: a call that waits on the tokenizer is
+      // answered from its own thread (the tokenizer's deadline bounds it).
+      std::thread([this, reactor, req, resp] {
+        reactor->Finish(impl_->Lookup(nullptr, req, resp));
+      }).detach();
+    } else {
+      reactor->Finish(impl_->Lookup(nullptr, req, resp));
+    }
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* ctx, const v1::PingRequest* req,
+                                 v1::PingResponse* resp) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    grpc::Status admitted = Admit(*ctx, "Ping");
+    reactor->Finish(admitted.ok() ? impl_->Ping(nullptr, req, resp) : admitted);
+    return reactor;
+  }
 
 #define KVIDX_FORWARD(Method, Req, Resp)                                                       \
   grpc::Status Method(grpc::ServerContext* ctx, const v1::Req* req, v1::Resp* resp) override { \
     grpc::Status admitted = Admit(*ctx, #Method);                                              \
     return admitted.ok() ? impl_->Method(ctx, req, resp) : admitted;                           \
   }
-  KVIDX_FORWARD(Lookup, LookupRequest, LookupResponse)
   KVIDX_FORWARD(Stats, StatsRequest, StatsResponse)
   KVIDX_FORWARD(ListPods, ListPodsRequest, ListPodsResponse)
   KVIDX_FORWARD(GetPod, GetPodRequest, Pod)
@@ -75,7 +177,6 @@ class SurfaceService final : public v1::KvIndex::Service {
   KVIDX_FORWARD(Clear, ClearRequest, ClearResponse)
   KVIDX_FORWARD(ListSequences, ListSequencesRequest, ListSequencesResponse)
   KVIDX_FORWARD(GetSequence, GetSequenceRequest, Sequence)
-  KVIDX_FORWARD(Ping, PingRequest, PingResponse)
 #undef KVIDX_FORWARD
   grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                            grpc::ServerWriter<v1::WatchEvent>* writer) override {
@@ -84,7 +185,7 @@ class SurfaceService final : public v1::KvIndex::Service {
   }
 
  private:
-  grpc::Status Admit(const grpc::ServerContext& ctx, std::string_view method) const {
+  grpc::Status Admit(const grpc::ServerContextBase& ctx, std::string_view method) const {
     if (surface_ == Surface::kRouter && IsAdminMethod(method)) {
       impl_->CountPermissionDenied();
       return Error(grpc::StatusCode::PERMISSION_DENIED, "ADMIN_ONLY",
@@ -113,6 +214,7 @@ class SurfaceService final : public v1::KvIndex::Service {
   Surface surface_;
   const config::Config& config_;
   KvIndexService* impl_;
+  ArenaLookupAllocator allocator_;
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(Surface surface,

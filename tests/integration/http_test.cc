@@ -4,8 +4,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -429,9 +432,30 @@ TEST_F(HttpTest, ATokenizerThatFailsOrHangsIsAnErrorWithCode1005) {
   EXPECT_EQ(Reason(st, &code), "TOKENIZER_FAILED");
   EXPECT_EQ(code, 1005u);
   // A tokenizer that never answers: the call ends at its deadline (tokenizer_timeout_ms).
+  // A call waiting on the tokenizer holds up no other call: a Ping and a lookup by block keys
+  // are answered while it waits (it can only end at its deadline: the tokenizer never
+  // answers). This holds with or without the listener's own thread for such calls (gRPC has
+  // several callback threads), so it does not test that thread; it tests the property.
   q.set_prompt("slow");
   const auto t0 = std::chrono::steady_clock::now();
-  GrpcLookup(q, &st);
+  std::atomic<bool> slow_done{false};
+  std::thread slow([&] {
+    GrpcLookup(q, &st);
+    slow_done = true;
+  });
+  {
+    grpc::ClientContext ping_ctx;
+    v1::PingResponse pong;
+    EXPECT_TRUE(env->stub->Ping(&ping_ctx, {}, &pong).ok());
+    v1::LookupQuery keys;
+    keys.mutable_namespace_()->set_model("hm");
+    keys.mutable_block_keys()->add_keys(1);
+    grpc::Status fast;
+    GrpcLookup(keys, &fast);
+    EXPECT_TRUE(fast.ok()) << fast.error_message();
+    EXPECT_FALSE(slow_done.load()) << "a lookup waited behind a call blocked on the tokenizer";
+  }
+  slow.join();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(Reason(st, &code), "TOKENIZER_TIMEOUT");
   EXPECT_EQ(code, 1005u);
