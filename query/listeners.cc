@@ -79,8 +79,8 @@ class ArenaLookupAllocator final
       google::protobuf::ArenaOptions o;
       o.initial_block = block;
       o.initial_block_size = sizeof(first_block_);
-      o.start_block_size = 64 * 1024;
-      o.max_block_size = 1024 * 1024;
+      o.start_block_size = size_t{64} << 10;
+      o.max_block_size = size_t{1} << 20;
       return o;
     }
     ArenaLookupAllocator* pool_;
