@@ -227,6 +227,12 @@ int Run(const Args& args) {
       static_cast<unsigned long>(st.block_capacity), static_cast<unsigned long>(st.pair_capacity),
       static_cast<unsigned long>(st.engine_capacity));
 
+  {
+    index::Segment::PageReport pr = (*seg)->Pages();
+    std::printf("kvidx pages: %.1f MiB resident, %.1f MiB of it in huge pages (%s)\n",
+                pr.resident_bytes / 1048576.0, pr.huge_page_bytes / 1048576.0, pr.policy.c_str());
+  }
+
   // ---- the unordered_map baseline ----
   {
     auto bl = std::make_unique<Baseline>(root, w.block_tokens, w.pods);
