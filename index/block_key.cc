@@ -59,4 +59,43 @@ std::vector<BlockKey> ChainBlockKeys(BlockKey parent, std::span<const uint32_t> 
   return keys;
 }
 
+std::vector<BlockKey> ChainBlockKeys(BlockKey parent, std::span<const uint32_t> tokens,
+                                     uint32_t block_size,
+                                     std::span<const std::span<const uint8_t>> extra) {
+  std::vector<BlockKey> keys;
+  if (block_size == 0) return keys;
+  size_t n = tokens.size() / block_size;
+  keys.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    parent = ChainBlockKey(parent, tokens.subspan(i * block_size, block_size),
+                           i < extra.size() ? extra[i] : std::span<const uint8_t>());
+    keys.push_back(parent);
+  }
+  return keys;
+}
+
+std::vector<uint8_t> CacheSaltExtra(std::string_view salt) {
+  const size_t n = salt.size();
+  uint8_t head[6] = {0x91};  // fixarray of 1, then the string's header
+  size_t len = 1;
+  auto be = [&](int bytes) {
+    for (int b = bytes - 1; b >= 0; --b) head[len++] = static_cast<uint8_t>(n >> (8 * b));
+  };
+  if (n < 32) {
+    head[len++] = static_cast<uint8_t>(0xa0 | n);  // fixstr
+  } else if (n < 256) {
+    head[len++] = 0xd9;  // str8
+    be(1);
+  } else if (n < 65536) {
+    head[len++] = 0xda;  // str16
+    be(2);
+  } else {
+    head[len++] = 0xdb;  // str32
+    be(4);
+  }
+  std::vector<uint8_t> out(head, head + len);
+  out.insert(out.end(), salt.begin(), salt.end());
+  return out;
+}
+
 }  // namespace kvidx::index

@@ -32,9 +32,18 @@ BlockKey ChainBlockKey(BlockKey parent, std::span<const uint32_t> tokens,
 // The key of a block in a namespace keyed by engine hashes (no tokens on the wire).
 BlockKey EngineHashKey(BlockKey root, uint64_t engine_hash);
 
+// The extra-key bytes a cache salt gives a prompt's first block: msgpack of the one-element
+// array [salt] (vLLM's extra-keys tuple when the salt is its only entry; docs/block-keys.md).
+std::vector<uint8_t> CacheSaltExtra(std::string_view salt);
+
 // Keys of every *full* block of `tokens`, chunked by `block_size`, starting at `parent`.
 // A trailing partial block is not keyed. block_size 0 yields no keys.
 std::vector<BlockKey> ChainBlockKeys(BlockKey parent, std::span<const uint32_t> tokens,
                                      uint32_t block_size);
+// The same with per-block extra keys: block i mixes extra[i] (none past extra's end, or where
+// the entry is empty).
+std::vector<BlockKey> ChainBlockKeys(BlockKey parent, std::span<const uint32_t> tokens,
+                                     uint32_t block_size,
+                                     std::span<const std::span<const uint8_t>> extra);
 
 }  // namespace kvidx::index

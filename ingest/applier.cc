@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "index/block_key.h"
 #include "shared/log.h"
 #include "shared/status.h"
 
@@ -186,8 +187,24 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
       req.block_size = e.block_size;
       req.parent_engine_hash = from == 0 ? e.parent : std::optional<uint64_t>(e.hashes[from - 1]);
       req.engine_hashes = std::span(e.hashes).subspan(from);
+      // Extra keys (docs/block-keys.md): vLLM's per-block entries as published; a cache salt
+      // alone (SGLang's metadata, vLLM's cache_salt without extra_keys) goes to the prompt's
+      // first block, as vLLM's salt-only extra-keys tuple would.
+      std::vector<std::span<const uint8_t>> extra;
+      std::vector<uint8_t> salt;
       if (!e.tokens.empty()) {
         req.tokens = std::span(e.tokens).subspan(from * e.block_size);
+        for (size_t i = from; i < e.extra_keys.size(); ++i) {
+          extra.emplace_back(reinterpret_cast<const uint8_t*>(e.extra_keys[i].data()),
+                             e.extra_keys[i].size());
+        }
+        const bool first_block_bare = e.extra_keys.empty() || e.extra_keys[0].empty();
+        if (e.cache_salt && !e.cache_salt->empty() && from == 0 && !e.parent && first_block_bare) {
+          salt = index::CacheSaltExtra(*e.cache_salt);
+          extra.resize(e.hashes.size());
+          extra[0] = salt;
+        }
+        req.extra = extra;
       }
       absl::Status st = index_->Store(p, req).status();
       if (config_.on_applied && !req.engine_hashes.empty()) {

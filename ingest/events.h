@@ -35,7 +35,10 @@ struct Event {
   std::optional<std::string> cache_salt;  // SGLang's BlockStoredWithMetadata
   std::string model_name;                 // AIBrix; empty: the publisher's model
   index::Tier tier = index::kGpu;
-  bool has_extra_keys = false;  // vLLM extra_keys present (decoded, not keyed)
+  bool has_extra_keys = false;  // vLLM extra_keys present
+  // Per block, the msgpack bytes of its extra_keys entry ("" for nil), keyed into its block key
+  // (docs/block-keys.md); empty when the event has none or only nils.
+  std::vector<std::string> extra_keys;
   std::optional<int64_t> group_idx;
   // Sequence-id form.
   int64_t sequence_id = 0;

@@ -108,6 +108,39 @@ void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness*
   f->set_last_heard_age_ms(heard == 0 ? -1 : (now_ns - heard) / 1'000'000);
 }
 
+grpc::Status KvIndexService::KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,
+                                           std::span<const uint32_t> tokens, uint32_t bs,
+                                           std::vector<index::BlockKey>* keys) {
+  if (q.block_extra_size() == 0 && q.cache_salt().empty()) {
+    *keys = index::ChainBlockKeys(root, tokens, bs);
+    return grpc::Status::OK;
+  }
+  const size_t blocks = bs == 0 ? 0 : tokens.size() / bs;
+  if (static_cast<size_t>(q.block_extra_size()) > std::max<size_t>(blocks, 1)) {
+    return Error(
+        grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_EXTRA_KEYS",
+        absl::StrCat(q.block_extra_size(), " block_extra entries for ", blocks, " full blocks"));
+  }
+  if (!q.cache_salt().empty() && q.block_extra_size() > 0 && !q.block_extra(0).empty()) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "SALT_AND_EXTRA",
+                 "cache_salt and a non-empty block_extra[0] both name block 0's extra keys; put "
+                 "the salt in block_extra[0] as the engine publishes it");
+  }
+  std::vector<std::span<const uint8_t>> extra;
+  extra.reserve(std::max(q.block_extra_size(), 1));
+  for (const std::string& e : q.block_extra()) {
+    extra.emplace_back(reinterpret_cast<const uint8_t*>(e.data()), e.size());
+  }
+  const std::vector<uint8_t> salt =
+      q.cache_salt().empty() ? std::vector<uint8_t>() : index::CacheSaltExtra(q.cache_salt());
+  if (!salt.empty()) {
+    if (extra.empty()) extra.emplace_back();
+    extra[0] = salt;
+  }
+  *keys = index::ChainBlockKeys(root, tokens, bs, extra);
+  return grpc::Status::OK;
+}
+
 grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
   const auto& nsq = q.namespace_();
   if (nsq.model().empty()) {
@@ -134,7 +167,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     case v1::LookupQuery::kPrompt:
     case v1::LookupQuery::kMessages: {
       if (grpc::Status st = Tokenize(q, &tokenized, out); !st.ok()) return st;
-      keys = index::ChainBlockKeys(Ld(nss->root), tokenized, bs);
+      if (grpc::Status st = KeysWithExtra(q, Ld(nss->root), tokenized, bs, &keys); !st.ok())
+        return st;
       break;
     }
     case v1::LookupQuery::kTokens: {
@@ -144,8 +178,9 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
         return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
                      absl::StrCat(ids.size(), " token ids; the limit is ", config_.max_tokens));
       }
-      keys =
-          index::ChainBlockKeys(Ld(nss->root), {ids.data(), static_cast<size_t>(ids.size())}, bs);
+      grpc::Status st =
+          KeysWithExtra(q, Ld(nss->root), {ids.data(), static_cast<size_t>(ids.size())}, bs, &keys);
+      if (!st.ok()) return st;
       break;
     }
     case v1::LookupQuery::kBlockKeys: {

@@ -93,6 +93,10 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
  private:
   grpc::Status Overloaded();
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
+  // The block keys of `tokens` with the query's block_extra and cache_salt mixed in.
+  grpc::Status KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,
+                             std::span<const uint32_t> tokens, uint32_t bs,
+                             std::vector<index::BlockKey>* keys);
   // Prompt text or chat messages of `q` -> token ids, through the model's tokenizer.
   grpc::Status Tokenize(const v1::LookupQuery& q, std::vector<uint32_t>* tokens,
                         v1::LookupResult* out);

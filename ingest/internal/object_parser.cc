@@ -172,6 +172,34 @@ bool Parser::CheckStoredShape(Event& ev) {
   return true;
 }
 
+bool Parser::ExtraKeys(const object* x, Event* ev) {
+  // One block's extra keys are a few hashes and names; more is not an engine's.
+  constexpr size_t kMaxExtraBytes = 4096;
+  if (x == nullptr || x->type == t::NIL) return true;
+  if (x->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
+  ev->has_extra_keys = true;
+  const auto& a = x->via.array;
+  bool any = false;
+  for (uint32_t i = 0; i < a.size && !any; ++i) any = a.ptr[i].type != t::NIL;
+  if (!any) return true;  // nothing to key (the fast decoder takes these too)
+  if (a.size != ev->hashes.size()) {
+    return Fail(DecodeReason::kBadShape, absl::StrCat("extra_keys has ", a.size, " entries for ",
+                                                      ev->hashes.size(), " blocks"));
+  }
+  ev->extra_keys.resize(a.size);
+  for (uint32_t i = 0; i < a.size; ++i) {
+    if (a.ptr[i].type == t::NIL) continue;
+    msgpack::sbuffer buf;
+    msgpack::pack(buf, a.ptr[i]);
+    if (buf.size() > kMaxExtraBytes) {
+      return Fail(DecodeReason::kTooLarge, absl::StrCat("extra_keys entry of ", buf.size(),
+                                                        " bytes (at most ", kMaxExtraBytes, ")"));
+    }
+    ev->extra_keys[i].assign(buf.data(), buf.size());
+  }
+  return true;
+}
+
 bool Parser::UnknownTag(std::string_view tag, EventBatch* b) {
   if (limits_.strict)
     return Fail(DecodeReason::kUnknownTag, absl::StrCat("unknown event '", std::string(tag), "'"));
@@ -242,10 +270,7 @@ bool Parser::VllmArrayEvent(const object& e, EventBatch* b) {
     } else if (!OptStr(o7, &ev.lora_name, "lora_name")) {
       return false;
     }
-    if (const object* o8 = at(8); o8 != nullptr && o8->type != t::NIL) {
-      if (o8->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
-      ev.has_extra_keys = true;
-    }
+    if (!ExtraKeys(at(8), &ev)) return false;
     if (!OptInt(at(9), &ev.group_idx, "group_idx")) return false;
     if (!CheckStoredShape(ev)) return false;
   } else if (tag == "BlockRemoved") {
@@ -291,10 +316,7 @@ bool Parser::VllmMapEvent(const object& e, EventBatch* b) {
     if (!Medium(Get(e, "medium"), &ev.tier)) return false;
     if (!OptStr(Get(e, "lora_name"), &ev.lora_name, "lora_name")) return false;
     if (!OptStr(Get(e, "cache_salt"), &ev.cache_salt, "cache_salt")) return false;
-    if (const object* x = Get(e, "extra_keys"); x != nullptr && x->type != t::NIL) {
-      if (x->type != t::ARRAY) return Fail(DecodeReason::kWrongType, "extra_keys is not an array");
-      ev.has_extra_keys = true;
-    }
+    if (!ExtraKeys(Get(e, "extra_keys"), &ev)) return false;
     if (!OptInt(Get(e, "group_idx"), &ev.group_idx, "group_idx")) return false;
     if (!CheckStoredShape(ev)) return false;
   } else if (tag == "BlockRemoved") {

@@ -75,6 +75,9 @@ class Parser {
   bool BlockTokenLists(const object& o, Event* ev, const char* what);
 
   bool CheckStoredShape(Event& ev);
+  // vLLM's extra_keys (nil, or an array with one entry per block): each non-nil entry's
+  // msgpack bytes, re-packed, go to ev->extra_keys (left empty when every entry is nil).
+  bool ExtraKeys(const object* x, Event* ev);
 
   bool UnknownTag(std::string_view tag, EventBatch* b);
 

@@ -43,6 +43,28 @@ std::map<std::string, std::string> ComputeVectors() {
   return v;
 }
 
+TEST(BlockKeyTest, CacheSaltExtraIsMsgpackOfTheOneElementArray) {
+  EXPECT_EQ(CacheSaltExtra("salt"), (std::vector<uint8_t>{0x91, 0xa4, 's', 'a', 'l', 't'}));
+  // The header grows with the salt as msgpack's str does: fixstr, str8, str16, str32.
+  for (auto [len, head] : std::vector<std::pair<size_t, std::vector<uint8_t>>>{
+           {31, {0x91, 0xbf}},
+           {32, {0x91, 0xd9, 32}},
+           {255, {0x91, 0xd9, 255}},
+           {256, {0x91, 0xda, 1, 0}},
+           {70000, {0x91, 0xdb, 0, 1, 0x11, 0x70}}}) {
+    std::vector<uint8_t> e = CacheSaltExtra(std::string(len, 'z'));
+    ASSERT_EQ(e.size(), head.size() + len);
+    EXPECT_TRUE(std::equal(head.begin(), head.end(), e.begin())) << len;
+  }
+  // The salted chain of the published vector, through the per-block-extra ChainBlockKeys.
+  BlockKey r = NamespaceRoot("meta-llama/Llama-3.1-8B-Instruct", "");
+  std::vector<uint8_t> salt = CacheSaltExtra("salt");
+  std::vector<std::span<const uint8_t>> extra = {salt};
+  std::vector<uint32_t> t4 = {5, 6, 7, 8};
+  EXPECT_EQ(Join(ChainBlockKeys(r, t4, 2, extra)), "24b3528c650a7de5 cf8ca95b86568160");
+  EXPECT_EQ(ChainBlockKeys(r, t4, 2, {}), ChainBlockKeys(r, t4, 2));
+}
+
 TEST(BlockKeyTest, PublishedVectors) {
   auto v = ComputeVectors();
   EXPECT_EQ(v["root_llama"], "ab5b1430f54d8243");

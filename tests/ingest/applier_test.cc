@@ -1,9 +1,11 @@
 #include "ingest/applier.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "gtest/gtest.h"
 
+#include "index/block_key.h"
 #include "tests/index/test_util.h"
 
 namespace kvidx::ingest {
@@ -66,6 +68,53 @@ TEST_F(ApplierTest, LoraEventsGoToTheirOwnNamespaceAndRemovalsFindThem) {
   ASSERT_TRUE(applier_->Apply(pub_, rm).ok());
   EXPECT_EQ(Matched(*chat, {1, 2, 3, 4}), 1u);
   EXPECT_EQ(idx().publisher_slot(pub_)->index.unknown_removes, 0u);
+}
+
+TEST_F(ApplierTest, ExtraKeysAndCacheSaltsAreKeyedAndMatchOnlyThemselves) {
+  const PublisherId other = *idx().RegisterPublisher({.pod = "q", .ns = base_});
+  const index::BlockKey root = idx().namespace_slot(base_)->root;
+  auto holders = [&](const std::vector<index::BlockKey>& keys) {
+    std::vector<std::pair<PublisherId, uint32_t>> out;
+    for (const auto& m : idx().Lookup(keys).matches) out.emplace_back(m.publisher, m.blocks);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  using Holders = std::vector<std::pair<PublisherId, uint32_t>>;
+  // Multimodal-like: pub_ stores {1,2,3,4} with an image hash on block 0; `other` stores the
+  // same tokens bare.
+  const std::string image("\x91\x92\xa3img\x00", 7);
+  EventBatch b;
+  Event mm = Stored({1, 2}, {1, 2, 3, 4});
+  mm.extra_keys = {image, ""};
+  b.events.push_back(mm);
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EventBatch bare;
+  bare.events.push_back(Stored({1, 2}, {1, 2, 3, 4}));
+  ASSERT_TRUE(applier_->Apply(other, bare).ok());
+  const std::vector<uint32_t> t = {1, 2, 3, 4};
+  const std::span<const uint8_t> image_bytes(reinterpret_cast<const uint8_t*>(image.data()),
+                                             image.size());
+  const std::vector<std::span<const uint8_t>> with_image = {image_bytes};
+  EXPECT_EQ(holders(index::ChainBlockKeys(root, t, 2, with_image)), (Holders{{pub_, 2}}));
+  EXPECT_EQ(holders(index::ChainBlockKeys(root, t, 2)), (Holders{{other, 2}}));
+  // A salt alone (SGLang's metadata) keys block 0 as msgpack([salt]); the event continuing the
+  // prompt (with a parent) chains from it.
+  EventBatch salted;
+  Event s0 = Stored({11, 12}, {5, 6, 7, 8});
+  s0.cache_salt = "tenant-a";
+  Event s1 = Stored({13}, {9, 10}, 12);
+  s1.cache_salt = "tenant-a";
+  salted.events = {s0, s1};
+  ASSERT_TRUE(applier_->Apply(pub_, salted).ok());
+  const std::vector<uint32_t> u = {5, 6, 7, 8, 9, 10};
+  auto salt_keys = [&](std::string_view salt) {
+    const std::vector<uint8_t> extra = index::CacheSaltExtra(salt);
+    const std::vector<std::span<const uint8_t>> e = {extra};
+    return index::ChainBlockKeys(root, u, 2, e);
+  };
+  EXPECT_EQ(holders(salt_keys("tenant-a")), (Holders{{pub_, 3}}));
+  EXPECT_TRUE(holders(salt_keys("tenant-b")).empty());
+  EXPECT_TRUE(holders(index::ChainBlockKeys(root, u, 2)).empty());
 }
 
 TEST_F(ApplierTest, SkipOpsResumesInsideABatch) {

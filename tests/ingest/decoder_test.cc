@@ -11,6 +11,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include <msgpack.hpp>
+
 #include "ingest/fast_decoder.h"
 #include "tests/ingest/same_events.h"
 #include "tests/test_data.h"
@@ -123,6 +125,77 @@ TEST(DecoderGoldenTest, SglangFoldsFirstEightBytesAndReadsCacheSalt) {
   // Decoded as vLLM, the same digest folds to its last 8 bytes instead.
   EventBatch v = MustDecode(bytes, Dialect::kVllm);
   EXPECT_THAT(v.events[0].hashes, ElementsAre(0xb8b9babbbcbdbebfULL));
+}
+
+// A vLLM batch with one BlockStored, packed with msgpack-cxx: as a tagged array (map: false)
+// or a map event, with `extra` as its extra_keys (packed as given; an empty string is nil).
+std::vector<uint8_t> StoredWithExtra(bool map, std::vector<uint64_t> hashes,
+                                     const std::vector<std::string>& extra_packed) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_array(3);
+  pk.pack(1.5);
+  pk.pack_array(1);
+  std::vector<uint32_t> tokens(hashes.size() * 2, 7);
+  auto extras = [&] {
+    pk.pack_array(static_cast<uint32_t>(extra_packed.size()));
+    for (const std::string& e : extra_packed) {
+      if (e.empty()) {
+        pk.pack_nil();
+      } else {
+        buf.write(e.data(), e.size());  // already msgpack
+      }
+    }
+  };
+  if (map) {
+    pk.pack_map(5);
+    pk.pack(std::string("type"));
+    pk.pack(std::string("BlockStored"));
+    pk.pack(std::string("block_hashes"));
+    pk.pack(hashes);
+    pk.pack(std::string("token_ids"));
+    pk.pack(tokens);
+    pk.pack(std::string("block_size"));
+    pk.pack(2);
+    pk.pack(std::string("extra_keys"));
+    extras();
+  } else {
+    pk.pack_array(9);
+    pk.pack(std::string("BlockStored"));
+    pk.pack(hashes);
+    pk.pack_nil();
+    pk.pack(tokens);
+    pk.pack(2);
+    pk.pack_nil();
+    pk.pack(std::string("GPU"));
+    pk.pack_nil();
+    extras();
+  }
+  pk.pack(0);
+  return {reinterpret_cast<const uint8_t*>(buf.data()),
+          reinterpret_cast<const uint8_t*>(buf.data()) + buf.size()};
+}
+
+TEST(DecoderGoldenTest, VllmExtraKeysAreKeptAsTheirMsgpackBytes) {
+  const std::string image("\x91\x92\xa3img\x00", 7);  // [["img", 0]]
+  const std::string salt("\x91\xa4salt", 6);          // ["salt"]
+  for (bool map : {false, true}) {
+    EventBatch b = MustDecode(StoredWithExtra(map, {kH1, kH2}, {image, ""}));
+    ASSERT_EQ(b.events.size(), 1u);
+    EXPECT_TRUE(b.events[0].has_extra_keys);
+    EXPECT_THAT(b.events[0].extra_keys, ElementsAre(image, "")) << "map " << map;
+    b = MustDecode(StoredWithExtra(map, {kH1}, {salt}));
+    EXPECT_THAT(b.events[0].extra_keys, ElementsAre(salt));
+    // Only nils: nothing to key, the same as no extra_keys.
+    b = MustDecode(StoredWithExtra(map, {kH1, kH2}, {"", ""}));
+    EXPECT_TRUE(b.events[0].has_extra_keys);
+    EXPECT_TRUE(b.events[0].extra_keys.empty());
+    // One entry for two blocks; an entry past the 4 KiB bound.
+    EXPECT_EQ(MustFail(StoredWithExtra(map, {kH1, kH2}, {image})), DecodeReason::kBadShape);
+    std::string big("\xc5\x13\x88", 3);  // bin16 of 5000 bytes
+    big.append(5000, 'x');
+    EXPECT_EQ(MustFail(StoredWithExtra(map, {kH1}, {big})), DecodeReason::kTooLarge);
+  }
 }
 
 TEST(DecoderGoldenTest, Aibrix) {

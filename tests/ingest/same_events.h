@@ -21,8 +21,8 @@ inline bool SameEvents(const EventBatch& a, const EventBatch& b, std::string* wh
     const Event& y = b.events[i];
     if (x.kind != y.kind || x.hashes != y.hashes || x.parent != y.parent || x.tokens != y.tokens ||
         x.block_size != y.block_size || x.lora_id != y.lora_id || x.lora_name != y.lora_name ||
-        x.tier != y.tier || x.has_extra_keys != y.has_extra_keys || x.group_idx != y.group_idx ||
-        x.cache_salt != y.cache_salt) {
+        x.tier != y.tier || x.has_extra_keys != y.has_extra_keys || x.extra_keys != y.extra_keys ||
+        x.group_idx != y.group_idx || x.cache_salt != y.cache_salt) {
       return *why = "event " + std::to_string(i), false;
     }
   }
