@@ -66,6 +66,15 @@ except KvidxError as e:
     check(e.code == grpc.StatusCode.INVALID_ARGUMENT and e.reason == "TOO_MANY_TOKENS",
           "KvidxError carries code and reason, got %r" % e)
     check(e.aibrix_code == 0, "no AIBrix code for TOO_MANY_TOKENS")
+# Cache salts and per-block extra keys reach the server: the two together are refused there.
+salted = kv.query("qm", tokens=tokens, cache_salt="tenant-a", block_extra=[b"", b"\x91\x01"])
+check(salted.cache_salt == "tenant-a" and list(salted.block_extra) == [b"", b"\x91\x01"],
+      "query carries cache_salt and block_extra")
+try:
+    kv.lookup("qm", tokens=tokens, cache_salt="tenant-a", block_extra=[b"\x90"])
+    failures.append("cache_salt beside block_extra[0] should be refused")
+except KvidxError as e:
+    check(e.reason == "SALT_AND_EXTRA", "SALT_AND_EXTRA, got %r" % e)
 try:
     kv.pod("nobody")
     failures.append("an unknown pod should be refused")

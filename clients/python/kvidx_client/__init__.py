@@ -101,13 +101,17 @@ class KvidxClient:
     def query(model: str, tokens: Optional[Sequence[int]] = None,
               block_keys: Optional[Sequence[int]] = None,
               engine_hashes: Optional[Sequence[int]] = None, lora_name: str = "",
-              candidates: Sequence[str] = (), max_blocks: int = 0):
-        """One LookupQuery: exactly one of tokens, block_keys, engine_hashes."""
+              candidates: Sequence[str] = (), max_blocks: int = 0, cache_salt: str = "",
+              block_extra: Sequence[bytes] = ()):
+        """One LookupQuery: exactly one of tokens, block_keys, engine_hashes. With tokens,
+        cache_salt and block_extra (each block's extra-key msgpack bytes, b"" for none) are
+        mixed into the block keys as docs/block-keys.md says."""
         if sum(x is not None for x in (tokens, block_keys, engine_hashes)) != 1:
             raise ValueError("give exactly one of tokens, block_keys, engine_hashes")
         q = pb.LookupQuery(namespace=pb.Namespace(model=model, lora_name=lora_name),
                            candidates=[pb.PodRef(pod=p, dp_rank=-1) for p in candidates],
-                           max_blocks=max_blocks)
+                           max_blocks=max_blocks, cache_salt=cache_salt,
+                           block_extra=list(block_extra))
         if tokens is not None:
             q.tokens.ids.extend(tokens)
         elif block_keys is not None:
