@@ -10,9 +10,9 @@
 #include <set>
 #include <sstream>
 
-#include <grpcpp/grpcpp.h>
-
 #include "gtest/gtest.h"
+
+#include <grpcpp/grpcpp.h>
 
 #include "control/control_area.h"
 #include "index/prefix_index.h"
@@ -65,9 +65,9 @@ class ExtraKeysTest : public ::testing::Test {
           << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << router << "\"\n";
     }
     cfg.close();
-    worker_ = std::make_unique<Process>(
-        std::vector<std::string>{BuildPath("ingest/kvidx-ingest"), "--config", dir_ + "/kvidx.toml"},
-        dir_ + "/worker.log");
+    worker_ = std::make_unique<Process>(std::vector<std::string>{BuildPath("ingest/kvidx-ingest"),
+                                                                 "--config", dir_ + "/kvidx.toml"},
+                                        dir_ + "/worker.log");
     query_ = std::make_unique<Process>(
         std::vector<std::string>{BuildPath("query/kvidx-query"), "--config", dir_ + "/kvidx.toml",
                                  "--port-file", dir_ + "/query.port"},
@@ -124,8 +124,8 @@ TEST_F(ExtraKeysTest, SaltedAndMultimodalPromptsMatchOnlyThemselves) {
   int grpc_port = 0;
   port >> grpc_port;
   ASSERT_NE(grpc_port, 0) << query_->Log();
-  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(grpc_port), grpc::InsecureChannelCredentials()));
+  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port),
+                                                       grpc::InsecureChannelCredentials()));
   // The pods matching a lookup of `tokens`, with what it names for block 0.
   auto lookup = [&](const std::vector<uint32_t>& tokens, const std::string& salt,
                     const std::vector<std::string>& extra, grpc::Status* status = nullptr) {
