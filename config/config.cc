@@ -261,6 +261,11 @@ std::string FleetToml(const std::vector<ModelConfig>& models,
     if (m.key_by_engine_hash) t.insert("key_by_engine_hash", true);
     if (!m.tokenizer_endpoint.empty()) t.insert("tokenizer_endpoint", m.tokenizer_endpoint);
     if (!m.tokenizer_model.empty()) t.insert("tokenizer_model", m.tokenizer_model);
+    if (!m.engine_hash.empty()) {
+      t.insert("engine_hash", m.engine_hash);
+      t.insert("engine_hash_seed", m.engine_hash_seed);
+      t.insert("hash_check_every", static_cast<int64_t>(m.hash_check_every));
+    }
     if (!m.lora_names.empty()) {
       toml::table names;
       for (const auto& [id, name] : m.lora_names) names.insert(std::to_string(id), name);
@@ -408,6 +413,12 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
       KVIDX_READ(*m, "key_by_engine_hash", &mc.key_by_engine_hash, where);
       KVIDX_READ(*m, "tokenizer_endpoint", &mc.tokenizer_endpoint, where);
       KVIDX_READ(*m, "tokenizer_model", &mc.tokenizer_model, where);
+      KVIDX_READ(*m, "engine_hash", &mc.engine_hash, where);
+      KVIDX_READ(*m, "engine_hash_seed", &mc.engine_hash_seed, where);
+      KVIDX_READ(*m, "hash_check_every", &mc.hash_check_every, where);
+      if (!mc.engine_hash.empty() && mc.engine_hash != "sha256_cbor") {
+        return absl::InvalidArgumentError(where + ": engine_hash is \"sha256_cbor\" or \"\"");
+      }
       known[m].insert("lora_names");
       if (const toml::table* l = (*m)["lora_names"].as_table()) {
         for (const auto& [k, v] : *l) {

@@ -26,6 +26,13 @@ struct ModelConfig {
   // and the model name to send it ("" = name).
   std::string tokenizer_endpoint;
   std::string tokenizer_model;
+  // The engines' block hash, to cross-check what they publish (ingest/engine_hash.h): "" (no
+  // check) or "sha256_cbor" (vLLM --prefix-caching-hash-algo sha256_cbor); the seed is the
+  // engines' PYTHONHASHSEED (vLLM's fixed default when unset); one prompt-starting event in
+  // hash_check_every is checked.
+  std::string engine_hash;
+  std::string engine_hash_seed = "vllm-none-hash";
+  uint32_t hash_check_every = 8;
 };
 
 struct PublisherConfig {

@@ -50,7 +50,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 5;
+inline constexpr uint32_t kLayoutVersion = 6;
 
 // Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
 inline constexpr int kLatencyBounds = 15;
@@ -286,6 +286,11 @@ struct PublisherIngestState {
   uint64_t sequence_bytes;
   uint64_t budget_bytes;
   uint64_t budget_drops;
+  // The engine-hash cross-check (ingest/engine_hash.h): blocks whose published hash was
+  // recomputed, those that differed, and the last hash that differed.
+  uint64_t hash_checks;
+  uint64_t hash_mismatches;
+  uint64_t last_hash_mismatch;
 };
 
 struct alignas(64) PublisherSlot {

@@ -1,6 +1,7 @@
 #include "ingest/applier.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -15,9 +16,10 @@ using index::PublisherId;
 using index::PublisherSlot;
 
 Applier::Applier(index::PrefixIndex* index, ApplierConfig config)
-    : index_(index), config_(std::move(config)) {}
+    : index_(index), config_(std::move(config)), hash_checker_(config_.hash_checks) {}
 
 void Applier::Forget(PublisherId p) {
+  hash_checker_.Forget(p);
   namespaces_.erase(p);
   sequences_.erase(p);
   sequence_bytes_.erase(p);
@@ -207,6 +209,11 @@ absl::Status Applier::ApplyEvent(PublisherId p, const Event& e, uint64_t* skip) 
         req.extra = extra;
       }
       absl::Status st = index_->Store(p, req).status();
+      if (hash_checker_.enabled() && from == 0) {
+        const index::NamespaceSlot* nss = index_->namespace_slot(ns);
+        hash_checker_.Observe(p, std::string(nss->model, strnlen(nss->model, sizeof(nss->model))),
+                              e, index_->ingest_state(p));
+      }
       if (config_.on_applied && !req.engine_hashes.empty()) {
         config_.on_applied({EventKind::kStored, p, ns,
                             static_cast<uint32_t>(req.engine_hashes.size()),

@@ -21,6 +21,7 @@
 
 #include "config/config.h"
 #include "index/prefix_index.h"
+#include "ingest/engine_hash.h"
 #include "ingest/events.h"
 
 namespace kvidx::ingest {
@@ -48,6 +49,8 @@ struct ApplierConfig {
   // block that would take the table past it is not recorded (nor stored in the index: it could
   // never be removed), and is counted in the publisher's budget_drops.
   size_t max_sequence_bytes = 64u << 20;
+  // Models whose engines' block hashes are cross-checked (ingest/engine_hash.h), by name.
+  std::map<std::string, HashCheckConfig> hash_checks;
 };
 
 // One sequence of a sequence-id publisher. A sequence is kept while it has stored blocks: one
@@ -97,6 +100,7 @@ class Applier {
 
   index::PrefixIndex* index_;
   ApplierConfig config_;
+  EngineHashChecker hash_checker_;
   // Namespaces each publisher has stored into (base first): removals carry no namespace.
   std::unordered_map<index::PublisherId, std::vector<index::NamespaceId>> namespaces_;
   std::unordered_map<index::PublisherId, std::map<int64_t, SequenceState>> sequences_;

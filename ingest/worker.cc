@@ -82,8 +82,11 @@ absl::Status Worker::Init() {
   if (!config_.models.empty()) ac.default_block_size = config_.models[0].block_size;
   ac.max_adapters_per_model = config_.max_adapters_per_model;
   ac.max_sequence_bytes = config_.sequence_table_bytes;
-  for (const auto& m : config_.models)
+  for (const auto& m : config_.models) {
     ac.lora_names.insert(m.lora_names.begin(), m.lora_names.end());
+    if (m.engine_hash == "sha256_cbor")
+      ac.hash_checks[m.name] = HashCheckConfig{m.engine_hash_seed, m.hash_check_every};
+  }
   applier_ = std::make_unique<Applier>(index_.get(), ac);
   KVIDX_RETURN_IF_ERROR(RegisterFromConfig());
   uint32_t repaired = index_->RepairAbandonedStripes();

@@ -93,6 +93,11 @@ class Snapshot final : public prometheus::Collectable {
     counter("kvidx_replays_total", "Replay requests", static_cast<double>(s.replays()));
     counter("kvidx_gaps_total", "Sequence gaps seen", static_cast<double>(s.gaps()));
     counter("kvidx_resyncs_total", "Publisher resyncs", static_cast<double>(s.resyncs()));
+    counter("kvidx_engine_hash_checks_total", "Published block hashes recomputed from tokens",
+            static_cast<double>(s.hash_checks()));
+    counter("kvidx_engine_hash_mismatches_total",
+            "Recomputed block hashes that differ from the engine's (block size, seed, LoRA, salt?)",
+            static_cast<double>(s.hash_mismatches()));
     counter("kvidx_stripe_repairs_total", "Stripes repaired after a writer died",
             static_cast<double>(s.stripe_repairs()));
     gauge("kvidx_engine_entries", "Engine hash -> block key entries",

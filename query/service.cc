@@ -376,7 +376,7 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_engine_entries(s.engine_entries);
   resp->set_engine_capacity(s.engine_capacity);
   resp->set_engine_table_full(s.engine_full);
-  uint64_t replays = 0, gaps = 0, resyncs = 0;
+  uint64_t replays = 0, gaps = 0, resyncs = 0, hash_checks = 0, hash_mismatches = 0;
   std::map<uint32_t, v1::WorkerLag> lag;
   bool healthy = true;
   for (auto id : index_->ActivePublishers()) {
@@ -385,6 +385,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
     replays += Ld(p->ingest.replays);
     gaps += Ld(p->ingest.gaps);
     resyncs += Ld(p->ingest.resyncs);
+    hash_checks += Ld(p->ingest.hash_checks);
+    hash_mismatches += Ld(p->ingest.hash_mismatches);
     const index::NamespaceSlot* nss =
         index_->namespace_slot(static_cast<index::NamespaceId>(p->id.ns));
     if (nss != nullptr) tokens += Ld(p->index.pairs) * nss->block_size;
@@ -414,6 +416,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_replays(replays);
   resp->set_gaps(gaps);
   resp->set_resyncs(resyncs);
+  resp->set_hash_checks(hash_checks);
+  resp->set_hash_mismatches(hash_mismatches);
 }
 
 grpc::Status KvIndexService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
@@ -465,6 +469,9 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["unverifiable_gaps"] = Ld(s->ingest.unverifiable_gaps);
   c["stale_drops"] = Ld(s->ingest.stale_drops);
   c["block_size_mismatches"] = Ld(s->ingest.block_size_mismatches);
+  c["hash_checks"] = Ld(s->ingest.hash_checks);
+  c["hash_mismatches"] = Ld(s->ingest.hash_mismatches);
+  c["last_hash_mismatch"] = Ld(s->ingest.last_hash_mismatch);
   c["engine_table_full"] = Ld(s->index.engine_table_full);
   c["engine_hash_conflicts"] = Ld(s->index.engine_hash_conflicts);
   c["foreign_model_events"] = Ld(s->ingest.foreign_model_events);

@@ -12,7 +12,7 @@ PKGS=(
   python3 python3-zmq python3-msgpack python3-grpcio python3-grpc-tools python3-xxhash
   systemd clang-format clang-tidy clang libclang-rt-14-dev gcovr
   libhiredis-dev redis-server
-  libc-ares-dev dnsmasq-base curl python3-websocket python3-protobuf nlohmann-json3-dev
+  libc-ares-dev dnsmasq-base curl python3-websocket python3-protobuf nlohmann-json3-dev libssl-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -36,6 +36,7 @@
 
 #include "config/config.h"
 #include "kvidx.grpc.pb.h"
+#include "tools/pod_warnings.h"
 
 namespace {
 
@@ -328,15 +329,7 @@ int Pods(const Opts& o, KvIndex::Stub& stub) {
                 (unsigned long)p.counters().at("gaps"), (unsigned long)p.freshness().epoch(),
                 Age(p.freshness().last_event_age_ms()).c_str(), p.endpoint().c_str());
   }
-  for (const auto& p : r.pods()) {
-    auto it = p.counters().find("block_size_mismatches");
-    if (it == p.counters().end() || it->second == 0) continue;
-    std::printf(
-        "warning: %s/%u sends %lu-token blocks for model %s; %lu blocks refused "
-        "(configure the model's block_size to match)\n",
-        p.pod().c_str(), p.dp_rank(), (unsigned long)p.counters().at("mismatched_block_size"),
-        p.model().c_str(), (unsigned long)it->second);
-  }
+  kvidx::ctl::PrintPodWarnings(r);
   return 0;
 }
 

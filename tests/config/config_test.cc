@@ -234,11 +234,26 @@ TEST(ConfigTest, OwnerWorkerIsStableAndSpreads) {
   for (int c : counts) EXPECT_GT(c, 60);
 }
 
+TEST(ConfigTest, EngineHashChecksNameAKnownAlgorithm) {
+  auto ok =
+      ParseConfig("[[model]]\nname = \"m\"\nblock_size = 16\nengine_hash = \"sha256_cbor\"\n", "t");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->models[0].engine_hash_seed, "vllm-none-hash");  // vLLM's fixed default
+  EXPECT_EQ(ok->models[0].hash_check_every, 8u);
+  auto bad =
+      ParseConfig("[[model]]\nname = \"m\"\nblock_size = 16\nengine_hash = \"sha256\"\n", "t");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("engine_hash"), std::string::npos) << bad.status();
+}
+
 TEST(ConfigTest, FleetTomlParsesBackToTheSameFleet) {
   ModelConfig m;
   m.name = "llama";
   m.block_size = 32;
   m.lora_names = {{1, "sql"}, {7, "chat \"quoted\""}};
+  m.engine_hash = "sha256_cbor";
+  m.engine_hash_seed = "0";
+  m.hash_check_every = 3;
   PublisherConfig a;
   a.pod = "pod-0";
   a.dp_rank = 3;
@@ -260,6 +275,9 @@ TEST(ConfigTest, FleetTomlParsesBackToTheSameFleet) {
   ASSERT_EQ(c->models.size(), 1u);
   EXPECT_EQ(c->models[0].block_size, 32u);
   EXPECT_EQ(c->models[0].lora_names, m.lora_names);
+  EXPECT_EQ(c->models[0].engine_hash, "sha256_cbor");
+  EXPECT_EQ(c->models[0].engine_hash_seed, "0");
+  EXPECT_EQ(c->models[0].hash_check_every, 3u);
   ASSERT_EQ(c->publishers.size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
     const PublisherConfig& want = i == 0 ? a : b;

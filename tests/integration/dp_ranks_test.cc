@@ -8,9 +8,9 @@
 #include <set>
 #include <sstream>
 
-#include <grpcpp/grpcpp.h>
-
 #include "gtest/gtest.h"
+
+#include <grpcpp/grpcpp.h>
 
 #include "config/config.h"
 #include "control/control_area.h"
