@@ -64,7 +64,7 @@ uint64_t VllmEventInt(const Sha256Digest& d) {
   return v;
 }
 
-EngineHashChecker::EngineHashChecker(std::map<std::string, HashCheckConfig> models) {
+EngineHashChecker::EngineHashChecker(const std::map<std::string, HashCheckConfig>& models) {
   for (auto& [name, c] : models) models_[name] = Model{c, VllmNoneHash(c.seed)};
 }
 

@@ -47,7 +47,7 @@ struct HashCheckConfig {
 class EngineHashChecker {
  public:
   // `models`: model name -> its check (models absent are not checked).
-  explicit EngineHashChecker(std::map<std::string, HashCheckConfig> models);
+  explicit EngineHashChecker(const std::map<std::string, HashCheckConfig>& models);
 
   bool enabled() const { return !models_.empty(); }
   // Checks `e` (a stored event of publisher `p` of `model`) if it is sampled and checkable, and
@@ -65,7 +65,7 @@ class EngineHashChecker {
   struct PerPublisher {
     uint64_t starts = 0;  // prompt-starting events seen (the sampling counter)
     std::unordered_map<uint64_t, Sha256Digest> digests;  // engine hash -> digest, checked
-    std::deque<uint64_t> order;                           // insertion order, for the bound
+    std::deque<uint64_t> order;                          // insertion order, for the bound
   };
   static constexpr size_t kRemembered = 1024;  // digests per publisher
 

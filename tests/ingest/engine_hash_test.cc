@@ -34,10 +34,10 @@ TEST(VllmSha256CborTest, PublishedVectors) {
     const char* none_tail;
     uint64_t block0, block1;
   };
-  for (const Vector& v : {Vector{"vllm-none-hash", "9bd96a48", "9581eef0", 0x7b0bf7bf7fd01682ULL,
-                                 0x0b368b33d87bf3bfULL},
-                          Vector{"0", "4e1195df", "f2e61c3e", 0x2ceabcfae6d332eaULL,
-                                 0x26470bbec927f5bfULL}}) {
+  for (const Vector& v :
+       {Vector{"vllm-none-hash", "9bd96a48", "9581eef0", 0x7b0bf7bf7fd01682ULL,
+               0x0b368b33d87bf3bfULL},
+        Vector{"0", "4e1195df", "f2e61c3e", 0x2ceabcfae6d332eaULL, 0x26470bbec927f5bfULL}}) {
     const Sha256Digest none = VllmNoneHash(v.seed);
     EXPECT_EQ(Hex(none).substr(0, 8), v.none_head) << v.seed;
     EXPECT_EQ(Hex(none).substr(56), v.none_tail) << v.seed;
@@ -67,9 +67,8 @@ TEST(EngineHashCheckerTest, CountsMatchesAndMismatchesAndFollowsChains) {
   const auto t = OneTo32();
   const Sha256Digest none = VllmNoneHash("0");
   const uint64_t h0 = VllmEventInt(VllmBlockDigest(none, std::span(t).first(16)));
-  const uint64_t h1 =
-      VllmEventInt(VllmBlockDigest(VllmBlockDigest(none, std::span(t).first(16)),
-                                   std::span(t).subspan(16, 16)));
+  const uint64_t h1 = VllmEventInt(
+      VllmBlockDigest(VllmBlockDigest(none, std::span(t).first(16)), std::span(t).subspan(16, 16)));
   // A right prompt start, then its continuation (checked through the remembered digest).
   checker.Observe(1, "m", Stored({h0}, {t.begin(), t.begin() + 16}, 16), &s);
   EXPECT_EQ(s.hash_checks, 1u);
@@ -102,7 +101,8 @@ TEST(EngineHashCheckerTest, SamplesOnePromptStartInEvery) {
   EngineHashChecker checker({{"m", HashCheckConfig{"vllm-none-hash", 4}}});
   index::PublisherIngestState s{};
   const auto t = OneTo32();
-  for (int i = 0; i < 12; ++i) checker.Observe(2, "m", Stored({1}, {t.begin(), t.begin() + 16}, 16), &s);
+  for (int i = 0; i < 12; ++i)
+    checker.Observe(2, "m", Stored({1}, {t.begin(), t.begin() + 16}, 16), &s);
   EXPECT_EQ(s.hash_checks, 3u);
   EXPECT_EQ(s.hash_mismatches, 3u);  // 1 is not that block's hash
 }

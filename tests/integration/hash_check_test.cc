@@ -8,9 +8,9 @@
 #include <fstream>
 #include <sstream>
 
-#include <grpcpp/grpcpp.h>
-
 #include "gtest/gtest.h"
+
+#include <grpcpp/grpcpp.h>
 
 #include "control/control_area.h"
 #include "index/segment.h"
@@ -26,9 +26,10 @@ TEST(HashCheckTest, AnEngineHashingOtherwiseIsCountedAndWarnedAbout) {
   const std::string segment = "kvidx-hc-" + std::to_string(getpid());
   index::Segment::Remove(segment);
   control::ControlArea::Remove(control::ControlName(segment));
-  Process peer({"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hash_peer.py",
-                dir + "/ports.txt", dir + "/done.txt"},
-               dir + "/peer.log");
+  Process peer(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/hash_peer.py",
+       dir + "/ports.txt", dir + "/done.txt"},
+      dir + "/peer.log");
   std::istringstream ports(WaitForFile(dir + "/ports.txt", std::chrono::milliseconds(30000)));
   {
     std::ofstream cfg(dir + "/kvidx.toml");
@@ -42,8 +43,8 @@ TEST(HashCheckTest, AnEngineHashingOtherwiseIsCountedAndWarnedAbout) {
     int pub = 0, router = 0;
     while (ports >> pod >> pub >> router) {
       cfg << "[[publisher]]\npod = \"" << pod << "\"\nmodel = \"hm\"\ndialect = \"vllm\"\n"
-          << "endpoint = \"tcp://127.0.0.1:" << pub << "\"\nreplay_endpoint = \"tcp://127.0.0.1:"
-          << router << "\"\n";
+          << "endpoint = \"tcp://127.0.0.1:" << pub
+          << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << router << "\"\n";
     }
   }
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir + "/kvidx.toml"},
