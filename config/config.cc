@@ -386,6 +386,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "max_inflight_rpcs", &c.max_inflight_rpcs, where);
     KVIDX_READ(*s, "max_request_bytes", &c.max_request_bytes, where);
     KVIDX_READ(*s, "max_watch_streams", &c.max_watch_streams, where);
+    KVIDX_READ(*s, "prediction_ttl_ms", &c.prediction_ttl_ms, where);
+    KVIDX_READ(*s, "max_predicted_blocks", &c.max_predicted_blocks, where);
     KVIDX_READ(*s, "min_stats_interval_ms", &c.min_stats_interval_ms, where);
     KVIDX_READ(*s, "allow_rpc_bind", &c.allow_rpc_bind, where);
     KVIDX_READ(*s, "admin_listen", &c.admin_listen, where);

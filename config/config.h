@@ -143,10 +143,12 @@ struct Config {
   bool tls_require_client_cert = false;
   uint32_t max_tokens = 131072;  // per lookup
   uint32_t max_lookups_per_call = 4096;
-  uint32_t max_inflight_rpcs = 256;        // every RPC counts, not only Lookup
-  uint64_t max_request_bytes = 64u << 20;  // gRPC refuses larger messages before parsing
-  uint32_t max_watch_streams = 16;         // concurrent WatchEvents streams
-  uint32_t min_stats_interval_ms = 1000;   // a WatchEvents stats interval below this is raised
+  uint32_t max_inflight_rpcs = 256;         // every RPC counts, not only Lookup
+  uint64_t max_request_bytes = 64u << 20;   // gRPC refuses larger messages before parsing
+  uint32_t max_watch_streams = 16;          // concurrent WatchEvents streams
+  uint32_t prediction_ttl_ms = 5000;        // an Announce's default time to live
+  uint64_t max_predicted_blocks = 1 << 20;  // predicted blocks live at once
+  uint32_t min_stats_interval_ms = 1000;    // a WatchEvents stats interval below this is raised
   // RegisterPublisher may not make kvidx bind a socket, nor name a non-TCP endpoint (an ipc://
   // path could be the segment's own name), unless this is set.
   bool allow_rpc_bind = false;

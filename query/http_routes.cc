@@ -171,8 +171,10 @@ HttpResponse AibrixSequence(KvIndexService* service, const HttpRequest& r, std::
       Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_SEQUENCE", absl::StrCat("no sequence ", seq)));
 }
 
-HttpResponse Lookup(KvIndexService* service, const HttpRequest& r) {
-  v1::LookupRequest req;
+// A POST route whose body is the JSON of a gRPC request, answered by `Method`.
+template <typename Req, typename Resp, typename Method>
+HttpResponse JsonCall(KvIndexService* service, const HttpRequest& r, Method method) {
+  Req req;
   google::protobuf::util::JsonParseOptions o;
   auto parsed = google::protobuf::util::JsonStringToMessage(r.body, &req, o);
   if (!parsed.ok()) {
@@ -180,8 +182,8 @@ HttpResponse Lookup(KvIndexService* service, const HttpRequest& r) {
         Error(grpc::StatusCode::INVALID_ARGUMENT, "BAD_JSON", std::string(parsed.message())));
   }
   grpc::ServerContext ctx;
-  v1::LookupResponse resp;
-  return Answer(service->Lookup(&ctx, &req, &resp), resp);
+  Resp resp;
+  return Answer((service->*method)(&ctx, &req, &resp), resp);
 }
 
 HttpResponse Pods(KvIndexService* service, const HttpRequest& r, std::string_view pod) {
@@ -291,7 +293,16 @@ HttpResponse Route(KvIndexService* service, const HttpRequest& r) {
     service->FillStats(&st);
     return Json(st.healthy() ? 200 : 503, {{"status", st.healthy() ? "SERVING" : "NOT_SERVING"}});
   }
-  if (r.path == "/v1/lookup") return post ? Lookup(service, r) : WrongMethod(r);
+  if (r.path == "/v1/lookup") {
+    return post ? JsonCall<v1::LookupRequest, v1::LookupResponse>(service, r,
+                                                                  &KvIndexService::Lookup)
+                : WrongMethod(r);
+  }
+  if (r.path == "/v1/announce") {
+    return post ? JsonCall<v1::AnnounceRequest, v1::AnnounceResponse>(service, r,
+                                                                      &KvIndexService::Announce)
+                : WrongMethod(r);
+  }
   if (r.path == "/v1/stats") {
     if (!get) return WrongMethod(r);
     v1::StatsResponse st;

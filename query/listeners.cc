@@ -177,6 +177,7 @@ class SurfaceService final : public v1::KvIndex::WithCallbackMethod_Lookup<
   KVIDX_FORWARD(Clear, ClearRequest, ClearResponse)
   KVIDX_FORWARD(ListSequences, ListSequencesRequest, ListSequencesResponse)
   KVIDX_FORWARD(GetSequence, GetSequenceRequest, Sequence)
+  KVIDX_FORWARD(Announce, AnnounceRequest, AnnounceResponse)
 #undef KVIDX_FORWARD
   grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                            grpc::ServerWriter<v1::WatchEvent>* writer) override {

@@ -50,6 +50,9 @@ KvIndexService::KvIndexService(const config::Config& config,
   t.idle_connections = config_.tokenizer_connections;
   t.max_tokens = config_.max_tokens;
   tokenizer_ = std::make_unique<Tokenizer>(t);
+  predictions_ = std::make_unique<Predictions>(
+      index_.get(), control_.get(),
+      PredictionOptions{config_.prediction_ttl_ms, config_.max_predicted_blocks});
 }
 
 grpc::Status KvIndexService::Tokenize(const v1::LookupQuery& q, std::vector<uint32_t>* tokens,
@@ -141,7 +144,9 @@ grpc::Status KvIndexService::KeysWithExtra(const v1::LookupQuery& q, index::Bloc
   return grpc::Status::OK;
 }
 
-grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
+grpc::Status KvIndexService::QueryKeys(const v1::LookupQuery& q,
+                                       std::vector<index::BlockKey>* out_keys,
+                                       v1::LookupResult* out) {
   const auto& nsq = q.namespace_();
   if (nsq.model().empty()) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_MODEL", "namespace.model is empty");
@@ -161,7 +166,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   const index::NamespaceSlot* nss = index_->namespace_slot(*ns);
   const uint32_t bs = nss->block_size;
   out->set_block_size(bs);
-  std::vector<index::BlockKey> keys;
+  std::vector<index::BlockKey>& keys = *out_keys;
   std::vector<uint32_t> tokenized;
   switch (q.input_case()) {
     case v1::LookupQuery::kPrompt:
@@ -216,6 +221,12 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   if (q.input_case() != v1::LookupQuery::kEngineHashes) {
     out->set_prompt_blocks(static_cast<uint32_t>(keys.size()));
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
+  std::vector<index::BlockKey> keys;
+  if (grpc::Status st = QueryKeys(q, &keys, out); !st.ok() || !out->namespace_known()) return st;
   // Candidates: no more than the segment has publishers, matched through one map of the
   // active ones (a query naming a million candidates is refused, not looped over).
   if (static_cast<uint64_t>(q.candidates_size()) > index_->geometry().publishers) {
@@ -256,7 +267,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     pm->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
     pm->set_dp_rank(s->id.dp_rank);
     pm->set_matched_blocks(m.blocks);
-    pm->set_matched_tokens(uint64_t{m.blocks} * bs);
+    pm->set_matched_tokens(uint64_t{m.blocks} * out->block_size());
     pm->set_gpu_blocks(m.tier_blocks[index::kGpu]);
     pm->set_cpu_blocks(m.tier_blocks[index::kCpu]);
     pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
@@ -276,6 +287,7 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     if (best == nullptr || better(*pm, *best)) best = pm;
   }
   if (best != nullptr) *out->mutable_best() = *best;
+  if (q.include_predictions()) AddPredicted(keys, r, out);
   counters_.lookups.fetch_add(1, std::memory_order_relaxed);
   if (!r.matches.empty()) counters_.lookup_hits.fetch_add(1, std::memory_order_relaxed);
   return grpc::Status::OK;
@@ -418,6 +430,7 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_resyncs(resyncs);
   resp->set_hash_checks(hash_checks);
   resp->set_hash_mismatches(hash_mismatches);
+  predictions_->Fill(resp);
 }
 
 grpc::Status KvIndexService::Stats(grpc::ServerContext*, const v1::StatsRequest*,

@@ -19,6 +19,7 @@
 #include "index/segment.h"
 #include "kvidx.grpc.pb.h"
 #include "query/errors.h"
+#include "query/predictions.h"
 #include "query/tokenizer.h"
 
 namespace kvidx::query {
@@ -78,6 +79,8 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
                            v1::Sequence* resp) override;
   grpc::Status Ping(grpc::ServerContext* ctx, const v1::PingRequest* req,
                     v1::PingResponse* resp) override;
+  grpc::Status Announce(grpc::ServerContext* ctx, const v1::AnnounceRequest* req,
+                        v1::AnnounceResponse* resp) override;
 
   const index::PrefixIndex& index() const { return *index_; }
   const ServiceCounters& counters() const { return counters_; }
@@ -93,6 +96,12 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
  private:
   grpc::Status Overloaded();
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
+  // The block keys of a query (and its namespace facts in `out`; none if it is unknown).
+  grpc::Status QueryKeys(const v1::LookupQuery& q, std::vector<index::BlockKey>* keys,
+                         v1::LookupResult* out);
+  // Predicted blocks of the answer's pods, and pods announced the prompt (query/announce.cc).
+  void AddPredicted(const std::vector<index::BlockKey>& keys, const index::LookupResult& r,
+                    v1::LookupResult* out) const;
   // The block keys of `tokens` with the query's block_extra and cache_salt mixed in.
   grpc::Status KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,
                              std::span<const uint32_t> tokens, uint32_t bs,
@@ -117,6 +126,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   std::atomic<int> inflight_{0};
   std::atomic<int> watch_streams_{0};
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Predictions> predictions_;  // last: its thread reads index_ and control_
 };
 
 }  // namespace kvidx::query
