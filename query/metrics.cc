@@ -93,6 +93,18 @@ class Snapshot final : public prometheus::Collectable {
     counter("kvidx_replays_total", "Replay requests", static_cast<double>(s.replays()));
     counter("kvidx_gaps_total", "Sequence gaps seen", static_cast<double>(s.gaps()));
     counter("kvidx_resyncs_total", "Publisher resyncs", static_cast<double>(s.resyncs()));
+    counter("kvidx_announcements_total", "Announce calls that predicted blocks",
+            static_cast<double>(s.announcements()));
+    counter("kvidx_announced_blocks_total", "Blocks predicted by announcements",
+            static_cast<double>(s.announced_blocks()));
+    counter("kvidx_confirmed_blocks_total", "Predicted blocks the announced pod then stored",
+            static_cast<double>(s.confirmed_blocks()));
+    counter("kvidx_predictions_expired_total", "Announcements that expired unconfirmed",
+            static_cast<double>(s.predictions_expired()));
+    gauge("kvidx_prediction_precision_ratio", "Confirmed / announced blocks (settled)",
+          s.prediction_precision());
+    gauge("kvidx_predicted_blocks", "Predicted blocks live",
+          static_cast<double>(s.predicted_blocks_live()));
     counter("kvidx_engine_hash_checks_total", "Published block hashes recomputed from tokens",
             static_cast<double>(s.hash_checks()));
     counter("kvidx_engine_hash_mismatches_total",

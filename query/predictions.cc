@@ -47,8 +47,8 @@ absl::StatusOr<Predictions::Announced> Predictions::Announce(index::PublisherId 
   const uint64_t id = next_id_++;
   const int64_t now = WallNanos();
   for (size_t i = out.already_held; i < keys.size(); ++i) blocks_[BlockId{p, keys[i]}] = id;
-  live_.emplace(id, Announcement{p, std::move(keys), out.already_held, now,
-                                 now + int64_t{ttl} * 1'000'000});
+  live_.emplace(
+      id, Announcement{p, std::move(keys), out.already_held, now, now + int64_t{ttl} * 1'000'000});
   ++live_by_publisher_[p];
   live_blocks_ += predicted;
   ++announcements_;
@@ -105,8 +105,8 @@ void Predictions::Settle(const std::map<index::PublisherId, int64_t>& stored, in
     if (held == a.keys.size() && s != stored.end()) {
       ++confirmed_;
       confirmed_blocks_ += a.keys.size() - a.held_at_announce;
-      latencies_ms_.push_back(static_cast<double>(std::max<int64_t>(0, s->second - a.announced_ns)) /
-                              1e6);
+      latencies_ms_.push_back(
+          static_cast<double>(std::max<int64_t>(0, s->second - a.announced_ns)) / 1e6);
       if (latencies_ms_.size() > kLatencies) latencies_ms_.pop_front();
     } else if (expired) {
       ++expired_;
@@ -135,7 +135,9 @@ void Predictions::Fill(v1::StatsResponse* s) const {
   if (!latencies_ms_.empty()) {
     std::vector<double> v(latencies_ms_.begin(), latencies_ms_.end());
     std::sort(v.begin(), v.end());
-    auto at = [&](double q) { return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))]; };
+    auto at = [&](double q) {
+      return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+    };
     s->set_confirm_latency_p50_ms(at(0.50));
     s->set_confirm_latency_p99_ms(at(0.99));
   }

@@ -76,7 +76,9 @@ class Predictions {
     bool operator==(const BlockId&) const = default;
   };
   struct BlockIdHash {
-    size_t operator()(const BlockId& b) const { return b.key ^ (uint64_t{b.p} * 0x9E3779B97F4A7C15ULL); }
+    size_t operator()(const BlockId& b) const {
+      return b.key ^ (uint64_t{b.p} * 0x9E3779B97F4A7C15ULL);
+    }
   };
   uint32_t HeldBy(index::PublisherId p, std::span<const index::BlockKey> keys) const;
   // Caller holds mu_ exclusively.
@@ -88,7 +90,7 @@ class Predictions {
   PredictionOptions options_;
   mutable std::shared_mutex mu_;
   uint64_t next_id_ = 1;
-  std::map<uint64_t, Announcement> live_;  // by id: oldest first
+  std::map<uint64_t, Announcement> live_;                      // by id: oldest first
   std::unordered_map<BlockId, uint64_t, BlockIdHash> blocks_;  // -> the newest announcement
   std::unordered_map<index::PublisherId, uint32_t> live_by_publisher_;
   uint64_t live_blocks_ = 0;

@@ -8,9 +8,9 @@
 #include <map>
 #include <sstream>
 
-#include <grpcpp/grpcpp.h>
-
 #include "gtest/gtest.h"
+
+#include <grpcpp/grpcpp.h>
 
 #include "control/control_area.h"
 #include "index/segment.h"
@@ -45,10 +45,10 @@ TEST(PredictionsTest, AnnouncementsAreConfirmedByTheEngineOrExpireAndNeverChange
   const std::string segment = "kvidx-pred-" + std::to_string(getpid());
   index::Segment::Remove(segment);
   control::ControlArea::Remove(control::ControlName(segment));
-  Process peer({"/usr/bin/python3",
-                std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/predict_peer.py",
-                dir + "/ports.txt", dir + "/go.txt", dir + "/done.txt"},
-               dir + "/peer.log");
+  Process peer(
+      {"/usr/bin/python3", std::string(KVIDX_SOURCE_ROOT) + "/tests/integration/predict_peer.py",
+       dir + "/ports.txt", dir + "/go.txt", dir + "/done.txt"},
+      dir + "/peer.log");
   std::istringstream ports(WaitForFile(dir + "/ports.txt", std::chrono::milliseconds(30000)));
   {
     std::ofstream cfg(dir + "/kvidx.toml");
@@ -62,8 +62,8 @@ TEST(PredictionsTest, AnnouncementsAreConfirmedByTheEngineOrExpireAndNeverChange
     int pub = 0, router = 0;
     while (ports >> pod >> pub >> router) {
       cfg << "[[publisher]]\npod = \"" << pod << "\"\nmodel = \"pm\"\ndialect = \"vllm\"\n"
-          << "endpoint = \"tcp://127.0.0.1:" << pub << "\"\nreplay_endpoint = \"tcp://127.0.0.1:"
-          << router << "\"\n";
+          << "endpoint = \"tcp://127.0.0.1:" << pub
+          << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << router << "\"\n";
     }
   }
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir + "/kvidx.toml"},
@@ -106,8 +106,11 @@ TEST(PredictionsTest, AnnouncementsAreConfirmedByTheEngineOrExpireAndNeverChange
   };
   using Pods = std::map<std::string, Seen>;
   const auto W = Range(100, 8), X = Range(1, 12), Y = Range(500, 12);
-  ASSERT_TRUE(WaitFor([&] { return lookup(W, false) == Pods{{"a", {2, 0}}}; },
-                      std::chrono::milliseconds(20000)))
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return lookup(W, false) == Pods{{"a", {2, 0}}};
+      },
+      std::chrono::milliseconds(20000)))
       << worker.Log();
 
   // W is held by a already: nothing to predict. X is predicted for a, Y for b (short-lived).
@@ -125,13 +128,13 @@ TEST(PredictionsTest, AnnouncementsAreConfirmedByTheEngineOrExpireAndNeverChange
   EXPECT_EQ(lookup(X, false), Pods{});
   EXPECT_EQ(lookup(W, true), (Pods{{"a", {2, 0}}}));
   // Nothing confirms Y: it expires.
-  ASSERT_TRUE(
-      WaitFor([&] { return stats().predictions_expired() == 1; }, std::chrono::milliseconds(10000)));
+  ASSERT_TRUE(WaitFor([&] { return stats().predictions_expired() == 1; },
+                      std::chrono::milliseconds(10000)));
   EXPECT_EQ(lookup(Y, true), Pods{});
   // The engine stores X: its announcement is confirmed, and the lookup sees it as matched.
   { std::ofstream(dir + "/go.txt") << "go\n"; }
-  ASSERT_TRUE(
-      WaitFor([&] { return stats().predictions_confirmed() == 1; }, std::chrono::milliseconds(20000)))
+  ASSERT_TRUE(WaitFor([&] { return stats().predictions_confirmed() == 1; },
+                      std::chrono::milliseconds(20000)))
       << worker.Log();
   EXPECT_EQ(lookup(X, true), (Pods{{"a", {3, 0}}}));
   v1::StatsResponse s = stats();

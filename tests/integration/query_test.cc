@@ -341,6 +341,13 @@ TEST_F(QueryTest, AdminCallsAreRefusedOnTheRouterListenerAndServedOnTheAdminSock
   std::string metrics = Scrape(env->metrics_port);
   EXPECT_NE(metrics.find("kvidx_permission_denied_total"), std::string::npos);
   EXPECT_EQ(metrics.find("kvidx_permission_denied_total 0\n"), std::string::npos);
+  // The predictions' and the engine-hash check's families are exported (0 here: nothing
+  // announced, no model with engine_hash).
+  for (const char* family :
+       {"kvidx_announcements_total 0\n", "kvidx_prediction_precision_ratio",
+        "kvidx_engine_hash_checks_total 0\n", "kvidx_engine_hash_mismatches_total 0\n"}) {
+    EXPECT_NE(metrics.find(family), std::string::npos) << family;
+  }
 }
 
 TEST_F(QueryTest, LookupByTokensAndByBlockKeysAgree) {
