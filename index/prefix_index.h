@@ -118,6 +118,11 @@ class PrefixIndex {
   // a lookup allocates nothing once the thread's scratch and `out` have grown to the prompt.
   void LookupInto(std::span<const BlockKey> keys, const LookupOptions& options,
                   LookupResult& out) const;
+  // The sparse lookup of a KVBM namespace: for every publisher holding any of `keys`
+  // (restricted to options.candidates), the largest depths[i] among the keys it holds, in any
+  // tier and per tier (max_blocks: keys deeper than it are not read). keys and depths pair up.
+  void LookupDeepest(std::span<const BlockKey> keys, std::span<const uint32_t> depths,
+                     const LookupOptions& options, LookupResult& out) const;
   // Block keys of every full block of `tokens` in namespace `ns`.
   absl::StatusOr<std::vector<BlockKey>> KeysForTokens(NamespaceId ns,
                                                       std::span<const uint32_t> tokens) const;

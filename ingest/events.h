@@ -26,7 +26,9 @@ enum class EventKind {
 
 struct Event {
   EventKind kind = EventKind::kStored;
-  std::vector<uint64_t> hashes;    // engine block hashes, folded to 64 bits
+  // Engine block hashes; for KVBM, wire::LineageEngineHash of each positional lineage hash.
+  std::vector<uint64_t> hashes;
+  std::vector<uint32_t> positions;  // KVBM: each hash's block position (0-based)
   std::optional<uint64_t> parent;  // parent engine hash
   std::vector<uint32_t> tokens;    // token ids of all blocks, block_size each
   uint32_t block_size = 0;

@@ -21,9 +21,14 @@ grpc::Status KvIndexService::Announce(grpc::ServerContext*, const v1::AnnounceRe
     return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_POD",
                  absl::StrCat("no publisher ", req->pod().pod(), "/", req->pod().dp_rank()));
   }
+  if (req->query().input_case() == v1::LookupQuery::kKvbmHashes) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, "KVBM_NOT_ANNOUNCEABLE",
+                 "announce a prompt by tokens, keys or text; KVBM lineage hashes are sparse");
+  }
   std::vector<index::BlockKey> keys;
+  std::vector<uint32_t> depths;
   v1::LookupResult facts;
-  if (grpc::Status st = QueryKeys(req->query(), &keys, &facts); !st.ok()) return st;
+  if (grpc::Status st = QueryKeys(req->query(), &keys, &depths, &facts); !st.ok()) return st;
   if (!facts.namespace_known()) {
     return Error(grpc::StatusCode::NOT_FOUND, "UNKNOWN_NAMESPACE",
                  absl::StrCat("no publisher has stored blocks of model '",

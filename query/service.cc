@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "shared/clock.h"
+#include "wire/lineage_hash.h"
 #include "wire/vocabulary.h"
 
 namespace kvidx::query {
@@ -111,42 +112,9 @@ void KvIndexService::FillFreshness(const index::PublisherSlot& s, v1::Freshness*
   f->set_last_heard_age_ms(heard == 0 ? -1 : (now_ns - heard) / 1'000'000);
 }
 
-grpc::Status KvIndexService::KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,
-                                           std::span<const uint32_t> tokens, uint32_t bs,
-                                           std::vector<index::BlockKey>* keys) {
-  if (q.block_extra_size() == 0 && q.cache_salt().empty()) {
-    *keys = index::ChainBlockKeys(root, tokens, bs);
-    return grpc::Status::OK;
-  }
-  const size_t blocks = bs == 0 ? 0 : tokens.size() / bs;
-  if (static_cast<size_t>(q.block_extra_size()) > std::max<size_t>(blocks, 1)) {
-    return Error(
-        grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_EXTRA_KEYS",
-        absl::StrCat(q.block_extra_size(), " block_extra entries for ", blocks, " full blocks"));
-  }
-  if (!q.cache_salt().empty() && q.block_extra_size() > 0 && !q.block_extra(0).empty()) {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT, "SALT_AND_EXTRA",
-                 "cache_salt and a non-empty block_extra[0] both name block 0's extra keys; put "
-                 "the salt in block_extra[0] as the engine publishes it");
-  }
-  std::vector<std::span<const uint8_t>> extra;
-  extra.reserve(std::max(q.block_extra_size(), 1));
-  for (const std::string& e : q.block_extra()) {
-    extra.emplace_back(reinterpret_cast<const uint8_t*>(e.data()), e.size());
-  }
-  const std::vector<uint8_t> salt =
-      q.cache_salt().empty() ? std::vector<uint8_t>() : index::CacheSaltExtra(q.cache_salt());
-  if (!salt.empty()) {
-    if (extra.empty()) extra.emplace_back();
-    extra[0] = salt;
-  }
-  *keys = index::ChainBlockKeys(root, tokens, bs, extra);
-  return grpc::Status::OK;
-}
-
 grpc::Status KvIndexService::QueryKeys(const v1::LookupQuery& q,
                                        std::vector<index::BlockKey>* out_keys,
-                                       v1::LookupResult* out) {
+                                       std::vector<uint32_t>* depths, v1::LookupResult* out) {
   const auto& nsq = q.namespace_();
   if (nsq.model().empty()) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_MODEL", "namespace.model is empty");
@@ -214,9 +182,12 @@ grpc::Status KvIndexService::QueryKeys(const v1::LookupQuery& q,
       out->set_prompt_blocks(static_cast<uint32_t>(h.size()));
       break;
     }
+    case v1::LookupQuery::kKvbmHashes:
+      return KvbmKeys(q, *ns, bs, out_keys, depths, out);
     default:
       return Error(grpc::StatusCode::INVALID_ARGUMENT, "NO_INPUT",
-                   "a query needs tokens, block_keys, engine_hashes, prompt or messages");
+                   "a query needs tokens, block_keys, engine_hashes, kvbm_hashes, prompt or "
+                   "messages");
   }
   if (q.input_case() != v1::LookupQuery::kEngineHashes) {
     out->set_prompt_blocks(static_cast<uint32_t>(keys.size()));
@@ -226,7 +197,9 @@ grpc::Status KvIndexService::QueryKeys(const v1::LookupQuery& q,
 
 grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
   std::vector<index::BlockKey> keys;
-  if (grpc::Status st = QueryKeys(q, &keys, out); !st.ok() || !out->namespace_known()) return st;
+  std::vector<uint32_t> depths;  // KVBM: each key's depth (position + 1)
+  if (grpc::Status st = QueryKeys(q, &keys, &depths, out); !st.ok() || !out->namespace_known())
+    return st;
   // Candidates: no more than the segment has publishers, matched through one map of the
   // active ones (a query naming a million candidates is refused, not looped over).
   if (static_cast<uint64_t>(q.candidates_size()) > index_->geometry().publishers) {
@@ -255,7 +228,11 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   opts.max_blocks = q.max_blocks();
   // One result per server thread, reused: the walk allocates nothing once it has grown.
   thread_local index::LookupResult r;
-  index_->LookupInto(keys, opts, r);
+  if (q.input_case() == v1::LookupQuery::kKvbmHashes) {
+    index_->LookupDeepest(keys, depths, opts, r);
+  } else {
+    index_->LookupInto(keys, opts, r);
+  }
   out->set_degraded(r.degraded);
   if (r.degraded) counters_.degraded.fetch_add(1, std::memory_order_relaxed);
   const v1::PodMatch* best = nullptr;
@@ -272,6 +249,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     pm->set_cpu_blocks(m.tier_blocks[index::kCpu]);
     pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
     FillFreshness(*s, pm->mutable_freshness(), now);
+    if (Ld(s->ingest.has_instance) != 0)
+      pm->set_kvbm_instance(wire::U128Decimal(Ld(s->ingest.instance_hi), Ld(s->ingest.instance_lo)));
     auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
       // A pod whose stream is whole and whose engine answers is preferred to a longer match
       // that kvidx cannot vouch for right now.

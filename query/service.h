@@ -98,11 +98,16 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
   grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
   // The block keys of a query (and its namespace facts in `out`; none if it is unknown).
   grpc::Status QueryKeys(const v1::LookupQuery& q, std::vector<index::BlockKey>* keys,
-                         v1::LookupResult* out);
+                         std::vector<uint32_t>* depths, v1::LookupResult* out);
+  // A kvbm_hashes query's keys and their depths (query/query_keys.cc).
+  grpc::Status KvbmKeys(const v1::LookupQuery& q, index::NamespaceId ns, uint32_t bs,
+                        std::vector<index::BlockKey>* keys, std::vector<uint32_t>* depths,
+                        v1::LookupResult* out);
   // Predicted blocks of the answer's pods, and pods announced the prompt (query/announce.cc).
   void AddPredicted(const std::vector<index::BlockKey>& keys, const index::LookupResult& r,
                     v1::LookupResult* out) const;
-  // The block keys of `tokens` with the query's block_extra and cache_salt mixed in.
+  // The block keys of `tokens` with the query's block_extra and cache_salt mixed in
+  // (query/query_keys.cc).
   grpc::Status KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,
                              std::span<const uint32_t> tokens, uint32_t bs,
                              std::vector<index::BlockKey>* keys);

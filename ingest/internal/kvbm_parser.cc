@@ -37,37 +37,57 @@ bool Parser::U128(const object& o, std::pair<uint64_t, uint64_t>* out, const cha
   return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a u128"));
 }
 
-bool Parser::KvbmHash(const object& o, uint64_t* out) {
-  if (o.type == t::ARRAY) {
-    if (o.via.array.size < 1) return Fail(DecodeReason::kBadShape, "empty SequenceHash struct");
-    int64_t cur;
-    if (o.via.array.ptr[0].type == t::POSITIVE_INTEGER) {
-      *out = o.via.array.ptr[0].via.u64;
-      return true;
-    }
-    if (!Int(o.via.array.ptr[0], &cur, "SequenceHash.current")) return false;
-    *out = static_cast<uint64_t>(cur);
-    return true;
+bool Parser::KvbmStructField(const object& o, const char* name, uint64_t* out) {
+  if (o.type != t::POSITIVE_INTEGER) {
+    return Fail(DecodeReason::kWrongType, absl::StrCat("SequenceHash.", name, " is not a u64"));
   }
-  if (o.type == t::MAP) {
-    const object* cur = Get(o, "current");
-    if (cur == nullptr || cur->type != t::POSITIVE_INTEGER) {
-      return Fail(DecodeReason::kBadShape, "SequenceHash map without current");
+  *out = o.via.u64;
+  return true;
+}
+
+// One SequenceHash: the u128 form (bin 16 or an integer) or the struct form (array in field
+// order, or map): {current, parent, position, flags}.
+bool Parser::KvbmHash(const object& o, wire::LineageHash* out) {
+  std::optional<wire::LineageHash> h;
+  if (o.type == t::ARRAY || o.type == t::MAP) {
+    const bool arr = o.type == t::ARRAY;
+    const object* f[3] = {nullptr, nullptr, nullptr};
+    static constexpr const char* kFields[3] = {"current", "parent", "position"};
+    for (int i = 0; i < 3; ++i) {
+      f[i] = arr ? (o.via.array.size > static_cast<uint32_t>(i) ? &o.via.array.ptr[i] : nullptr)
+                 : Get(o, kFields[i]);
+      if (f[i] == nullptr) {
+        return Fail(DecodeReason::kBadShape,
+                    absl::StrCat("SequenceHash struct without ", kFields[i]));
+      }
     }
-    *out = cur->via.u64;
-    return true;
+    uint64_t v[3];
+    for (int i = 0; i < 3; ++i) {
+      if (!KvbmStructField(*f[i], kFields[i], &v[i])) return false;
+    }
+    if (v[2] > wire::kMaxLineagePosition) {
+      return Fail(DecodeReason::kBadShape, "SequenceHash.position past 2^24 - 1");
+    }
+    h = wire::CanonicalLineageHash(v[0], v[1], static_cast<uint32_t>(v[2]));
+  } else {
+    std::pair<uint64_t, uint64_t> v;
+    if (!U128(o, &v, "SequenceHash")) return false;
+    h = wire::UnpackLineageHash(v.first, v.second);
+    if (!h) return Fail(DecodeReason::kBadShape, "SequenceHash of mode 3");
   }
-  std::pair<uint64_t, uint64_t> v;
-  if (!U128(o, &v, "SequenceHash")) return false;
-  *out = v.first ^ v.second;
+  *out = *h;
   return true;
 }
 
 bool Parser::KvbmHashes(const object& o, Event* ev) {
   if (o.type != t::ARRAY) return Fail(DecodeReason::kWrongType, "KVBM hashes are not an array");
   ev->hashes.resize(o.via.array.size);
+  ev->positions.resize(o.via.array.size);
   for (uint32_t i = 0; i < o.via.array.size; ++i) {
-    if (!KvbmHash(o.via.array.ptr[i], &ev->hashes[i])) return false;
+    wire::LineageHash h;
+    if (!KvbmHash(o.via.array.ptr[i], &h)) return false;
+    ev->hashes[i] = wire::LineageEngineHash(h);
+    ev->positions[i] = h.position;
   }
   return true;
 }

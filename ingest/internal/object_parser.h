@@ -17,6 +17,7 @@
 #include "ingest/decoder.h"
 #include "ingest/dialect_rules.h"
 #include "ingest/events.h"
+#include "wire/lineage_hash.h"
 
 namespace kvidx::ingest::internal {
 
@@ -105,7 +106,8 @@ class Parser {
   bool U128(const object& o, std::pair<uint64_t, uint64_t>* out, const char* what);
 
   // A SequenceHash: u128 (folded high ^ low) or {current, parent, position, flags} (current).
-  bool KvbmHash(const object& o, uint64_t* out);
+  bool KvbmHash(const object& o, wire::LineageHash* out);
+  bool KvbmStructField(const object& o, const char* name, uint64_t* out);
 
   bool KvbmHashes(const object& o, Event* ev);
 

@@ -13,9 +13,12 @@
 
 #include <msgpack.hpp>
 
+#include "absl/strings/str_cat.h"
+
 #include "ingest/fast_decoder.h"
 #include "tests/ingest/same_events.h"
 #include "tests/test_data.h"
+#include "wire/lineage_hash.h"
 
 namespace kvidx::ingest {
 namespace {
@@ -234,14 +237,21 @@ TEST(DecoderGoldenTest, KvbmNamedAndIndexedEncodings) {
   EXPECT_EQ(b.instance_id->second, 0x0102u);
   ASSERT_EQ(b.events.size(), 1u);
   EXPECT_EQ(b.events[0].kind, EventKind::kStored);
-  EXPECT_THAT(b.events[0].hashes, ElementsAre(0x1111111111111111ULL ^ 0x2222222222222222ULL, 7u));
+  // Each lineage hash is kept whole: position, parent and current fragments.
+  const wire::LineageHash first = *wire::UnpackLineageHash(0x1111111111111111ULL,
+                                                           0x2222222222222222ULL);
+  EXPECT_EQ(first.position, 0x44u);  // mode 0: the top byte after the mode bits
+  EXPECT_THAT(b.events[0].hashes,
+              ElementsAre(wire::LineageEngineHash(first), wire::LineageEngineHash({0, 0, 7})));
+  EXPECT_THAT(b.events[0].positions, ElementsAre(0x44u, 0u));
 
   EventBatch r = MustDecode(ReadHexFile("kvbm_indexed.hex"));
   EXPECT_EQ(r.dialect, Dialect::kKvbm);
   EXPECT_EQ(r.instance_id->second, 9u);
   ASSERT_EQ(r.events.size(), 1u);
   EXPECT_EQ(r.events[0].kind, EventKind::kRemoved);
-  EXPECT_THAT(r.events[0].hashes, ElementsAre(5, 6));
+  EXPECT_THAT(r.events[0].hashes,
+              ElementsAre(wire::LineageEngineHash({0, 0, 5}), wire::LineageEngineHash({0, 0, 6})));
 
   // ["Shutdown", 3] and [[2, []], 3]: the unit variant both ways.
   EventBatch s = MustDecode({0x92, 0xa8, 'S', 'h', 'u', 't', 'd', 'o', 'w', 'n', 0x03});
@@ -256,13 +266,34 @@ std::vector<uint8_t> Text(const std::string& s) { return {s.begin(), s.end()}; }
 TEST(DecoderGoldenTest, KvbmJson) {
   // serde_json, as KVBM's own tests write it: a u128 instance id and hashes as JSON integers.
   EventBatch b = MustDecode(Text(
-      R"({"events": {"Create": [1, 340282366920938463463374607431768211455, 18446744073709551616]},)"
+      R"({"events": {"Create": [1, 18446744073709551616]},)"
       R"( "instance_id": 12345})"));
   EXPECT_EQ(b.dialect, Dialect::kKvbm);
   EXPECT_EQ(b.instance_id->second, 12345u);
   ASSERT_EQ(b.events.size(), 1u);
-  // u128 hashes fold to high ^ low: (2^128 - 1) -> 0; 2^64 -> 1.
-  EXPECT_THAT(b.events[0].hashes, ElementsAre(1u, 0u, 1u));
+  // u128 hashes as JSON integers: 2^128 - 1 is of mode 3 (undefined) and refused below; 2^64
+  // is position 0, parent fragment 32, current 0.
+  EXPECT_THAT(b.events[0].hashes, ElementsAre(wire::LineageEngineHash({0, 0, 1}),
+                                              wire::LineageEngineHash({0, 32, 0})));
+  // The struct form, as a map and as an array in field order, names the block its u128 form
+  // names: fragments truncated to the width the u128 form has at that position.
+  const uint64_t big = (1ull << 62) | 42;  // wider than a mode-0 fragment
+  EventBatch st = MustDecode(Text(absl::StrCat(
+      R"({"events": {"Create": [{"current": )", big, R"(, "parent": 7, "position": 16,)",
+      R"( "flags": 0}, [5, 6, 300, 0]]}, "instance_id": 2})")));
+  const auto packed = *wire::PackLineageHash({16, 7, big});
+  const wire::LineageHash via_u128 = *wire::UnpackLineageHash(packed.first, packed.second);
+  EXPECT_EQ(via_u128.current, 42u);
+  EXPECT_THAT(st.events.at(0).hashes, ElementsAre(wire::LineageEngineHash(via_u128),
+                                                  wire::LineageEngineHash({300, 6, 5})));
+  EXPECT_THAT(st.events.at(0).positions, ElementsAre(16u, 300u));
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [340282366920938463463374607431768211455]},)"
+                          R"( "instance_id": 1})")),
+            DecodeReason::kBadShape);  // mode 3
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [[1, 2, 16777216, 0]]}, "instance_id": 1})")),
+            DecodeReason::kBadShape);  // position past 24 bits
+  EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [{"current": 1}]}, "instance_id": 1})")),
+            DecodeReason::kBadShape);
   EventBatch s = MustDecode(Text(R"({"events": "Shutdown", "instance_id": 7})"), Dialect::kKvbm);
   EXPECT_EQ(s.events.at(0).kind, EventKind::kCleared);
   EventBatch r = MustDecode(Text("{ \"instance_id\" : 1 , \"events\" : {\"Remove\": [ 9 ]} }"));
