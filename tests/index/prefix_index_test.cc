@@ -486,6 +486,52 @@ TEST(PrefixIndexKvbmTest, EngineKeyedNamespaceNeedsNoTokens) {
   EXPECT_EQ(idx.Lookup(keys).matches.at(0).blocks, 1u);
 }
 
+// KVBM's sparse answer: a holder's depth is the deepest key it holds, whether or not it holds
+// the shallower ones; candidates and max_blocks restrict it; tiers are kept apart.
+TEST(PrefixIndexKvbmTest, DeepestAnswersTheDeepestHeldKeyPerHolder) {
+  ScopedSegment seg("kvbm-deep");
+  PrefixIndex& idx = seg.index();
+  NamespaceId ns =
+      *idx.RegisterNamespace({.model = "kvbm-model", .block_size = 16, .key_by_engine_hash = true});
+  PublisherId a = *idx.RegisterPublisher({.pod = "a", .ns = ns});
+  PublisherId b = *idx.RegisterPublisher({.pod = "b", .ns = ns});
+  PublisherId c = *idx.RegisterPublisher({.pod = "c", .ns = ns});
+  auto store = [&](PublisherId p, std::vector<uint64_t> h, Tier tier = kGpu) {
+    StoreRequest req;
+    req.engine_hashes = h;
+    req.tier = tier;
+    ASSERT_TRUE(idx.Store(p, req).ok());
+  };
+  store(a, {16, 32, 64});
+  store(b, {64});  // the shallower ones evicted: still holds 64 blocks
+  store(c, {16});
+  store(c, {32}, kCpu);
+  const BlockKey root = idx.namespace_slot(ns)->root;
+  std::vector<BlockKey> keys = {EngineHashKey(root, 16), EngineHashKey(root, 32),
+                                EngineHashKey(root, 64), EngineHashKey(root, 128)};
+  std::vector<uint32_t> depths = {17, 33, 65, 129};
+  LookupResult r;
+  idx.LookupDeepest(keys, depths, {}, r);
+  ASSERT_EQ(r.matches.size(), 3u);
+  EXPECT_EQ(r.matches[0].publisher, a);
+  EXPECT_EQ(r.matches[0].blocks, 65u);
+  EXPECT_EQ(r.matches[1].publisher, b);
+  EXPECT_EQ(r.matches[1].blocks, 65u);
+  EXPECT_EQ(r.matches[2].publisher, c);
+  EXPECT_EQ(r.matches[2].blocks, 33u);
+  EXPECT_EQ(r.matches[2].tier_blocks[kGpu], 17u);
+  EXPECT_EQ(r.matches[2].tier_blocks[kCpu], 33u);
+  EXPECT_EQ(r.blocks_walked, 4u);
+  std::vector<PublisherId> only_c = {c};
+  idx.LookupDeepest(keys, depths, {.candidates = only_c}, r);
+  ASSERT_EQ(r.matches.size(), 1u);
+  EXPECT_EQ(r.matches[0].publisher, c);
+  idx.LookupDeepest(keys, depths, {.max_blocks = 40}, r);
+  ASSERT_EQ(r.matches.size(), 2u);  // b holds only the 65-deep key, which is not read
+  EXPECT_EQ(r.matches[0].blocks, 33u);
+  EXPECT_EQ(r.matches[1].blocks, 33u);
+}
+
 TEST(PrefixIndexStatsTest, ReportsExactMemoryAndOccupancy) {
   ScopedSegment seg("stats");
   PrefixIndex& idx = seg.index();
