@@ -18,8 +18,8 @@ out=build-fuzz
 mkdir -p "$out/corpus" "$out/seeds"
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I. -DMSGPACK_DEFAULT_API_VERSION=3 tests/fuzz/decoder_fuzz.cc ingest/decoder.cc \
-  ingest/internal/object_parser.cc ingest/internal/kvbm_parser.cc ingest/fast_decoder.cc ingest/json_to_msgpack.cc wire/vocabulary.cc \
-  $(pkg-config --libs absl_status absl_strings) -o "$out/decoder_fuzz" || exit 1
+  ingest/internal/object_parser.cc ingest/internal/kvbm_parser.cc ingest/fast_decoder.cc ingest/json_to_msgpack.cc wire/vocabulary.cc wire/lineage_hash.cc \
+  $(pkg-config --libs absl_status absl_strings) -lxxhash -o "$out/decoder_fuzz" || exit 1
 # Seeds: each golden payload under every dialect byte (0 auto .. 5 kvbm).
 /usr/bin/python3 - "$out/seeds" <<'PY'
 import glob, os, sys
@@ -67,10 +67,10 @@ rc2=$?
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I. -Ibuild/proto -DTOML_HEADER_ONLY=0 -DMSGPACK_DEFAULT_API_VERSION=3 -w \
   tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc query/announce.cc query/errors.cc \
-  query/predictions.cc query/tokenizer.cc \
+  query/predictions.cc query/query_keys.cc query/tokenizer.cc \
   config/config.cc config/aibrix_env.cc \
-  control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc \
-  index/block_key.cc index/internal/*.cc index/lookup.cc index/prefix_index.cc \
+  control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc wire/lineage_hash.cc \
+  index/block_key.cc index/internal/*.cc index/lookup.cc index/lookup_deepest.cc index/prefix_index.cc \
   index/robust_mutex.cc index/segment.cc build/proto/kvidx.pb.cc build/proto/kvidx.grpc.pb.cc \
   $(pkg-config --cflags --libs grpc++ protobuf tomlplusplus absl_statusor absl_status absl_strings) \
   -lxxhash -lpthread -lrt -o "$out/lookup_fuzz" || exit 1

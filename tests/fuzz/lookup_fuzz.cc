@@ -79,7 +79,7 @@ void Populate(kvidx::index::PrefixIndex& idx) {
 }
 
 void WriteSeeds(const std::string& dir) {
-  std::vector<kvidx::v1::LookupRequest> seeds(6);
+  std::vector<kvidx::v1::LookupRequest> seeds(7);
   auto tokens = [](kvidx::v1::LookupQuery* q, int n) {
     q->mutable_namespace_()->set_model("fm");
     for (int i = 1; i <= n; ++i) q->mutable_tokens()->add_ids(i);
@@ -101,6 +101,13 @@ void WriteSeeds(const std::string& dir) {
   for (uint32_t t : {7, 7, 8, 8, 9, 9}) l->mutable_tokens()->add_ids(t);
   for (int i = 0; i < 5; ++i) tokens(seeds[4].add_queries(), 4 * i);
   seeds[5].add_queries()->mutable_namespace_()->set_model("no-such-model");
+  auto* kv = seeds[6].add_queries();  // KVBM lineage hashes, both forms
+  kv->mutable_namespace_()->set_model("fm");
+  kv->mutable_kvbm_hashes()->add_hashes()->set_u128(std::string(16, '\x01'));
+  auto* st = kv->mutable_kvbm_hashes()->add_hashes();
+  st->set_current(42);
+  st->set_parent(7);
+  st->set_position(16);
   for (size_t i = 0; i < seeds.size(); ++i) {
     std::ofstream out(dir + "/lookup-" + std::to_string(i), std::ios::binary);
     out << seeds[i].SerializeAsString();
