@@ -50,7 +50,7 @@
 namespace kvidx::index {
 
 inline constexpr uint64_t kSegmentMagic = 0x6b76696478494458ULL;  // "kvidxIDX"
-inline constexpr uint32_t kLayoutVersion = 6;
+inline constexpr uint32_t kLayoutVersion = 7;
 
 // Latency histogram bucket bounds (microseconds) shared by the apply and lookup histograms.
 inline constexpr int kLatencyBounds = 15;
@@ -291,6 +291,11 @@ struct PublisherIngestState {
   uint64_t hash_checks;
   uint64_t hash_mismatches;
   uint64_t last_hash_mismatch;
+  // KVBM instances of the endpoint (ingest/kvbm_instances.h), kept on the configured
+  // publisher: how many are live, and batches refused because every slot was taken.
+  uint32_t kvbm_instances;
+  uint32_t reserved2;
+  uint64_t kvbm_refused;
 };
 
 struct alignas(64) PublisherSlot {
