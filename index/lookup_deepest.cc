@@ -19,8 +19,8 @@ void PrefixIndex::LookupDeepest(std::span<const BlockKey> keys, std::span<const 
   out.blocks_walked = 0;
   out.degraded = false;
   const uint32_t npub = geometry().publishers;
-  thread_local std::vector<uint32_t> slot_of;    // publisher -> index in out.matches
-  thread_local std::vector<uint8_t> allowed;     // publisher -> candidate
+  thread_local std::vector<uint32_t> slot_of;  // publisher -> index in out.matches
+  thread_local std::vector<uint8_t> allowed;   // publisher -> candidate
   thread_local std::vector<Holder> holders;
   slot_of.assign(npub, kNil);
   allowed.assign(npub, options.candidates.empty() ? 1 : 0);

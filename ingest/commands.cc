@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "ingest/kvbm_instances.h"
 #include "ingest/worker.h"
 #include "shared/status.h"
 
@@ -114,7 +115,10 @@ absl::Status Worker::ExecuteDropPod(bool unregister, const CommandArgs& a, Comma
     const index::PublisherSlot* s = index_->publisher_slot(id);
     // Only this worker's own publishers: another worker may be applying to its own right now,
     // and the publisher's journal and applied-op counter have one writer, its owner.
-    if (s == nullptr || pod != FieldView(s->id.pod) || s->id.worker != worker_ ||
+    // A pod's KVBM instances past the first ("<pod>#<n>", no endpoint of their own) go with it.
+    const bool instance =
+        s != nullptr && s->id.endpoint[0] == '\0' && IsInstancePod(FieldView(s->id.pod), pod);
+    if (s == nullptr || (pod != FieldView(s->id.pod) && !instance) || s->id.worker != worker_ ||
         (a.dp_rank >= 0 && s->id.dp_rank != static_cast<uint32_t>(a.dp_rank))) {
       continue;
     }

@@ -29,8 +29,8 @@ struct Event {
   // Engine block hashes; for KVBM, wire::LineageEngineHash of each positional lineage hash.
   std::vector<uint64_t> hashes;
   std::vector<uint32_t> positions;  // KVBM: each hash's block position (0-based)
-  std::optional<uint64_t> parent;  // parent engine hash
-  std::vector<uint32_t> tokens;    // token ids of all blocks, block_size each
+  std::optional<uint64_t> parent;   // parent engine hash
+  std::vector<uint32_t> tokens;     // token ids of all blocks, block_size each
   uint32_t block_size = 0;
   std::optional<int64_t> lora_id;
   std::optional<std::string> lora_name;

@@ -13,6 +13,7 @@
 #include <compare>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 namespace kvidx::ingest {
@@ -22,6 +23,16 @@ struct InstanceId {
   uint64_t lo = 0;
   auto operator<=>(const InstanceId&) const = default;
 };
+
+// Whether `name` is the publisher of a further KVBM instance of pod `pod` ("<pod>#<n>").
+inline bool IsInstancePod(std::string_view name, std::string_view pod) {
+  if (name.size() <= pod.size() + 1 || !name.starts_with(pod) || name[pod.size()] != '#')
+    return false;
+  for (char c : name.substr(pod.size() + 1)) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
 
 class InstanceTable {
  public:

@@ -43,7 +43,8 @@ PublisherLink::PublisherLink(zmq::context_t& ctx, index::PrefixIndex* index, App
       applier_(applier),
       id_(id),
       config_(std::move(config)),
-      options_(options) {}
+      options_(options),
+      instances_(options.max_kvbm_instances, int64_t{options.drop_after_ms} * 1'000'000) {}
 
 PublisherLink::~PublisherLink() {
   if (index::PublisherIngestState* s = slot()) St(s->connected, 0u);
@@ -143,6 +144,7 @@ absl::Status PublisherLink::Start() {
     // Start it over from the engine's replay instead of resuming.
     Resync("sequence-id tables are rebuilt from a replay after a worker restart");
   }
+  RestoreInstances();
   machine_ = std::make_unique<StreamMachine>(so, LoadPersisted(slot()));
   // Worker start, restart or a new endpoint: nothing is applied before continuity is checked.
   StreamMachine::Actions out;
@@ -333,6 +335,7 @@ void PublisherLink::MirrorCounters() {
   St(s->buffered_bytes, uint64_t{machine_->buffered_bytes()});
   mirrored_ = c;
   if (machine_->reachable()) St(s->last_heard_wall_ns, WallNanos());
+  MirrorToInstances();
 }
 
 void PublisherLink::SendReplayRequest(uint64_t from) {
@@ -355,6 +358,8 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
   index::IngestCounters* h = index_->ingest_counters();
   const int64_t t0 = MonotonicNanos();
   EventBatch batch;
+  index::PublisherId target = id_;
+  bool shutdown = false;
   DecodeReason reason = DecodeReason::kOk;
   absl::Status st = DecodeBatch(payload, config_.dialect, &batch, &reason, options_.limits);
   if (!st.ok()) {
@@ -363,21 +368,15 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
     KVIDX_LOG_WARN("publisher %s/%u: batch rejected: %s", config_.pod.c_str(), config_.dp_rank,
                    std::string(st.message()).c_str());
   } else {
-    if (batch.instance_id) {
-      bool had = Ld(s->has_instance) != 0;
-      if (had && (Ld(s->instance_hi) != batch.instance_id->first ||
-                  Ld(s->instance_lo) != batch.instance_id->second)) {
-        Resync("new KVBM instance");
-      }
-      St(s->instance_hi, batch.instance_id->first);
-      St(s->instance_lo, batch.instance_id->second);
-      St(s->has_instance, 1u);
-    }
+    // A KVBM batch goes to its instance's publisher (one endpoint may carry several).
+    std::optional<index::PublisherId> to = id_;
+    if (batch.instance_id) to = RouteInstance(*batch.instance_id);
+    if (to) target = *to;
     uint64_t skip = 0;
-    if (seq) skip = index_->BeginBatch(id_, *seq).value_or(0);
-    const index::PublisherSlot* ps = index_->publisher_slot(id_);
+    if (seq && to) skip = index_->BeginBatch(target, *seq).value_or(0);
+    const index::PublisherSlot* ps = index_->publisher_slot(target);
     const uint64_t dups = ps != nullptr ? Ld(ps->index.duplicate_stores) : 0;
-    absl::Status ast = applier_->Apply(id_, batch, skip);
+    absl::Status ast = to ? applier_->Apply(target, batch, skip) : absl::OkStatus();
     if (ps != nullptr && Ld(ps->index.duplicate_stores) != dups) {
       KVIDX_LOG_DEBUG("publisher %s: batch %ld: %lu duplicate stores (skipped %lu ops)",
                       config_.pod.c_str(), seq ? static_cast<long>(*seq) : -1L,
@@ -395,6 +394,12 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
     AddRelaxed(h->batches_applied, uint64_t{1});
     AddRelaxed(h->events_applied, uint64_t{batch.events.size()});
     AddRelaxed(s->events, uint64_t{batch.events.size()});
+    shutdown = batch.instance_id && !batch.events.empty() &&
+               batch.events.back().kind == EventKind::kCleared;
+    if (target != id_) {
+      if (index::PublisherIngestState* t = index_->ingest_state(target))
+        St(t->last_event_wall_ns, WallNanos());
+    }
   }
   AddRelaxed(s->batches, uint64_t{1});
   St(s->last_event_wall_ns, WallNanos());
@@ -407,8 +412,9 @@ void PublisherLink::ApplyBatch(std::optional<uint64_t> seq, uint64_t digest,
     Barrier();
     St(s->last_seq, *seq);
     St(s->has_seq, 1u);
-    (void)index_->CommitBatch(id_);
+    (void)index_->CommitBatch(target);
   }
+  if (shutdown) ReleaseInstance(*batch.instance_id);
 }
 
 void PublisherLink::OnDealer() {
@@ -482,7 +488,10 @@ void ResyncPublisher(index::PrefixIndex* index, Applier* applier, index::Publish
   AddRelaxed(s->resyncs, uint64_t{1});
 }
 
-void PublisherLink::FinishResync() { FinishResyncOf(index_, applier_, id_); }
+void PublisherLink::FinishResync() {
+  ForgetInstances();
+  FinishResyncOf(index_, applier_, id_);
+}
 
 void PublisherLink::Resync(const char* why) {
   index::PublisherIngestState* s = slot();

@@ -24,6 +24,7 @@
 #include "ingest/applier.h"
 #include "ingest/config.h"
 #include "ingest/decoder.h"
+#include "ingest/kvbm_instances.h"
 #include "ingest/stream_machine.h"
 
 namespace kvidx::ingest {
@@ -35,6 +36,9 @@ struct LinkOptions {
   int32_t rcvhwm = 100000;
   uint32_t linger_ms = 0;  // ZMQ_LINGER of both sockets
   size_t max_buffered_batches = 100000;
+  // KVBM instances one endpoint may carry (ingest/kvbm_instances.h); an instance silent for
+  // drop_after_ms while others speak is taken for gone.
+  uint32_t max_kvbm_instances = 16;
   // Byte budgets (config.h): the ZeroMQ receive queues hold at most queue_bytes (their
   // high-water mark is queue_bytes / limits.max_payload_bytes messages, each at most that
   // size), the live buffer during a replay at most replay_buffer_bytes.
@@ -96,6 +100,18 @@ class PublisherLink {
   void FinishResync();
   void MirrorCounters();
   index::PublisherIngestState* slot();  // this publisher's ingest part, nullptr if gone
+  // KVBM instances (ingest/kvbm_routing.cc): the publisher of instance slot n (registering
+  // "<pod>#<n>" when `create`), the route of a batch's instance (nullopt: refused, counted),
+  // Shutdown, a dropped slot, a resync, a worker restart, and the stream mirrored to them.
+  std::string InstancePod(uint32_t n) const;
+  std::optional<index::PublisherId> InstancePublisher(uint32_t n, bool create);
+  std::optional<index::PublisherId> RouteInstance(const std::pair<uint64_t, uint64_t>& inst);
+  void ReleaseInstance(const std::pair<uint64_t, uint64_t>& inst);
+  void DropInstance(uint32_t n, const char* why);
+  void ForgetInstances();
+  void RestoreInstances();
+  void PublishInstanceCount();
+  void MirrorToInstances();
 
   zmq::context_t& ctx_;
   index::PrefixIndex* index_;
@@ -110,6 +126,7 @@ class PublisherLink {
 
   int reconnect_ivl_ms_ = 0;
   std::unique_ptr<StreamMachine> machine_;
+  InstanceTable instances_;
   // The receive high-water mark of both sockets: rcvhwm, lowered so that a full queue of
   // maximal messages stays within queue_bytes.
   int QueueHwm() const;

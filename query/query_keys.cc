@@ -58,8 +58,8 @@ std::optional<wire::LineageHash> LineageOf(const v1::KvbmHash& h) {
 
 }  // namespace
 
-grpc::Status KvIndexService::KvbmKeys(const v1::LookupQuery& q, index::NamespaceId ns,
-                                      uint32_t bs, std::vector<index::BlockKey>* keys,
+grpc::Status KvIndexService::KvbmKeys(const v1::LookupQuery& q, index::NamespaceId ns, uint32_t bs,
+                                      std::vector<index::BlockKey>* keys,
                                       std::vector<uint32_t>* depths, v1::LookupResult* out) {
   out->set_input("kvbm_hashes");
   const auto& hashes = q.kvbm_hashes().hashes();

@@ -250,7 +250,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
     pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
     FillFreshness(*s, pm->mutable_freshness(), now);
     if (Ld(s->ingest.has_instance) != 0)
-      pm->set_kvbm_instance(wire::U128Decimal(Ld(s->ingest.instance_hi), Ld(s->ingest.instance_lo)));
+      pm->set_kvbm_instance(
+          wire::U128Decimal(Ld(s->ingest.instance_hi), Ld(s->ingest.instance_lo)));
     auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
       // A pod whose stream is whole and whose engine answers is preferred to a longer match
       // that kvidx cannot vouch for right now.

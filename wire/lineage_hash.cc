@@ -1,8 +1,8 @@
 #include "wire/lineage_hash.h"
 
-#include <cstring>
-
 #include <xxhash.h>
+
+#include <cstring>
 
 namespace kvidx::wire {
 namespace {

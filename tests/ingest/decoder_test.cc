@@ -8,12 +8,11 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include <msgpack.hpp>
-
-#include "absl/strings/str_cat.h"
 
 #include "ingest/fast_decoder.h"
 #include "tests/ingest/same_events.h"
@@ -238,8 +237,8 @@ TEST(DecoderGoldenTest, KvbmNamedAndIndexedEncodings) {
   ASSERT_EQ(b.events.size(), 1u);
   EXPECT_EQ(b.events[0].kind, EventKind::kStored);
   // Each lineage hash is kept whole: position, parent and current fragments.
-  const wire::LineageHash first = *wire::UnpackLineageHash(0x1111111111111111ULL,
-                                                           0x2222222222222222ULL);
+  const wire::LineageHash first =
+      *wire::UnpackLineageHash(0x1111111111111111ULL, 0x2222222222222222ULL);
   EXPECT_EQ(first.position, 0x44u);  // mode 0: the top byte after the mode bits
   EXPECT_THAT(b.events[0].hashes,
               ElementsAre(wire::LineageEngineHash(first), wire::LineageEngineHash({0, 0, 7})));
@@ -265,16 +264,15 @@ std::vector<uint8_t> Text(const std::string& s) { return {s.begin(), s.end()}; }
 
 TEST(DecoderGoldenTest, KvbmJson) {
   // serde_json, as KVBM's own tests write it: a u128 instance id and hashes as JSON integers.
-  EventBatch b = MustDecode(Text(
-      R"({"events": {"Create": [1, 18446744073709551616]},)"
-      R"( "instance_id": 12345})"));
+  EventBatch b = MustDecode(Text(R"({"events": {"Create": [1, 18446744073709551616]},)"
+                                 R"( "instance_id": 12345})"));
   EXPECT_EQ(b.dialect, Dialect::kKvbm);
   EXPECT_EQ(b.instance_id->second, 12345u);
   ASSERT_EQ(b.events.size(), 1u);
   // u128 hashes as JSON integers: 2^128 - 1 is of mode 3 (undefined) and refused below; 2^64
   // is position 0, parent fragment 32, current 0.
-  EXPECT_THAT(b.events[0].hashes, ElementsAre(wire::LineageEngineHash({0, 0, 1}),
-                                              wire::LineageEngineHash({0, 32, 0})));
+  EXPECT_THAT(b.events[0].hashes,
+              ElementsAre(wire::LineageEngineHash({0, 0, 1}), wire::LineageEngineHash({0, 32, 0})));
   // The struct form, as a map and as an array in field order, names the block its u128 form
   // names: fragments truncated to the width the u128 form has at that position.
   const uint64_t big = (1ull << 62) | 42;  // wider than a mode-0 fragment
@@ -284,8 +282,8 @@ TEST(DecoderGoldenTest, KvbmJson) {
   const auto packed = *wire::PackLineageHash({16, 7, big});
   const wire::LineageHash via_u128 = *wire::UnpackLineageHash(packed.first, packed.second);
   EXPECT_EQ(via_u128.current, 42u);
-  EXPECT_THAT(st.events.at(0).hashes, ElementsAre(wire::LineageEngineHash(via_u128),
-                                                  wire::LineageEngineHash({300, 6, 5})));
+  EXPECT_THAT(st.events.at(0).hashes,
+              ElementsAre(wire::LineageEngineHash(via_u128), wire::LineageEngineHash({300, 6, 5})));
   EXPECT_THAT(st.events.at(0).positions, ElementsAre(16u, 300u));
   EXPECT_EQ(MustFail(Text(R"({"events": {"Create": [340282366920938463463374607431768211455]},)"
                           R"( "instance_id": 1})")),

@@ -2,11 +2,11 @@
 // shutting down and falling silent.
 #include "ingest/kvbm_instances.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <map>
 #include <random>
-
-#include <gtest/gtest.h>
 
 namespace kvidx::ingest {
 namespace {
@@ -34,13 +34,22 @@ TEST(InstanceTableTest, AlternatingInstancesKeepTheirSlots) {
   EXPECT_TRUE(c->fresh);
 }
 
+TEST(InstanceTableTest, InstancePodNames) {
+  EXPECT_TRUE(IsInstancePod("pod-a#1", "pod-a"));
+  EXPECT_TRUE(IsInstancePod("pod-a#15", "pod-a"));
+  EXPECT_FALSE(IsInstancePod("pod-a", "pod-a"));
+  EXPECT_FALSE(IsInstancePod("pod-a#", "pod-a"));
+  EXPECT_FALSE(IsInstancePod("pod-a#x", "pod-a"));
+  EXPECT_FALSE(IsInstancePod("pod-ab#1", "pod-a"));
+}
+
 TEST(InstanceTableTest, SilenceFreesOnlyWhileOthersSpeak) {
   InstanceTable t(2, 100);
   std::vector<uint32_t> expired;
   ASSERT_TRUE(t.Take({0, 1}, 0, &expired));
   ASSERT_TRUE(t.Take({0, 2}, 0, &expired));
   EXPECT_FALSE(t.Take({0, 3}, 50, &expired).has_value());  // full: refused
-  ASSERT_TRUE(t.Take({0, 1}, 1000, &expired));  // 2 silent for 1000 while 1 spoke
+  ASSERT_TRUE(t.Take({0, 1}, 1000, &expired));             // 2 silent for 1000 while 1 spoke
   EXPECT_EQ(expired, std::vector<uint32_t>{1});
   auto r = t.Take({0, 3}, 1001, &expired);
   ASSERT_TRUE(r);

@@ -1,9 +1,9 @@
 // wire/lineage_hash.h: KVBM's positional lineage hash, both forms, and what kvidx keys by.
 #include "wire/lineage_hash.h"
 
-#include <random>
-
 #include <gtest/gtest.h>
+
+#include <random>
 
 namespace kvidx::wire {
 namespace {
