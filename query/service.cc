@@ -440,6 +440,8 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   pod->set_has_seq(Ld(s->ingest.has_seq) != 0);
   pod->set_pairs(Ld(s->index.pairs));
   pod->set_quota_pairs(Ld(s->id.quota_pairs));
+  if (Ld(s->ingest.has_instance) != 0)
+    pod->set_kvbm_instance(wire::U128Decimal(Ld(s->ingest.instance_hi), Ld(s->ingest.instance_lo)));
   auto& c = *pod->mutable_counters();
   c["batches"] = Ld(s->ingest.batches);
   c["events"] = Ld(s->ingest.events);
@@ -465,6 +467,8 @@ void KvIndexService::FillPod(index::PublisherId id, v1::Pod* pod) const {
   c["hash_checks"] = Ld(s->ingest.hash_checks);
   c["hash_mismatches"] = Ld(s->ingest.hash_mismatches);
   c["last_hash_mismatch"] = Ld(s->ingest.last_hash_mismatch);
+  c["kvbm_instances"] = Ld(s->ingest.kvbm_instances);
+  c["kvbm_refused"] = Ld(s->ingest.kvbm_refused);
   c["engine_table_full"] = Ld(s->index.engine_table_full);
   c["engine_hash_conflicts"] = Ld(s->index.engine_hash_conflicts);
   c["foreign_model_events"] = Ld(s->ingest.foreign_model_events);
