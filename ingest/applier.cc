@@ -314,9 +314,12 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
         continue;
       }
       if (s.blocks.size() <= n) {
-        // Growing the vector: n + 1 entries, the capacity doubling as std::vector does.
-        const size_t want = std::max<size_t>(n + 1, 2 * s.blocks.capacity());
-        const size_t more = (want - s.blocks.capacity()) * sizeof(index::BlockKey);
+        // Growing the vector to n + 1 entries; past its capacity, the capacity doubles as
+        // std::vector's does (only then: doubling on every append took a 23-block sequence
+        // to 2^23 entries and the table past its budget).
+        const size_t cap = s.blocks.capacity();
+        const size_t want = n + 1 > cap ? std::max<size_t>(n + 1, 2 * cap) : cap;
+        const size_t more = (want - cap) * sizeof(index::BlockKey);
         if (bytes + more > config_.max_sequence_bytes) {
           (void)index_->SkipOps(p, index::SkipReason::kBudget);
           continue;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds, then runs kvidx on loopback with an embedded
-# default configuration: kvidx-sim (6 simulated vLLM/SGLang engines, every wire encoding, with
+# default configuration: kvidx-sim (8 simulated engines, every wire encoding: vLLM's four eras,
+# SGLang, AIBrix, the sequence-id form and NVIDIA KVBM, with
 # lost batches to replay), two kvidx-ingest workers, kvidx-query; shows real lookups and stats
 # with kvidxctl, and shuts everything down (no processes or segments left behind).
 set -euo pipefail
@@ -25,8 +26,8 @@ trap cleanup EXIT
 ctl() { "$B/tools/kvidxctl" --server "$GRPC" "$@"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "starting kvidx-sim: 6 engines (mixed encodings), synthetic workload, 1 batch in 40 lost"
-"$B/tools/kvidx-sim" --pods 6 --mixed-encodings --base-port "$SIM_PORT" --requests 4000 \
+say "starting kvidx-sim: 8 engines (every encoding), synthetic workload, 1 batch in 40 lost"
+"$B/tools/kvidx-sim" --pods 8 --mixed-encodings --base-port "$SIM_PORT" --requests 4000 \
   --rate 250 --cache-blocks 600 --drop-every 40 --garbage-every 97 --model demo-model \
   --config-out "$DIR/sim.toml" --prompts-out "$DIR/prompts.txt" --start-delay-ms 1500 \
   --linger-ms 60000 >"$DIR/sim.log" 2>&1 &

@@ -285,6 +285,24 @@ TEST_F(ApplierTest, TheSequenceTableStaysWithinItsByteBudget) {
   EXPECT_EQ(idx().ingest_state(pub_)->budget_drops, dropped);
 }
 
+// A long sequence stored block by block in order (as the simulator's sequence-id engine and
+// real ones do) costs its blocks, not 2^n: the table grows its vector by doubling only past
+// the capacity. Before the fix a 23-block sequence reserved 2^23 entries and every later block
+// of every sequence was refused by the byte budget and its successors counted as orphans.
+TEST_F(ApplierTest, ALongSequenceCostsItsBlocksNotTwoToTheirNumber) {
+  std::vector<uint32_t> numbers(300);
+  std::iota(numbers.begin(), numbers.end(), 0u);
+  EventBatch b;
+  b.events = {SeqStored(1, numbers), SeqStored(2, numbers)};
+  ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.orphan_blocks, 0u);
+  EXPECT_EQ(idx().ingest_state(pub_)->budget_drops, 0u);
+  EXPECT_EQ(applier_->sequences(pub_)->at(1).stored, 300u);
+  EXPECT_EQ(applier_->sequences(pub_)->at(2).stored, 300u);
+  EXPECT_LE(applier_->sequence_bytes(pub_), 2 * (96 + 32 + 512 * sizeof(index::BlockKey)));
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 600u);
+}
+
 TEST_F(ApplierTest, ClearedEventClearsThePublisher) {
   EventBatch b;
   b.events.push_back(Stored({1}, {1, 2}));

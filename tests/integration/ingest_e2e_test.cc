@@ -158,7 +158,7 @@ const index::SegmentHeader* Header(const std::unique_ptr<index::Segment>& s) { r
 
 TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   TestRun r = Prepare("clean");
-  auto sim = StartSim(r, {"--pods", "6", "--mixed-encodings", "--requests", "600", "--rate", "400",
+  auto sim = StartSim(r, {"--pods", "8", "--mixed-encodings", "--requests", "600", "--rate", "400",
                           "--cache-blocks", "400"});
   ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
@@ -167,7 +167,7 @@ TEST(IngestE2eTest, EveryEncodingThroughTwoWorkersEqualsTheSimulator) {
   auto seg = index::Segment::Attach(r.segment, index::Segment::Access::kReadOnly);
   ASSERT_TRUE(seg.ok());
   index::PrefixIndex idx(seg->get());
-  EXPECT_EQ(idx.ActivePublishers().size(), 6u);
+  EXPECT_EQ(idx.ActivePublishers().size(), 8u);
   EXPECT_GT(Header(*seg)->ingest.batches_applied, 500u);
   uint64_t decode_errors = 0;
   for (uint64_t v : Header(*seg)->ingest.decode_errors) decode_errors += v;

@@ -114,8 +114,8 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\nadmin_listen = \"off\"\n"
         << "[[model]]\nname = \"km\"\nblock_size = 16\nkey_by_engine_hash = true\n"
         << "[[publisher]]\npod = \"kv\"\nmodel = \"km\"\ndialect = \"kvbm\"\ntopic = \"kvbm\"\n"
-        << "endpoint = \"tcp://127.0.0.1:" << pub << "\"\nreplay_endpoint = \"tcp://127.0.0.1:"
-        << router << "\"\n";
+        << "endpoint = \"tcp://127.0.0.1:" << pub
+        << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << router << "\"\n";
   }
   Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir_ + "/kvidx.toml"},
                  dir_ + "/worker.log");
@@ -126,8 +126,8 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   int grpc_port = 0;
   port >> grpc_port;
   ASSERT_NE(grpc_port, 0) << query.Log();
-  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(grpc_port), grpc::InsecureChannelCredentials()));
+  auto stub = v1::KvIndex::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port),
+                                                       grpc::InsecureChannelCredentials()));
   const std::vector<Published> hashes =
       ReadListing(WaitForFile(dir_ + "/phase1.txt", std::chrono::milliseconds(60000)));
   ASSERT_EQ(hashes.size(), 5u) << peer.Log();
@@ -135,11 +135,12 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
 
   // Phase 1: A holds S to position 128 (129 blocks), B to position 32; T only B, at 16.
   std::map<std::string, std::pair<uint32_t, std::string>> got;
-  const std::map<std::string, std::pair<uint32_t, std::string>> want1 = {
-      {"kv", {129, a}}, {"kv#1", {33, b}}};
+  const std::map<std::string, std::pair<uint32_t, std::string>> want1 = {{"kv", {129, a}},
+                                                                         {"kv#1", {33, b}}};
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want1; },
                       std::chrono::milliseconds(30000)))
-      << got.size() << "\n" << worker.Log();
+      << got.size() << "\n"
+      << worker.Log();
   v1::LookupResult r;
   EXPECT_EQ(Lookup(*stub, hashes, "S", /*struct_form=*/true, &r), want1);
   EXPECT_EQ(r.input(), "kvbm_hashes");
@@ -165,7 +166,8 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   const std::map<std::string, std::pair<uint32_t, std::string>> want2 = {{"kv#1", {17, b}}};
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want2; },
                       std::chrono::milliseconds(30000)))
-      << got.size() << "\n" << worker.Log();
+      << got.size() << "\n"
+      << worker.Log();
   kv = GetPod(*stub, "kv");
   EXPECT_EQ(kv.pairs(), 0u);
   EXPECT_EQ(kv.kvbm_instance(), "");
@@ -175,10 +177,11 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   // Phase 3: a new instance takes the configured pod's slot.
   { std::ofstream(dir_ + "/go3.txt") << "go\n"; }
   const std::map<std::string, std::pair<uint32_t, std::string>> want3 = {{"kv", {17, "77"}},
-                                                                          {"kv#1", {17, b}}};
+                                                                         {"kv#1", {17, b}}};
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want3; },
                       std::chrono::milliseconds(30000)))
-      << got.size() << "\n" << worker.Log();
+      << got.size() << "\n"
+      << worker.Log();
   EXPECT_EQ(GetPod(*stub, "kv").counters().at("kvbm_instances"), 2u);
 
   // A malformed hash is refused with a reason.

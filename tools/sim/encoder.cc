@@ -193,12 +193,12 @@ std::vector<uint8_t> EncodeBatch(Encoding e, double ts, uint32_t block_size,
   return {buf.data(), buf.data() + buf.size()};
 }
 
-std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events) {
+std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events, bool cleared) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
   pk.pack_map(1);
   PackStr(pk, "events");
-  pk.pack_array(static_cast<uint32_t>(events.size()));
+  pk.pack_array(static_cast<uint32_t>(events.size() + (cleared ? 1 : 0)));
   for (const SeqIdEvent& e : events) {
     pk.pack_map(e.block_tokens.empty() ? 2 : 3);
     PackStr(pk, "sequence_id");
@@ -210,6 +210,44 @@ std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events) {
       pk.pack(e.block_tokens);
     }
   }
+  if (cleared) {
+    pk.pack_map(1);
+    PackStr(pk, "type");
+    PackStr(pk, "cache_cleared");
+  }
+  return {buf.data(), buf.data() + buf.size()};
+}
+
+namespace {
+void PackU128(msgpack::packer<msgpack::sbuffer>& pk, uint64_t hi, uint64_t lo) {
+  uint8_t b[16];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(hi >> (56 - 8 * i));
+  for (int i = 0; i < 8; ++i) b[8 + i] = static_cast<uint8_t>(lo >> (56 - 8 * i));
+  pk.pack_bin(16);
+  pk.pack_bin_body(reinterpret_cast<const char*>(b), 16);
+}
+}  // namespace
+
+std::vector<uint8_t> EncodeKvbm(bool create, bool shutdown,
+                                const std::vector<wire::LineageHash>& hashes, uint64_t instance_hi,
+                                uint64_t instance_lo) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_map(2);
+  PackStr(pk, "events");
+  if (shutdown) {
+    PackStr(pk, "Shutdown");
+  } else {
+    pk.pack_map(1);
+    PackStr(pk, create ? "Create" : "Remove");
+    pk.pack_array(static_cast<uint32_t>(hashes.size()));
+    for (const wire::LineageHash& h : hashes) {
+      auto v = wire::PackLineageHash(h);
+      PackU128(pk, v ? v->first : 0, v ? v->second : 0);
+    }
+  }
+  PackStr(pk, "instance_id");
+  PackU128(pk, instance_hi, instance_lo);
   return {buf.data(), buf.data() + buf.size()};
 }
 

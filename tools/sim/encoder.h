@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "wire/lineage_hash.h"
+
 namespace kvidx::sim {
 
 enum class Encoding {
@@ -16,6 +18,8 @@ enum class Encoding {
   kVllmV090,   // the first release: 2-element batch, 6-element BlockStored
   kSglang,     // SGLang: 7-element arrays, digests as bin folded to the first 8 bytes
   kAibrix,     // {"events": [{"type": "BLOCK_STORED", ...}]}
+  kSeqId,      // the sequence-id form: {"events": [{"sequence_id", "block_numbers", ...}]}
+  kKvbm,       // NVIDIA KVBM: KvbmCacheEvents, lineage hashes at positions 16, 32, ... 65536
 };
 bool ParseEncoding(const std::string& s, Encoding* out);
 const char* EncodingName(Encoding e);
@@ -46,7 +50,19 @@ struct SeqIdEvent {
   std::vector<uint32_t> block_numbers;
   std::vector<std::vector<uint32_t>> block_tokens;  // empty: a removal
 };
-// {"events": [{"sequence_id", "block_numbers", "block_token_ids"?}, ...]}
-std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events);
+// {"events": [{"sequence_id", "block_numbers", "block_token_ids"?}, ...]}, then a
+// {"type": "cache_cleared"} when `cleared`.
+std::vector<uint8_t> EncodeSeqIdBatch(const std::vector<SeqIdEvent>& events, bool cleared = false);
+
+// KVBM publishes blocks at power-of-two positions from 2^4 to 2^16 only (wire.md §10).
+inline bool KvbmPublishes(uint32_t position) {
+  return position >= 16 && position <= 65536 && (position & (position - 1)) == 0;
+}
+// One KvbmCacheEvents in rmp-serde's named form: {"events": {"Create"|"Remove": [u128 ...]},
+// "instance_id": u128} (hashes and instance as bin 16, big-endian), or {"events": "Shutdown"}
+// when `hashes` is empty and `shutdown`.
+std::vector<uint8_t> EncodeKvbm(bool create, bool shutdown,
+                                const std::vector<wire::LineageHash>& hashes, uint64_t instance_hi,
+                                uint64_t instance_lo);
 
 }  // namespace kvidx::sim

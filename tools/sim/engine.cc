@@ -2,7 +2,9 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include <msgpack.hpp>
@@ -16,7 +18,8 @@ bool ParseEncoding(const std::string& s, Encoding* out) {
   static const std::pair<const char*, Encoding> kNames[] = {
       {"vllm-array", Encoding::kVllmArray}, {"vllm-map", Encoding::kVllmMap},
       {"vllm-bytes", Encoding::kVllmBytes}, {"vllm-0.9", Encoding::kVllmV090},
-      {"sglang", Encoding::kSglang},        {"aibrix", Encoding::kAibrix}};
+      {"sglang", Encoding::kSglang},        {"aibrix", Encoding::kAibrix},
+      {"seqid", Encoding::kSeqId},          {"kvbm", Encoding::kKvbm}};
   for (auto& [n, e] : kNames) {
     if (s == n) {
       *out = e;
@@ -40,6 +43,10 @@ const char* EncodingName(Encoding e) {
       return "sglang";
     case Encoding::kAibrix:
       return "aibrix";
+    case Encoding::kSeqId:
+      return "seqid";
+    case Encoding::kKvbm:
+      return "kvbm";
   }
   return "?";
 }
@@ -50,6 +57,10 @@ const char* DialectFor(Encoding e) {
       return "sglang";
     case Encoding::kAibrix:
       return "aibrix";
+    case Encoding::kSeqId:
+      return "seqid";
+    case Encoding::kKvbm:
+      return "kvbm";
     default:
       return "vllm";
   }
@@ -69,6 +80,7 @@ std::vector<SimBlock> MakePrompt(const std::vector<uint64_t>& block_ids, uint32_
     b.engine_hash = XXH3_64bits_withSeed(b.tokens.data(), b.tokens.size() * 4, parent ^ 0x5EED);
     if (b.engine_hash == 0) b.engine_hash = 1;
     b.parent_hash = parent;
+    b.position = static_cast<uint32_t>(out.size());
     parent = b.engine_hash;
     out.push_back(std::move(b));
   }
@@ -88,9 +100,31 @@ SimEngine::SimEngine(zmq::context_t& ctx, EngineOptions options)
     router_->bind(options_.replay_endpoint);
     options_.replay_endpoint = router_->get(zmq::sockopt::last_endpoint);
   }
+  instance_ = 1000 + options_.seed;
 }
 
-std::vector<uint64_t> SimEngine::Cached() const { return {lru_.begin(), lru_.end()}; }
+std::vector<uint64_t> SimEngine::Cached() const {
+  if (options_.encoding != Encoding::kKvbm) return {lru_.begin(), lru_.end()};
+  std::vector<uint64_t> out;
+  for (uint64_t h : lru_) {
+    auto it = lineage_.find(h);
+    if (it != lineage_.end() && KvbmPublishes(it->second.second)) out.push_back(h);
+  }
+  return out;
+}
+
+std::optional<wire::LineageHash> SimEngine::Lineage(uint64_t engine_hash) const {
+  auto it = lineage_.find(engine_hash);
+  if (it == lineage_.end()) return std::nullopt;
+  return wire::CanonicalLineageHash(engine_hash, it->second.first, it->second.second);
+}
+
+void SimEngine::Forget() {
+  lru_.clear();
+  cached_.clear();
+  lineage_.clear();
+  refs_.clear();
+}
 
 void SimEngine::Serve(const std::vector<SimBlock>& prompt) {
   ++batch_counter_;
@@ -100,8 +134,9 @@ void SimEngine::Serve(const std::vector<SimBlock>& prompt) {
     ++restarts_;
     seq_ = 0;
     ring_.clear();
-    lru_.clear();
-    cached_.clear();
+    Forget();
+    next_sequence_ = 1;
+    ++instance_;  // a new process: a new KVBM instance
   }
   Pending p;
   for (const SimBlock& b : prompt) {
@@ -114,7 +149,13 @@ void SimEngine::Serve(const std::vector<SimBlock>& prompt) {
     // missing parent means the rest of the prompt is recomputed and stored too.
     lru_.push_front(b.engine_hash);
     cached_[b.engine_hash] = lru_.begin();
+    lineage_[b.engine_hash] = {b.parent_hash, b.position};
     p.stored.push_back(b);
+  }
+  if (options_.encoding == Encoding::kSeqId && !p.stored.empty()) {
+    p.sequence_id = next_sequence_++;
+    p.sequence = prompt;
+    for (const SimBlock& b : prompt) refs_[b.engine_hash].push_back({p.sequence_id, b.position});
   }
   // Evict past capacity, never a block of this request.
   while (lru_.size() > options_.cache_blocks) {
@@ -125,6 +166,10 @@ void SimEngine::Serve(const std::vector<SimBlock>& prompt) {
     lru_.pop_back();
     cached_.erase(victim);
     p.removed.push_back(victim);
+    if (auto r = refs_.find(victim); r != refs_.end()) {
+      p.sequence_removed.insert(p.sequence_removed.end(), r->second.begin(), r->second.end());
+      refs_.erase(r);
+    }
   }
   if (p.stored.empty() && p.removed.empty()) return;
   Send(p);
@@ -132,14 +177,57 @@ void SimEngine::Serve(const std::vector<SimBlock>& prompt) {
 
 void SimEngine::ClearAll() {
   ++batch_counter_;
-  lru_.clear();
-  cached_.clear();
+  Forget();
   Pending p;
   p.cleared = true;
   Send(p);
 }
 
-std::vector<uint8_t> SimEngine::Encode(const Pending& p) const {
+std::vector<std::vector<uint8_t>> SimEngine::EncodeKvbmStep(const Pending& p) const {
+  if (p.cleared) return {EncodeKvbm(false, true, {}, 0, instance_)};
+  std::vector<wire::LineageHash> create, remove;
+  for (const SimBlock& b : p.stored) {
+    if (KvbmPublishes(b.position))
+      create.push_back(*wire::CanonicalLineageHash(b.engine_hash, b.parent_hash, b.position));
+  }
+  for (uint64_t h : p.removed) {
+    auto it = lineage_.find(h);  // kept until the step is encoded (erased after Send)
+    if (it != lineage_.end() && KvbmPublishes(it->second.second))
+      remove.push_back(*wire::CanonicalLineageHash(h, it->second.first, it->second.second));
+  }
+  // Creates by position ascending, removes descending (as KVBM sends them).
+  auto by_pos = [](const wire::LineageHash& a, const wire::LineageHash& b) {
+    return a.position < b.position;
+  };
+  std::sort(create.begin(), create.end(), by_pos);
+  std::sort(remove.rbegin(), remove.rend(), by_pos);
+  std::vector<std::vector<uint8_t>> out;
+  if (!create.empty()) out.push_back(EncodeKvbm(true, false, create, 0, instance_));
+  if (!remove.empty()) out.push_back(EncodeKvbm(false, false, remove, 0, instance_));
+  return out;
+}
+
+std::vector<uint8_t> SimEngine::EncodeSeqIdStep(const Pending& p) const {
+  std::vector<SeqIdEvent> events;
+  if (p.cleared) return EncodeSeqIdBatch({}, /*cleared=*/true);
+  if (!p.sequence.empty()) {
+    SeqIdEvent e;
+    e.sequence_id = p.sequence_id;
+    for (const SimBlock& b : p.sequence) {
+      e.block_numbers.push_back(b.position);
+      e.block_tokens.push_back(b.tokens);
+    }
+    events.push_back(std::move(e));
+  }
+  std::map<int64_t, std::vector<uint32_t>> removed;  // by sequence
+  for (const auto& [seq, number] : p.sequence_removed) removed[seq].push_back(number);
+  for (auto& [seq, numbers] : removed) events.push_back(SeqIdEvent{seq, numbers, {}});
+  return EncodeSeqIdBatch(events);
+}
+
+std::vector<std::vector<uint8_t>> SimEngine::Encode(const Pending& p) const {
+  if (options_.encoding == Encoding::kKvbm) return EncodeKvbmStep(p);
+  if (options_.encoding == Encoding::kSeqId) return {EncodeSeqIdStep(p)};
   // Stored blocks go out as runs: consecutive blocks whose parent is the previous block.
   BatchContent c;
   for (const SimBlock& b : p.stored) {
@@ -154,7 +242,7 @@ std::vector<uint8_t> SimEngine::Encode(const Pending& p) const {
   c.dp_rank = options_.dp_rank;
   double ts =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return EncodeBatch(options_.encoding, ts, options_.block_size, c);
+  return {EncodeBatch(options_.encoding, ts, options_.block_size, c)};
 }
 
 void SimEngine::SendGarbage() {
@@ -173,16 +261,18 @@ void SimEngine::Send(const Pending& p) {
   if (f.stall_every != 0 && batch_counter_ % f.stall_every == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(f.stall_ms));
   }
-  std::vector<uint8_t> payload = Encode(p);
-  uint64_t seq = seq_++;
-  uint8_t seq8[8];
-  for (int i = 0; i < 8; ++i) seq8[i] = static_cast<uint8_t>(seq >> (56 - 8 * i));
-  ring_.emplace_back(seq, payload);
-  while (ring_.size() > options_.replay_buffer) ring_.pop_front();
-  if (f.drop_every != 0 && batch_counter_ % f.drop_every == 0) return;  // lost on the way
-  pub_.send(zmq::buffer(options_.topic), zmq::send_flags::sndmore);
-  pub_.send(zmq::buffer(seq8, 8), zmq::send_flags::sndmore);
-  pub_.send(zmq::buffer(payload), zmq::send_flags::none);
+  for (std::vector<uint8_t>& payload : Encode(p)) {
+    uint64_t seq = seq_++;
+    uint8_t seq8[8];
+    for (int i = 0; i < 8; ++i) seq8[i] = static_cast<uint8_t>(seq >> (56 - 8 * i));
+    ring_.emplace_back(seq, payload);
+    while (ring_.size() > options_.replay_buffer) ring_.pop_front();
+    if (f.drop_every != 0 && batch_counter_ % f.drop_every == 0) continue;  // lost on the way
+    pub_.send(zmq::buffer(options_.topic), zmq::send_flags::sndmore);
+    pub_.send(zmq::buffer(seq8, 8), zmq::send_flags::sndmore);
+    pub_.send(zmq::buffer(payload), zmq::send_flags::none);
+  }
+  for (uint64_t h : p.removed) lineage_.erase(h);
 }
 
 void SimEngine::PollReplay() {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <list>
+#include <optional>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -51,6 +52,7 @@ struct SimBlock {
   uint64_t engine_hash;
   uint64_t parent_hash;  // 0: first block
   std::vector<uint32_t> tokens;
+  uint32_t position = 0;  // within the prompt (KVBM lineage, sequence-id block numbers)
 };
 
 class SimEngine {
@@ -65,8 +67,11 @@ class SimEngine {
   void ClearAll();
 
   const EngineOptions& options() const { return options_; }
-  // Engine hashes currently cached (the simulator's own record).
+  // Engine hashes currently cached (the simulator's own record); for KVBM only the blocks it
+  // publishes (positions 16, 32, ...).
   std::vector<uint64_t> Cached() const;
+  // The lineage hash of a cached block (KVBM: what it publishes for it).
+  std::optional<wire::LineageHash> Lineage(uint64_t engine_hash) const;
   uint64_t batches_sent() const { return seq_; }
   uint64_t restarts() const { return restarts_; }
 
@@ -75,8 +80,18 @@ class SimEngine {
     std::vector<SimBlock> stored;  // runs of blocks, each with its parent
     std::vector<uint64_t> removed;
     bool cleared = false;
+    // The sequence-id form: the whole prompt, stored under a new sequence (a sequence's
+    // block n is the child of its block n - 1, so it names every block), and the (sequence,
+    // block number) references of the removed blocks.
+    int64_t sequence_id = 0;
+    std::vector<SimBlock> sequence;
+    std::vector<std::pair<int64_t, uint32_t>> sequence_removed;
   };
-  std::vector<uint8_t> Encode(const Pending& p) const;
+  // The batches of one step: one, or for KVBM (one variant per message) a Create and a Remove.
+  std::vector<std::vector<uint8_t>> Encode(const Pending& p) const;
+  std::vector<std::vector<uint8_t>> EncodeKvbmStep(const Pending& p) const;
+  std::vector<uint8_t> EncodeSeqIdStep(const Pending& p) const;
+  void Forget();  // the cache and its bookkeeping emptied
   void Send(const Pending& p);
   void SendGarbage();
 
@@ -89,6 +104,11 @@ class SimEngine {
   std::deque<std::pair<uint64_t, std::vector<uint8_t>>> ring_;
   std::list<uint64_t> lru_;  // most recent first
   std::unordered_map<uint64_t, std::list<uint64_t>::iterator> cached_;
+  std::unordered_map<uint64_t, std::pair<uint64_t, uint32_t>> lineage_;  // parent, position
+  // The sequence-id form: which (sequence, block number) references each cached block has.
+  std::unordered_map<uint64_t, std::vector<std::pair<int64_t, uint32_t>>> refs_;
+  int64_t next_sequence_ = 1;
+  uint64_t instance_ = 0;  // KVBM instance id (low half); a restart takes a new one
   std::mt19937_64 rng_;
 };
 

@@ -8,6 +8,10 @@
 //             [--stall-ms MS] [--no-replay] [--replay-without-topic] [--linger-ms MS]
 //             [--start-delay-ms MS] [--record FILE] [--config-out FILE] [--seed S]
 //             [--mixed-encodings] [--prompts-out FILE] [--pod-prefix P]
+//
+// Encodings: vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix seqid kvbm. KVBM engines
+// publish no tokens: the written configuration puts them in a model "<model>-kvbm" keyed by
+// engine hash, and their record names the blocks they publish (positions 16, 32, ...).
 #include <signal.h>
 #include <xxhash.h>
 
@@ -68,7 +72,8 @@ Args Parse(int argc, char** argv) {
   app.add_option("--dp", a.dp, "data-parallel ranks per pod")->check(CLI::PositiveNumber);
   app.add_option("--base-port", a.base_port, "first PUB port (0: the kernel picks every port)");
   app.add_option("--host", a.host, "address to bind");
-  app.add_option("--encoding", a.encoding, "vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix");
+  app.add_option("--encoding", a.encoding,
+                 "vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix seqid kvbm");
   app.add_flag("--mixed-encodings", a.mixed_encodings, "cycle the encodings over the pods");
   app.add_option("--workload", a.workload, "synthetic or trace")
       ->check(CLI::IsMember({"synthetic", "trace"}));
@@ -190,7 +195,8 @@ int main(int argc, char** argv) {
     if (a.mixed_encodings) {
       for (auto x : {kvidx::sim::Encoding::kVllmArray, kvidx::sim::Encoding::kVllmBytes,
                      kvidx::sim::Encoding::kSglang, kvidx::sim::Encoding::kVllmV090,
-                     kvidx::sim::Encoding::kAibrix}) {
+                     kvidx::sim::Encoding::kAibrix, kvidx::sim::Encoding::kSeqId,
+                     kvidx::sim::Encoding::kKvbm}) {
         if (x != e) encodings.push_back(x);
       }
     }
@@ -201,6 +207,11 @@ int main(int argc, char** argv) {
     kvidx::config::ModelConfig model;
     model.name = a.model;
     model.block_size = a.block_size;
+    // KVBM engines publish no tokens: their blocks live in a namespace keyed by engine hash.
+    kvidx::config::ModelConfig kvbm_model = model;
+    kvbm_model.name = a.model + "-kvbm";
+    kvbm_model.key_by_engine_hash = true;
+    bool any_kvbm = false;
     std::vector<kvidx::config::PublisherConfig> fleet;
     for (uint32_t p = 0; p < a.pods; ++p) {
       for (uint32_t r = 0; r < a.dp; ++r) {
@@ -227,7 +238,9 @@ int main(int argc, char** argv) {
         kvidx::config::PublisherConfig pc;
         pc.pod = o.pod;
         pc.dp_rank = r;
-        pc.model = a.model;
+        const bool kvbm = o.encoding == kvidx::sim::Encoding::kKvbm;
+        any_kvbm |= kvbm;
+        pc.model = kvbm ? kvbm_model.name : a.model;
         pc.endpoint = o.pub_endpoint;
         pc.replay_endpoint = o.replay_endpoint;
         pc.topic = a.topic;
@@ -239,7 +252,8 @@ int main(int argc, char** argv) {
       {
         std::ofstream out(a.config_out + ".tmp");
         out << "# Written by kvidx-sim for its simulated fleet.\n"
-            << kvidx::config::FleetToml({model}, fleet);
+            << kvidx::config::FleetToml(
+                   any_kvbm ? std::vector{model, kvbm_model} : std::vector{model}, fleet);
       }
       std::rename((a.config_out + ".tmp").c_str(), a.config_out.c_str());
     }
@@ -254,6 +268,7 @@ int main(int argc, char** argv) {
 
     // Block id -> kvidx block key, for the record (what a router would compute).
     const uint64_t root = kvidx::index::NamespaceRoot(a.model, "");
+    const uint64_t kvbm_root = kvidx::index::NamespaceRoot(kvbm_model.name, "");
     std::unordered_map<uint64_t, uint64_t> key_of;  // engine hash -> kvidx key
 
     auto poll_all = [&] {
@@ -311,9 +326,14 @@ int main(int argc, char** argv) {
     if (!a.record.empty()) {
       std::ofstream out(a.record + ".tmp");
       for (auto& e : engines) {
+        const bool kvbm = e->options().encoding == kvidx::sim::Encoding::kKvbm;
         for (uint64_t h : e->Cached()) {
+          uint64_t key = key_of[h];
+          if (auto lineage = e->Lineage(h); kvbm && lineage) {
+            key = kvidx::index::EngineHashKey(kvbm_root, kvidx::wire::LineageEngineHash(*lineage));
+          }
           char buf[32];
-          std::snprintf(buf, sizeof(buf), "%016lx", static_cast<unsigned long>(key_of[h]));
+          std::snprintf(buf, sizeof(buf), "%016lx", static_cast<unsigned long>(key));
           out << e->options().pod << ' ' << e->options().dp_rank << ' ' << buf << '\n';
         }
       }
