@@ -170,6 +170,8 @@ absl::Status PrefixIndex::SkipOps(PublisherId p, SkipReason reason, uint64_t ops
   uint64_t* counter = reason == SkipReason::kOrphan          ? &ps->index.orphan_blocks
                       : reason == SkipReason::kUnknownRemove ? &ps->index.unknown_removes
                       : reason == SkipReason::kBudget        ? &ps->ingest.budget_drops
+                      : reason == SkipReason::kSharedStore   ? &ps->index.duplicate_stores
+                      : reason == SkipReason::kSharedRemove  ? &ps->index.removed_blocks
                                                              : &ps->index.rejected_stores;
   AddRelaxed(*counter, ops);
   for (uint64_t i = 0; i < ops; ++i) internal::AckNext(*ps);

@@ -44,8 +44,10 @@ namespace kvidx::index {
 // Why an operation of a publisher's stream was counted as applied without changing the index.
 // Why operations were consumed without changing the index (each has its counter): refused
 // (capacity, quota, another model), parent unknown, removal of an unknown block, or a memory
-// budget of the worker full (layout.h: PublisherIngestState::budget_drops).
-enum class SkipReason { kRejected, kOrphan, kUnknownRemove, kBudget };
+// budget of the worker full (layout.h: PublisherIngestState::budget_drops), or a reference
+// the caller counts itself (the sequence-id form's further sequences holding a block: a
+// store counted as a duplicate, a removal as removed).
+enum class SkipReason { kRejected, kOrphan, kUnknownRemove, kBudget, kSharedStore, kSharedRemove };
 
 class PrefixIndex {
  public:

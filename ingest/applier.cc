@@ -23,6 +23,7 @@ void Applier::Forget(PublisherId p) {
   namespaces_.erase(p);
   sequences_.erase(p);
   sequence_bytes_.erase(p);
+  key_refs_.erase(p);
   if (index::PublisherIngestState* s = index_->ingest_state(p))
     index::St(s->sequence_bytes, uint64_t{0});
 }
@@ -313,30 +314,10 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
         (void)index_->SkipOps(p, index::SkipReason::kOrphan);  // block n-1 never stored
         continue;
       }
-      if (s.blocks.size() <= n) {
-        // Growing the vector to n + 1 entries; past its capacity, the capacity doubles as
-        // std::vector's does (only then: doubling on every append took a 23-block sequence
-        // to 2^23 entries and the table past its budget).
-        const size_t cap = s.blocks.capacity();
-        const size_t want = n + 1 > cap ? std::max<size_t>(n + 1, 2 * cap) : cap;
-        const size_t more = (want - cap) * sizeof(index::BlockKey);
-        if (bytes + more > config_.max_sequence_bytes) {
-          (void)index_->SkipOps(p, index::SkipReason::kBudget);
-          continue;
-        }
-        bytes -= SequenceBytes(s);
-        s.blocks.reserve(want);
-        s.blocks.resize(n + 1, 0);
-        bytes += SequenceBytes(s);
-      }
-      index::BlockKey key = index::ChainBlockKey(
-          parent, std::span(e.tokens).subspan(size_t{i} * e.block_size, e.block_size));
-      if (s.blocks[n] == 0) ++s.stored;
-      s.blocks[n] = key;
-      // The key is a content hash, so it doubles as the engine hash (shared across sequences:
-      // two sequences holding the same block are two references).
-      if (index_->StoreBlock(p, index::kGpu, key, key).ok() && config_.on_applied)
-        config_.on_applied({EventKind::kSeqStored, p, ns, 1, key});
+      StoreSeqBlock(p, ns, s, n,
+                    index::ChainBlockKey(parent, std::span(e.tokens).subspan(
+                                                     size_t{i} * e.block_size, e.block_size)),
+                    bytes);
     } else {
       index::BlockKey key = n < s.blocks.size() ? s.blocks[n] : 0;
       if (key == 0) {
@@ -345,8 +326,7 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
       }
       s.blocks[n] = 0;
       --s.stored;
-      if (index_->Remove(p, index::kGpu, key, ns).ok() && config_.on_applied)
-        config_.on_applied({EventKind::kSeqRemoved, p, ns, 1, key});
+      ReleaseKey(p, ns, key, bytes);
     }
   }
   // Trailing removed blocks take no room; a sequence that holds nothing is forgotten.
@@ -360,6 +340,64 @@ absl::Status Applier::ApplySeq(PublisherId p, const Event& e, uint64_t* skip) {
   }
   PublishSequenceBytes(p, bytes);
   return absl::OkStatus();
+}
+
+// Block number n of sequence `s` holds `key` now. The key is a content hash, so it doubles as
+// the engine hash; the index holds it once for the publisher and further sequences holding it
+// are counted in key_refs_. What would take the table past its budget is refused (and counted):
+// the entry's room (the vector grown to n + 1, doubling past its capacity as std::vector does)
+// and, for a key new to the publisher, its count.
+void Applier::StoreSeqBlock(PublisherId p, NamespaceId ns, SequenceState& s, uint32_t n,
+                            index::BlockKey key, size_t& bytes) {
+  if (n < s.blocks.size() && s.blocks[n] == key) {  // stored again under the same number
+    (void)index_->SkipOps(p, index::SkipReason::kSharedStore);
+    return;
+  }
+  auto& refs = key_refs_[p];
+  const bool new_key = refs.find(key) == refs.end();
+  const size_t cap = s.blocks.capacity();
+  const size_t want = n + 1 > cap ? std::max<size_t>(n + 1, 2 * cap) : cap;
+  const size_t more = (want - cap) * sizeof(index::BlockKey) + (new_key ? kKeyRefBytes : 0);
+  if (bytes + more > config_.max_sequence_bytes) {
+    (void)index_->SkipOps(p, index::SkipReason::kBudget);
+    return;
+  }
+  if (s.blocks.size() <= n) {
+    bytes -= SequenceBytes(s);
+    s.blocks.reserve(want);
+    s.blocks.resize(n + 1, 0);
+    bytes += SequenceBytes(s);
+  }
+  if (s.blocks[n] != 0) {
+    ReleaseKey(p, ns, s.blocks[n], bytes);  // replaced by another block
+  } else {
+    ++s.stored;
+  }
+  s.blocks[n] = key;
+  if (refs[key]++ > 0) {
+    (void)index_->SkipOps(p, index::SkipReason::kSharedStore);
+    return;
+  }
+  bytes += kKeyRefBytes;
+  if (index_->StoreBlock(p, index::kGpu, key, key).ok() && config_.on_applied)
+    config_.on_applied({EventKind::kSeqStored, p, ns, 1, key});
+}
+
+// One (sequence, block number) entry of `key` goes: the index drops the block with the last.
+void Applier::ReleaseKey(PublisherId p, NamespaceId ns, index::BlockKey key, size_t& bytes) {
+  auto& refs = key_refs_[p];
+  auto it = refs.find(key);
+  if (it != refs.end() && it->second > 1) {
+    --it->second;
+    (void)index_->SkipOps(p, index::SkipReason::kSharedRemove);
+    return;
+  }
+  if (it != refs.end()) {
+    refs.erase(it);
+    bytes -= kKeyRefBytes;
+  }
+  if (index_->Remove(p, index::kGpu, key, ns).ok() && config_.on_applied)
+    config_.on_applied({EventKind::kSeqRemoved, p, ns, 1, key});
 }
 
 void Applier::PublishSequenceBytes(PublisherId p, size_t bytes) {

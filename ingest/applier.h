@@ -68,6 +68,8 @@ inline constexpr size_t kMaxRequestIdBytes = 232;  // what a sequence record car
 inline size_t SequenceBytes(const SequenceState& s) {
   return 96 + s.blocks.capacity() * sizeof(index::BlockKey) + s.request_id.capacity();
 }
+// What the table pays per distinct block key its sequences hold (the key's reference count).
+inline constexpr size_t kKeyRefBytes = 48;
 
 class Applier {
  public:
@@ -91,6 +93,9 @@ class Applier {
   absl::Status ApplyEvent(index::PublisherId p, const Event& e, uint64_t* skip);
   absl::Status ApplySeq(index::PublisherId p, const Event& e, uint64_t* skip);
   void PublishSequenceBytes(index::PublisherId p, size_t bytes);
+  void ReleaseKey(index::PublisherId p, index::NamespaceId ns, index::BlockKey key, size_t& bytes);
+  void StoreSeqBlock(index::PublisherId p, index::NamespaceId ns, SequenceState& s, uint32_t n,
+                     index::BlockKey key, size_t& bytes);
   // The adapter namespace of the publisher's model whose mapping knows `hash`, if any.
   std::optional<index::NamespaceId> FindAdapterNamespace(index::PublisherId p, uint64_t hash);
   // False (the event's `ops` operations refused and counted) if `block_size` is not the
@@ -105,6 +110,10 @@ class Applier {
   std::unordered_map<index::PublisherId, std::vector<index::NamespaceId>> namespaces_;
   std::unordered_map<index::PublisherId, std::map<int64_t, SequenceState>> sequences_;
   std::unordered_map<index::PublisherId, size_t> sequence_bytes_;
+  // The sequence-id form: how many (sequence, block number) entries of a publisher hold each
+  // block key. The index holds the block once (its reference count saturates at 255) and
+  // drops it when the last entry goes. kKeyRefBytes each, within the sequence byte budget.
+  std::unordered_map<index::PublisherId, std::unordered_map<index::BlockKey, uint32_t>> key_refs_;
 };
 
 }  // namespace kvidx::ingest

@@ -237,8 +237,8 @@ TEST_F(ApplierTest, TheSequenceTableForgetsSequencesThatHoldNothing) {
   EXPECT_EQ(s.request_id.size(), kMaxRequestIdBytes);
   EXPECT_EQ(s.blocks.size(), 2u);
   EXPECT_EQ(s.stored, 2u);
-  EXPECT_EQ(applier_->sequence_bytes(pub_), SequenceBytes(s));
-  EXPECT_EQ(idx().ingest_state(pub_)->sequence_bytes, SequenceBytes(s));
+  EXPECT_EQ(applier_->sequence_bytes(pub_), SequenceBytes(s) + 2 * kKeyRefBytes);
+  EXPECT_EQ(idx().ingest_state(pub_)->sequence_bytes, SequenceBytes(s) + 2 * kKeyRefBytes);
   // Removing a block of an unknown sequence is an unknown removal, not a new entry.
   uint64_t unknown = idx().publisher_slot(pub_)->index.unknown_removes;
   b.events = {SeqRemoved(999, {0, 1})};
@@ -299,8 +299,34 @@ TEST_F(ApplierTest, ALongSequenceCostsItsBlocksNotTwoToTheirNumber) {
   EXPECT_EQ(idx().ingest_state(pub_)->budget_drops, 0u);
   EXPECT_EQ(applier_->sequences(pub_)->at(1).stored, 300u);
   EXPECT_EQ(applier_->sequences(pub_)->at(2).stored, 300u);
-  EXPECT_LE(applier_->sequence_bytes(pub_), 2 * (96 + 32 + 512 * sizeof(index::BlockKey)));
+  EXPECT_LE(applier_->sequence_bytes(pub_),
+            2 * (96 + 32 + 512 * sizeof(index::BlockKey)) + 600 * kKeyRefBytes);
   EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 600u);
+}
+
+// A block held by more sequences than a holder slot can count (255) stays indexed until the
+// last of them removes it.
+TEST_F(ApplierTest, ABlockSharedByThousandsOfSequencesStaysUntilTheLastRemovesIt) {
+  for (int64_t seq = 1; seq <= 1000; ++seq) {
+    Event st = SeqStored(seq, {0});
+    st.tokens = {7, 7};  // every sequence's block 0 has the same content
+    EventBatch b;
+    b.events = {st};
+    ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+  }
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 1u);
+  for (int64_t seq = 1; seq <= 999; ++seq) {
+    EventBatch b;
+    b.events = {SeqRemoved(seq, {0})};
+    ASSERT_TRUE(applier_->Apply(pub_, b).ok());
+    ASSERT_EQ(idx().publisher_slot(pub_)->index.pairs, 1u) << "after " << seq << " removals";
+  }
+  EventBatch last;
+  last.events = {SeqRemoved(1000, {0})};
+  ASSERT_TRUE(applier_->Apply(pub_, last).ok());
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.pairs, 0u);
+  EXPECT_EQ(applier_->sequence_bytes(pub_), 0u);
+  EXPECT_EQ(idx().publisher_slot(pub_)->index.removed_blocks, 1000u);
 }
 
 TEST_F(ApplierTest, ClearedEventClearsThePublisher) {
