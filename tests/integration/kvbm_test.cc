@@ -151,6 +151,21 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   EXPECT_EQ(r.best().gpu_blocks(), 129u);
   EXPECT_EQ((Lookup(*stub, hashes, "T")),
             (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv#1", {17, b}}}));
+  // The Python client asks the same, with the lineage hashes as u128 ints.
+  {
+    std::ofstream py(dir_ + "/client.py");
+    py << "import sys\nsys.path.insert(0, '" << KVIDX_SOURCE_ROOT << "/clients/python')\n"
+       << "from kvidx_client import KvidxClient\n"
+       << "hs = [int(l.split()[2], 16) for l in open(sys.argv[2]) if l.startswith('S ')]\n"
+       << "with KvidxClient(sys.argv[1]) as kv:\n"
+       << "    r = kv.lookup('km', kvbm_hashes=hs)\n"
+       << "    for m in r.matches: print(m.pod, m.matched_blocks, m.kvbm_instance)\n";
+  }
+  Process client({"/usr/bin/python3", dir_ + "/client.py", "127.0.0.1:" + std::to_string(grpc_port),
+                  dir_ + "/phase1.txt"},
+                 dir_ + "/client.log");
+  ASSERT_EQ(client.Wait(std::chrono::milliseconds(60000)), 0) << client.Log();
+  EXPECT_EQ(client.Log(), "kv 129 " + a + "\nkv#1 33 " + b + "\n");
   v1::Pod kv = GetPod(*stub, "kv");
   EXPECT_EQ(kv.counters().at("resyncs"), 0u);  // alternating instances resync nothing
   EXPECT_EQ(kv.counters().at("kvbm_instances"), 2u);

@@ -40,12 +40,14 @@ class PodMatch:
     stream: str
     reachable: bool
     last_event_age_ms: int
+    kvbm_instance: str = ""  # the KVBM instance id (decimal) whose events the publisher holds
 
     @staticmethod
     def of(m) -> "PodMatch":
         f = m.freshness
         return PodMatch(m.pod, m.dp_rank, m.matched_blocks, m.matched_tokens, m.gpu_blocks,
-                        m.cpu_blocks, m.disk_blocks, f.stream, f.reachable, f.last_event_age_ms)
+                        m.cpu_blocks, m.disk_blocks, f.stream, f.reachable, f.last_event_age_ms,
+                        m.kvbm_instance)
 
 
 @dataclass
@@ -102,12 +104,14 @@ class KvidxClient:
               block_keys: Optional[Sequence[int]] = None,
               engine_hashes: Optional[Sequence[int]] = None, lora_name: str = "",
               candidates: Sequence[str] = (), max_blocks: int = 0, cache_salt: str = "",
-              block_extra: Sequence[bytes] = ()):
-        """One LookupQuery: exactly one of tokens, block_keys, engine_hashes. With tokens,
-        cache_salt and block_extra (each block's extra-key msgpack bytes, b"" for none) are
-        mixed into the block keys as docs/block-keys.md says."""
-        if sum(x is not None for x in (tokens, block_keys, engine_hashes)) != 1:
-            raise ValueError("give exactly one of tokens, block_keys, engine_hashes")
+              block_extra: Sequence[bytes] = (), kvbm_hashes: Optional[Sequence[int]] = None):
+        """One LookupQuery: exactly one of tokens, block_keys, engine_hashes, kvbm_hashes
+        (NVIDIA KVBM positional lineage hashes as u128 ints: each holder's answer is its deepest
+        held position + 1 blocks). With tokens, cache_salt and block_extra (each block's
+        extra-key msgpack bytes, b"" for none) are mixed into the block keys as
+        docs/block-keys.md says."""
+        if sum(x is not None for x in (tokens, block_keys, engine_hashes, kvbm_hashes)) != 1:
+            raise ValueError("give exactly one of tokens, block_keys, engine_hashes, kvbm_hashes")
         q = pb.LookupQuery(namespace=pb.Namespace(model=model, lora_name=lora_name),
                            candidates=[pb.PodRef(pod=p, dp_rank=-1) for p in candidates],
                            max_blocks=max_blocks, cache_salt=cache_salt,
@@ -116,6 +120,9 @@ class KvidxClient:
             q.tokens.ids.extend(tokens)
         elif block_keys is not None:
             q.block_keys.keys.extend(block_keys)
+        elif kvbm_hashes is not None:
+            q.kvbm_hashes.hashes.extend(pb.KvbmHash(u128=h.to_bytes(16, "big"))
+                                        for h in kvbm_hashes)
         else:
             q.engine_hashes.hashes.extend(engine_hashes)
         return q
