@@ -117,8 +117,12 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
         << "endpoint = \"tcp://127.0.0.1:" << pub
         << "\"\nreplay_endpoint = \"tcp://127.0.0.1:" << router << "\"\n";
   }
-  Process worker({BuildPath("ingest/kvidx-ingest"), "--config", dir_ + "/kvidx.toml"},
-                 dir_ + "/worker.log");
+  auto start_worker = [&] {
+    return std::make_unique<Process>(std::vector<std::string>{BuildPath("ingest/kvidx-ingest"),
+                                                              "--config", dir_ + "/kvidx.toml"},
+                                     dir_ + "/worker.log");
+  };
+  std::unique_ptr<Process> worker = start_worker();
   Process query({BuildPath("query/kvidx-query"), "--config", dir_ + "/kvidx.toml", "--port-file",
                  dir_ + "/query.port"},
                 dir_ + "/query.log");
@@ -140,7 +144,7 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want1; },
                       std::chrono::milliseconds(30000)))
       << got.size() << "\n"
-      << worker.Log();
+      << worker->Log();
   v1::LookupResult r;
   EXPECT_EQ(Lookup(*stub, hashes, "S", /*struct_form=*/true, &r), want1);
   EXPECT_EQ(r.input(), "kvbm_hashes");
@@ -176,13 +180,27 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   EXPECT_EQ(kv1.pairs(), 3u);
   EXPECT_EQ(kv1.freshness().stream(), "streaming");  // the endpoint's stream, mirrored
 
+  // The worker is killed and restarted: it finds both instances where they were (slot 0 and
+  // "kv#1" in the segment), checks the stream's continuity and goes on without a resync.
+  worker->Signal(SIGKILL);
+  ASSERT_NE(worker->Wait(), -1);
+  worker = start_worker();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::Pod p = GetPod(*stub, "kv");
+        return p.freshness().stream() == "streaming" && p.freshness().connected();
+      },
+      std::chrono::milliseconds(30000)))
+      << worker->Log();
+  EXPECT_EQ(Lookup(*stub, hashes, "S"), want1);
+
   // Phase 2: A shuts down (its blocks go, B's stay); B removes S at 32.
   { std::ofstream(dir_ + "/go2.txt") << "go\n"; }
   const std::map<std::string, std::pair<uint32_t, std::string>> want2 = {{"kv#1", {17, b}}};
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want2; },
                       std::chrono::milliseconds(30000)))
       << got.size() << "\n"
-      << worker.Log();
+      << worker->Log();
   kv = GetPod(*stub, "kv");
   EXPECT_EQ(kv.pairs(), 0u);
   EXPECT_EQ(kv.kvbm_instance(), "");
@@ -196,7 +214,7 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   ASSERT_TRUE(WaitFor([&] { return (got = Lookup(*stub, hashes, "S")) == want3; },
                       std::chrono::milliseconds(30000)))
       << got.size() << "\n"
-      << worker.Log();
+      << worker->Log();
   EXPECT_EQ(GetPod(*stub, "kv").counters().at("kvbm_instances"), 2u);
 
   // A malformed hash is refused with a reason.
@@ -209,8 +227,8 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   grpc::Status st = stub->Lookup(&ctx, bad, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("kvbm_hashes[0]"), std::string::npos) << st.error_message();
-  for (Process* p : {&query, &worker, &peer}) p->Signal(SIGTERM);
-  for (Process* p : {&query, &worker, &peer}) p->Wait();
+  for (Process* p : {&query, worker.get(), &peer}) p->Signal(SIGTERM);
+  for (Process* p : {&query, worker.get(), &peer}) p->Wait();
 }
 
 }  // namespace
