@@ -3,6 +3,7 @@
 // record of what each pod holds, with faults injected.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
@@ -205,11 +206,16 @@ TEST(IngestE2eTest, MooncakeTraceEqualsTheSimulator) {
   control::ControlArea::Remove(control::ControlName(r.segment));
 }
 
-TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
-  TestRun r = Prepare("faults");
+// Lost batches, engine restarts, garbage frames and a worker killed twice, for a vLLM era, the
+// sequence-id form (whose tables a killed worker rebuilds from the replay) and KVBM (whose
+// restarted engine comes back as a new instance).
+class FaultsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FaultsTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
+  TestRun r = Prepare("faults-" + GetParam());
   auto sim = StartSim(r, {"--pods", "4", "--requests", "1200", "--rate", "300", "--cache-blocks",
                           "300", "--drop-every", "23", "--restart-every", "400", "--garbage-every",
-                          "31", "--replay-without-topic", "--encoding", "vllm-array"});
+                          "31", "--replay-without-topic", "--encoding", GetParam()});
   ASSERT_TRUE(WriteConfigFromSim(r));
   auto w0 = StartWorker(r, 0);
   auto w1 = StartWorker(r, 1);
@@ -250,6 +256,13 @@ TEST(IngestE2eTest, GapsRestartsGarbageAndAKilledWorkerStillEndEqual) {
   index::Segment::Remove(r.segment);
   control::ControlArea::Remove(control::ControlName(r.segment));
 }
+
+INSTANTIATE_TEST_SUITE_P(Encodings, FaultsTest, ::testing::Values("vllm-array", "seqid", "kvbm"),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string n = i.param;
+                           n.erase(std::remove(n.begin(), n.end(), '-'), n.end());
+                           return n;
+                         });
 
 }  // namespace
 }  // namespace kvidx::testing
