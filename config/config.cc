@@ -361,6 +361,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "linger_ms", &c.zmq_linger_ms, where);
     KVIDX_READ(*s, "unreachable_after_ms", &c.unreachable_after_ms, where);
     KVIDX_READ(*s, "drop_after_ms", &c.drop_after_ms, where);
+    KVIDX_READ(*s, "max_kvbm_instances", &c.max_kvbm_instances, where);
     KVIDX_READ(*s, "rcvhwm", &c.rcvhwm, where);
     KVIDX_READ(*s, "max_payload_bytes", &c.max_payload_bytes, where);
     KVIDX_READ(*s, "max_buffered_batches", &c.max_buffered_batches, where);

@@ -92,6 +92,9 @@ struct Config {
   // unreachable; after drop_after_ms its residencies are dropped (0: never).
   uint32_t unreachable_after_ms = 10000;
   uint32_t drop_after_ms = 300000;
+  // KVBM instances one endpoint may carry; each past the first takes a publisher slot
+  // ("<pod>#<n>"), so a publisher inventing instance ids cannot fill the table.
+  uint32_t max_kvbm_instances = 4;
   uint32_t poll_timeout_ms = 100;
   uint32_t zmq_linger_ms = 0;  // ZMQ_LINGER of the SUB and replay sockets
   int32_t rcvhwm = 100000;     // the engines' PUB default

@@ -38,7 +38,7 @@ struct LinkOptions {
   size_t max_buffered_batches = 100000;
   // KVBM instances one endpoint may carry (ingest/kvbm_instances.h); an instance silent for
   // drop_after_ms while others speak is taken for gone.
-  uint32_t max_kvbm_instances = 16;
+  uint32_t max_kvbm_instances = 4;
   // Byte budgets (config.h): the ZeroMQ receive queues hold at most queue_bytes (their
   // high-water mark is queue_bytes / limits.max_payload_bytes messages, each at most that
   // size), the live buffer during a replay at most replay_buffer_bytes.

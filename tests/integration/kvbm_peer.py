@@ -14,7 +14,8 @@ phase 1: instance A (4660) and instance B (2^100 + 5) alternate: A stores S at p
          32, 64 (u128, named variant map); B stores S at 16 and 32 (struct form, map and
          array), then T at 16; A stores S at 128 (older indexed variant).
 phase 2: A shuts down ([2, []] indexed unit variant); B removes S at 32 (struct form).
-phase 3: a new instance C (77) stores S at 16.
+phase 3: a new instance C (77) stores S at 16; then D (99), one instance more than kvidx is
+         configured to keep, stores T at 32.
 """
 import hashlib
 import os
@@ -120,6 +121,7 @@ send([[0, [[u128_bin(plh("S", 128)[0])]]], A])
 for p in (16, 32, 64, 128):
     note("S", "S", p)
 note("T", "T", 16)
+note("T", "T", 32)  # published in phase 3 only, by an instance kvidx refuses
 write("phase1.txt", "\n".join(listing) + "\n")
 
 # Phase 2.
@@ -131,6 +133,7 @@ write("phase2.txt", "done\n")
 # Phase 3.
 wait_for("go3.txt")
 send({"events": {"Create": [u128_bin(plh("S", 16)[0])]}, "instance_id": C})
+send({"events": {"Create": [u128_bin(plh("T", 32)[0])]}, "instance_id": 99})
 write("phase3.txt", "done\n")
 while True:
     serve(1000)

@@ -111,6 +111,7 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
     cfg << "[segment]\nname = \"" << segment_
         << "\"\nblocks = 4000\npairs = 8000\npublishers = 8\nnamespaces = 4\nstripes = 16\n"
         << "[ingest]\nworkers = 1\nreplay_timeout_ms = 1000\nreconnect_initial_ms = 100\n"
+        << "max_kvbm_instances = 2\n"
         << "[query]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\nadmin_listen = \"off\"\n"
         << "[[model]]\nname = \"km\"\nblock_size = 16\nkey_by_engine_hash = true\n"
         << "[[publisher]]\npod = \"kv\"\nmodel = \"km\"\ndialect = \"kvbm\"\ntopic = \"kvbm\"\n"
@@ -134,7 +135,7 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
                                                        grpc::InsecureChannelCredentials()));
   const std::vector<Published> hashes =
       ReadListing(WaitForFile(dir_ + "/phase1.txt", std::chrono::milliseconds(60000)));
-  ASSERT_EQ(hashes.size(), 5u) << peer.Log();
+  ASSERT_EQ(hashes.size(), 6u) << peer.Log();
   const std::string a = "4660", b = "1267650600228229401496703205381";  // 2^100 + 5
 
   // Phase 1: A holds S to position 128 (129 blocks), B to position 32; T only B, at 16.
@@ -216,6 +217,14 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
       << got.size() << "\n"
       << worker->Log();
   EXPECT_EQ(GetPod(*stub, "kv").counters().at("kvbm_instances"), 2u);
+  // A third live instance is one more than max_kvbm_instances: refused and counted, its
+  // blocks nowhere.
+  ASSERT_TRUE(WaitFor([&] { return GetPod(*stub, "kv").counters().at("kvbm_refused") == 1; },
+                      std::chrono::milliseconds(30000)))
+      << worker->Log();
+  EXPECT_EQ(GetPod(*stub, "kv").counters().at("kvbm_instances"), 2u);
+  EXPECT_EQ((Lookup(*stub, hashes, "T")),
+            (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv#1", {17, b}}}));
 
   // A malformed hash is refused with a reason.
   v1::LookupRequest bad;
