@@ -113,6 +113,23 @@ with KvidxClient("'"$GRPC"'") as kv:
     print(r.prompt_blocks, "blocks;", len(r.matches), "pods match")
     print(kv.stats().blocks, "blocks indexed")'
 
+say "a KVBM lookup: the lineage hashes of a prompt the KVBM engine served (Python client)"
+if [ -s "$DIR/prompts.txt.kvbm" ]; then
+  PYTHONPATH=clients/python /usr/bin/python3 -c '
+import sys
+from kvidx_client import KvidxClient
+hashes = [int(h, 16) for h in open(sys.argv[2]).readlines()[-1].strip().split(",")]
+with KvidxClient(sys.argv[1]) as kv:
+    r = kv.lookup("demo-model-kvbm", kvbm_hashes=hashes)
+    print(len(hashes), "lineage hashes (positions 16, 32, ...);", r.prompt_blocks, "blocks deep")
+    for m in r.matches:
+        print("  %s: deepest held position %d (%d blocks), KVBM instance %s"
+              % (m.pod, m.matched_blocks - 1, m.matched_blocks, m.kvbm_instance))' \
+    "$GRPC" "$DIR/prompts.txt.kvbm"
+else
+  echo "(the KVBM engine served no prompt of 33 blocks or more)"
+fi
+
 say "kvidxctl watch (the next 8 applied events)"
 ctl watch --count 8
 

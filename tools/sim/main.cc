@@ -12,6 +12,9 @@
 // Encodings: vllm-array vllm-map vllm-bytes vllm-0.9 sglang aibrix seqid kvbm. KVBM engines
 // publish no tokens: the written configuration puts them in a model "<model>-kvbm" keyed by
 // engine hash, and their record names the blocks they publish (positions 16, 32, ...).
+// --prompts-out FILE also writes FILE.kvbm: the last four prompts of 33 blocks or more a KVBM
+// engine served, each a line of the lineage hashes a router would look up (u128, hex,
+// comma-separated).
 #include <signal.h>
 #include <xxhash.h>
 
@@ -284,6 +287,7 @@ int main(int argc, char** argv) {
     auto start = std::chrono::steady_clock::now();
     uint64_t served = 0;
     std::map<uint64_t, std::vector<uint32_t>> sample_prompts;  // first block id -> tokens
+    std::vector<std::string> kvbm_samples;  // prompts KVBM engines served, as lineage hashes
     while (served < a.requests && !g_stop && wl->Next(&ids)) {
       auto prompt = kvidx::sim::MakePrompt(ids, a.block_size);
       uint64_t key = root;
@@ -308,6 +312,26 @@ int main(int argc, char** argv) {
       uint64_t home = XXH3_64bits(&ids[0], sizeof(uint64_t)) % engines.size();
       size_t target = rng() % 10 < 7 ? home : rng() % engines.size();
       engines[target]->Serve(prompt);
+      if (!a.prompts_out.empty() && prompt.size() > 32 &&
+          engines[target]->options().encoding == kvidx::sim::Encoding::kKvbm) {
+        // A prompt a KVBM engine served, as the lineage hashes a router would send (u128 hex).
+        std::string line;
+        for (const auto& b : prompt) {
+          if (!kvidx::sim::KvbmPublishes(b.position)) continue;
+          auto h = kvidx::wire::PackLineageHash(
+              *kvidx::wire::CanonicalLineageHash(b.engine_hash, b.parent_hash, b.position));
+          char buf[40];
+          std::snprintf(buf, sizeof(buf), "%016lx%016lx", static_cast<unsigned long>(h->first),
+                        static_cast<unsigned long>(h->second));
+          line += (line.empty() ? "" : ",") + std::string(buf);
+        }
+        kvbm_samples.push_back(line);  // the last four
+        if (kvbm_samples.size() > 4) kvbm_samples.erase(kvbm_samples.begin());
+        std::ofstream out(a.prompts_out + ".kvbm.tmp");
+        for (const auto& l : kvbm_samples) out << l << "\n";
+        out.close();
+        std::rename((a.prompts_out + ".kvbm.tmp").c_str(), (a.prompts_out + ".kvbm").c_str());
+      }
       ++served;
       poll_all();
       if (a.rate > 0) {
