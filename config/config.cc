@@ -16,6 +16,7 @@
 #include <toml++/toml.h>
 
 #include "config/aibrix_env.h"
+#include "config/read_workload.h"
 #include "control/layout.h"
 #include "shared/status.h"
 
@@ -346,6 +347,9 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, const std::string& ori
     KVIDX_READ(*s, "namespaces", &c.geometry.namespaces, where);
     KVIDX_READ(*s, "stripes", &c.geometry.stripes, where);
     KVIDX_READ(*s, "owner", &c.segment_owner, where);
+    KVIDX_RETURN_IF_ERROR(ReadWorkload(*s, where, &c.workload, &known[s]));
+    if (c.workload.blocks != 0 && !s->contains("stripes")) c.geometry.stripes = 0;
+    KVIDX_RETURN_IF_ERROR(ApplyWorkload(c.workload, &c.geometry));
     known[s].insert({"mode", "control_mode"});
     KVIDX_RETURN_IF_ERROR(ReadMode(*s, "mode", &c.segment_mode, where));
     KVIDX_RETURN_IF_ERROR(ReadMode(*s, "control_mode", &c.control_mode, where));

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 
+#include "config/sizing.h"
 #include "index/layout.h"
 #include "index/types.h"
 #include "wire/vocabulary.h"
@@ -75,6 +76,8 @@ struct DiscoveryConfig {
 struct Config {
   std::string segment = "kvidx";
   index::Geometry geometry;
+  // [segment] workload_*: the geometry's capacities derived from a description (sizing.h).
+  Workload workload;
   // The segment is the privilege boundary between ingest (writes) and query (reads): created
   // 0640 by the ingest user, group-readable by the query's; the control area (commands only,
   // never index data) 0660. Both must be owned by segment_owner (a user name or uid; "" = the

@@ -1,6 +1,8 @@
 // kvidx-ingest: one ingest worker process (run as kvidx-ingest@N under systemd).
 //
-//   kvidx-ingest [--config FILE] [--worker K] [--workers N]
+//   kvidx-ingest [--config FILE] [--worker K] [--workers N] [--sizing]
+//
+// --sizing prints what the configuration sizes the segment for (config/sizing.h) and exits.
 #include <signal.h>
 
 #include <atomic>
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
   std::string config_path = env_config != nullptr ? env_config : "";
   long worker = -1;
   long workers = -1;
+  bool sizing = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -46,8 +49,11 @@ int main(int argc, char** argv) {
       worker = std::strtol(next(), nullptr, 10);
     else if (a == "--workers")
       workers = std::strtol(next(), nullptr, 10);
+    else if (a == "--sizing")
+      sizing = true;
     else {
-      std::fprintf(stderr, "usage: kvidx-ingest [--config FILE] [--worker K] [--workers N]\n");
+      std::fprintf(stderr,
+                   "usage: kvidx-ingest [--config FILE] [--worker K] [--workers N] [--sizing]\n");
       return 2;
     }
   }
@@ -56,6 +62,10 @@ int main(int argc, char** argv) {
     if (!config.ok()) {
       std::fprintf(stderr, "kvidx-ingest: %s\n", config.status().ToString().c_str());
       return 1;
+    }
+    if (sizing) {
+      std::fputs(kvidx::config::DescribeSizing(config->workload, config->geometry).c_str(), stdout);
+      return 0;
     }
     if (workers > 0) config->workers = static_cast<uint32_t>(workers);
     if (worker < 0) worker = 0;

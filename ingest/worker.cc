@@ -60,6 +60,11 @@ absl::Status Worker::Init() {
                                        config_.segment, config_.geometry, config_.segment_mode,
                                        ShmOwnership{owner, config_.segment_mode}));
   index_ = std::make_unique<index::PrefixIndex>(segment_.get());
+  if (worker_ == 0) {
+    std::string sizing = config::DescribeSizing(config_.workload, index_->geometry());
+    std::replace(sizing.begin(), sizing.end(), '\n', ' ');
+    KVIDX_LOG_INFO("segment %s: %s", config_.segment.c_str(), sizing.c_str());
+  }
   KVIDX_ASSIGN_OR_RETURN(control_, control::ControlArea::Open(
                                        control::ControlName(config_.segment), config_.control_mode,
                                        ShmOwnership{owner, config_.control_mode}));

@@ -49,8 +49,8 @@ run() {
 run decoder_fuzz "$out/seeds" "${FUZZ_RUNS:-500000}"
 rc=$?
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I. -DTOML_HEADER_ONLY=0 tests/fuzz/config_fuzz.cc config/config.cc config/aibrix_env.cc wire/vocabulary.cc \
-  $(pkg-config --libs tomlplusplus absl_statusor absl_status absl_strings) -lxxhash -o "$out/config_fuzz" || exit 1
+  -I. -DTOML_HEADER_ONLY=0 tests/fuzz/config_fuzz.cc config/config.cc config/aibrix_env.cc config/sizing.cc wire/vocabulary.cc \
+  $(pkg-config --libs tomlplusplus absl_statusor absl_status absl_strings absl_str_format) -lxxhash -o "$out/config_fuzz" || exit 1
 mkdir -p "$out/config-seeds"
 cp systemd/kvidx.toml "$out/config-seeds/installed.toml"
 /usr/bin/python3 - "$out/config-seeds" <<'PY'
@@ -68,11 +68,11 @@ clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-reco
   -I. -Ibuild/proto -DTOML_HEADER_ONLY=0 -DMSGPACK_DEFAULT_API_VERSION=3 -w \
   tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc query/announce.cc query/errors.cc \
   query/predictions.cc query/query_keys.cc query/tokenizer.cc \
-  config/config.cc config/aibrix_env.cc \
+  config/config.cc config/aibrix_env.cc config/sizing.cc \
   control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc wire/lineage_hash.cc \
   index/block_key.cc index/internal/*.cc index/lookup.cc index/lookup_deepest.cc index/prefix_index.cc \
   index/robust_mutex.cc index/segment.cc build/proto/kvidx.pb.cc build/proto/kvidx.grpc.pb.cc \
-  $(pkg-config --cflags --libs grpc++ protobuf tomlplusplus absl_statusor absl_status absl_strings) \
+  $(pkg-config --cflags --libs grpc++ protobuf tomlplusplus absl_statusor absl_status absl_strings absl_str_format) \
   -lxxhash -lpthread -lrt -o "$out/lookup_fuzz" || exit 1
 mkdir -p "$out/lookup-seeds"
 KVIDX_FUZZ_WRITE_SEEDS="$out/lookup-seeds" "$out/lookup_fuzz" >/dev/null 2>&1 || exit 1
