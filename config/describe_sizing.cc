@@ -25,8 +25,8 @@ std::string DescribeSizing(const Workload& w, const index::Geometry& g) {
   auto layout = index::ComputeLayout(g);
   if (!layout.ok()) return out + "layout: " + std::string(layout.status().message()) + "\n";
   const uint64_t bytes = layout->total_size;
-  absl::StrAppendFormat(&out, "segment: %u bytes (%.2f GiB), %.1f bytes a pair at capacity",
-                        bytes, static_cast<double>(bytes) / (1u << 30),
+  absl::StrAppendFormat(&out, "segment: %u bytes (%.2f GiB), %.1f bytes a pair at capacity", bytes,
+                        static_cast<double>(bytes) / (1u << 30),
                         static_cast<double>(bytes) / static_cast<double>(g.pairs));
   if (w.blocks != 0) {
     absl::StrAppendFormat(&out, ", %.1f at the described workload",

@@ -4,9 +4,9 @@
 #include <set>
 #include <string>
 
-#include <toml++/toml.h>
-
 #include "absl/status/status.h"
+
+#include <toml++/toml.h>
 
 #include "config/sizing.h"
 

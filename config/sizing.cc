@@ -1,13 +1,12 @@
 #include "config/sizing.h"
 
-#include "config/read_workload.h"
-
 #include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
+#include "config/read_workload.h"
 
 namespace kvidx::config {
 namespace {
@@ -68,7 +67,8 @@ absl::Status ReadWorkload(const toml::table& segment, const std::string& where, 
   }
   if (w->blocks == 0 && (segment.contains("workload_holders") || segment.contains("headroom") ||
                          segment.contains("workload_private_hashes"))) {
-    return Bad(where, "workload_holders, workload_private_hashes and headroom need workload_blocks");
+    return Bad(where,
+               "workload_holders, workload_private_hashes and headroom need workload_blocks");
   }
   if (w->blocks != 0) {
     for (const char* raw : {"blocks", "pairs", "holder_chunks", "engine_hashes"}) {
@@ -97,7 +97,8 @@ absl::Status ApplyWorkload(Workload& w, index::Geometry* g) {
   const auto blocks = static_cast<double>(w.blocks);
   w.expected_pairs = static_cast<uint64_t>(std::ceil(blocks * pairs));
   w.expected_chunks = static_cast<uint64_t>(std::ceil(blocks * chunks));
-  if (g->stripes == 0) g->stripes = static_cast<uint32_t>(NextPow2(std::max<uint64_t>(64, w.blocks / 8192)));
+  if (g->stripes == 0)
+    g->stripes = static_cast<uint32_t>(NextPow2(std::max<uint64_t>(64, w.blocks / 8192)));
   // Chunks vary by stripe more than blocks do (a stripe's count is a sum of per-block counts):
   // six standard deviations of a stripe's share on top, before the headroom.
   const double per_stripe = blocks / g->stripes;

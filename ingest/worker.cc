@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "ingest/kvbm_instances.h"
 #include "shared/clock.h"
 #include "shared/log.h"
 #include "shared/status.h"
@@ -148,12 +149,27 @@ void Worker::DropDiscovered(const config::DiscoveryConfig& d, const std::string&
     if (OwnerWorker(pod, r, config_.workers) != worker_) continue;
     auto id = index_->FindPublisher(pod, r);
     if (!id) continue;
-    links_.erase(*id);
-    applier_->Forget(*id);
-    absl::Status st = index_->UnregisterPublisher(*id);
+    absl::Status st = DropPublisher(pod, r, *id);
     KVIDX_LOG_INFO("discovery %s: %s/%u gone from DNS: %s", d.name.c_str(), pod.c_str(), r,
                    st.ok() ? "unregistered" : st.ToString().c_str());
   }
+}
+
+absl::Status Worker::DropPublisher(const std::string& pod, uint32_t dp_rank,
+                                   index::PublisherId id) {
+  links_.erase(id);
+  applier_->Forget(id);
+  absl::Status st = index_->UnregisterPublisher(id);
+  for (index::PublisherId sub : index_->ActivePublishers()) {
+    const index::PublisherSlot* s = index_->publisher_slot(sub);
+    if (s == nullptr || s->id.worker != worker_ || s->id.dp_rank != dp_rank ||
+        s->id.endpoint[0] != '\0' || !IsInstancePod(s->id.pod, pod)) {
+      continue;
+    }
+    applier_->Forget(sub);
+    (void)index_->UnregisterPublisher(sub);
+  }
+  return st;
 }
 
 absl::Status Worker::RegisterFromConfig() {
@@ -188,9 +204,7 @@ absl::Status Worker::Reload(Config config) {
     if (it == wanted.end()) {
       // Removed from the file: gone from the index too (registered by RPC it would not have
       // been in the file).
-      links_.erase(*id);
-      applier_->Forget(*id);
-      absl::Status st = index_->UnregisterPublisher(*id);
+      absl::Status st = DropPublisher(old.pod, old.dp_rank, *id);
       KVIDX_LOG_INFO("publisher %s/%u: removed from the configuration: %s", old.pod.c_str(),
                      old.dp_rank, st.ok() ? "unregistered" : st.ToString().c_str());
       continue;

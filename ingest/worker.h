@@ -55,6 +55,9 @@ class Worker {
   void ApplyDiscovery();
   void RegisterDiscovered(const config::DiscoveryConfig& d, const DiscoveredHost& h);
   void DropDiscovered(const config::DiscoveryConfig& d, const std::string& pod);
+  // Unregisters publisher (pod, dp_rank) of this worker and the publishers of its further KVBM
+  // instances ("<pod>#<n>"); returns the first's outcome.
+  absl::Status DropPublisher(const std::string& pod, uint32_t dp_rank, index::PublisherId id);
   LinkOptions MakeLinkOptions() const;
 
   Config config_;

@@ -2,11 +2,10 @@
 // for real, without refusing or evicting anything; the description's keys are checked.
 #include "config/sizing.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <random>
-
-#include <gtest/gtest.h>
 
 #include "config/config.h"
 #include "index/prefix_index.h"
@@ -41,20 +40,20 @@ TEST(SizingTest, TheDescriptionGivesTheCapacities) {
   auto p = Parse("workload_blocks = 1000\nworkload_private_hashes = true\nstripes = 8\n");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->geometry.engine_hashes, p->geometry.pairs);  // one per pair
-  EXPECT_EQ(p->geometry.stripes, 8u);                        // given: kept
+  EXPECT_EQ(p->geometry.stripes, 8u);                       // given: kept
 }
 
 TEST(SizingTest, ConflictsAndBadValuesAreRefused) {
   for (const char* bad : {
-           "workload_blocks = 1000\nblocks = 5\n",          // two ways of sizing
-           "workload_blocks = 1000\nengine_hashes = 5\n",   //
-           "workload_holders = [[1, 1.0]]\n",                // no workload_blocks
-           "headroom = 1.5\n",                               //
-           "workload_blocks = 0\n",                          //
-           "workload_blocks = 10\nheadroom = 0.5\n",         // below 1
-           "workload_blocks = 10\nworkload_holders = [[1, 0.5]]\n",      // sums to 0.5
-           "workload_blocks = 10\nworkload_holders = [[0, 1.0]]\n",      // no holders
-           "workload_blocks = 10\nworkload_holders = [[2, 1.0, 3]]\n",   // not a pair
+           "workload_blocks = 1000\nblocks = 5\n",                      // two ways of sizing
+           "workload_blocks = 1000\nengine_hashes = 5\n",               //
+           "workload_holders = [[1, 1.0]]\n",                           // no workload_blocks
+           "headroom = 1.5\n",                                          //
+           "workload_blocks = 0\n",                                     //
+           "workload_blocks = 10\nheadroom = 0.5\n",                    // below 1
+           "workload_blocks = 10\nworkload_holders = [[1, 0.5]]\n",     // sums to 0.5
+           "workload_blocks = 10\nworkload_holders = [[0, 1.0]]\n",     // no holders
+           "workload_blocks = 10\nworkload_holders = [[2, 1.0, 3]]\n",  // not a pair
            "workload_blocks = 10\nworkload_holders = [\"x\"]\n",
        }) {
     EXPECT_FALSE(Parse(bad).ok()) << bad;

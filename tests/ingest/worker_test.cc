@@ -109,6 +109,11 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
     req.tokens = tokens;
     ASSERT_TRUE(idx->Store(*idx->FindPublisher(pod, 0), req).ok());
   }
+  // "drop" carries a further KVBM instance ("drop#1", no endpoint, the same owner), and "keep"
+  // a look-alike of its own that is not one ("keep#x").
+  for (const char* sub : {"drop#1", "keep#x"}) {
+    ASSERT_TRUE(idx->RegisterPublisher({.pod = sub, .ns = ns, .worker = 0}).ok());
+  }
   index::PublisherId rescope = *idx->FindPublisher("rescope", 0);
   uint64_t epoch = idx->publisher_slot(rescope)->ingest.epoch;
   EXPECT_EQ(w.link_count(), 3u);
@@ -119,6 +124,8 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
   next.publishers[1].private_engine_hashes = true;     // "rescope" changes hash scope
   ASSERT_TRUE(w.Reload(next).ok());
   EXPECT_FALSE(idx->FindPublisher("drop", 0).has_value());
+  EXPECT_FALSE(idx->FindPublisher("drop#1", 0).has_value());  // its instance went with it
+  EXPECT_TRUE(idx->FindPublisher("keep#x", 0).has_value());
   EXPECT_EQ(w.link_count(), 2u);
   const index::PublisherSlot* r = idx->publisher_slot(rescope);
   EXPECT_EQ(r->index.pairs, 0u) << "entries mapped in the old scope survived";
