@@ -18,11 +18,32 @@ std::string PublisherLink::InstancePod(uint32_t n) const {
   return absl::StrCat(config_.pod, "#", n);
 }
 
+// Cached by slot while the registry does not change (FindPublisher scans every slot; this runs
+// for every batch and every mirror of the stream). Only this worker's thread unregisters this
+// link's publishers, and every (un)registration bumps the version, so a cached id is live.
 std::optional<index::PublisherId> PublisherLink::InstancePublisher(uint32_t n, bool create) {
   if (n == 0) return id_;
-  if (auto p = index_->FindPublisher(InstancePod(n), config_.dp_rank)) return p;
+  const uint64_t version = Ld(index_->header()->registry_version);
+  if (version != instance_ids_version_ || instance_ids_.size() != instances_.max_slots()) {
+    instance_ids_.assign(instances_.max_slots(), std::nullopt);
+    instance_ids_version_ = version;
+  }
+  if (n < instance_ids_.size() && instance_ids_[n]) return instance_ids_[n];
+  std::optional<index::PublisherId> found = index_->FindPublisher(InstancePod(n), config_.dp_rank);
+  if (!found && create) found = RegisterInstance(n);
+  if (found && n < instance_ids_.size()) {
+    if (Ld(index_->header()->registry_version) != instance_ids_version_) {
+      instance_ids_.assign(instances_.max_slots(), std::nullopt);  // our registration
+      instance_ids_version_ = Ld(index_->header()->registry_version);
+    }
+    instance_ids_[n] = found;
+  }
+  return found;
+}
+
+std::optional<index::PublisherId> PublisherLink::RegisterInstance(uint32_t n) {
   const index::PublisherSlot* primary = index_->publisher_slot(id_);
-  if (!create || primary == nullptr) return std::nullopt;
+  if (primary == nullptr) return std::nullopt;
   index::PublisherSpec spec;
   spec.pod = InstancePod(n);
   spec.dp_rank = config_.dp_rank;

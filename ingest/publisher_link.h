@@ -105,6 +105,7 @@ class PublisherLink {
   // Shutdown, a dropped slot, a resync, a worker restart, and the stream mirrored to them.
   std::string InstancePod(uint32_t n) const;
   std::optional<index::PublisherId> InstancePublisher(uint32_t n, bool create);
+  std::optional<index::PublisherId> RegisterInstance(uint32_t n);
   std::optional<index::PublisherId> RouteInstance(const std::pair<uint64_t, uint64_t>& inst);
   void ReleaseInstance(const std::pair<uint64_t, uint64_t>& inst);
   void DropInstance(uint32_t n, const char* why);
@@ -127,6 +128,8 @@ class PublisherLink {
   int reconnect_ivl_ms_ = 0;
   std::unique_ptr<StreamMachine> machine_;
   InstanceTable instances_;
+  std::vector<std::optional<index::PublisherId>> instance_ids_;  // by slot, see kvbm_routing.cc
+  uint64_t instance_ids_version_ = ~uint64_t{0};
   // The receive high-water mark of both sockets: rcvhwm, lowered so that a full queue of
   // maximal messages stays within queue_bytes.
   int QueueHwm() const;
