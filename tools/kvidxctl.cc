@@ -8,7 +8,8 @@
 //     status                         totals, occupancy, ingest counters, per-worker lag
 //     pods                           every publisher with its state
 //     pod NAME [--dp N]              one publisher and its counters
-//     lookup --model M [--lora L] (--tokens 1,2,.. | --tokens-file F | --keys HEX,..)
+//     lookup --model M [--lora L] (--tokens 1,2,.. | --tokens-file F | --keys HEX,.. |
+//            --kvbm HEX,..)  (KVBM lineage hashes, u128 hex: deepest held position)
 //            [--candidates pod,pod] [--max-blocks N]
 //     watch [--stats-ms N] [--count N]
 //     register --pod P --model M --endpoint E [--replay E] [--topic T] [--dialect D] [--dp N]
@@ -36,10 +37,13 @@
 
 #include "config/config.h"
 #include "kvidx.grpc.pb.h"
+#include "tools/ctl_text.h"
 #include "tools/pod_warnings.h"
 
 namespace {
 
+using kvidx::ctl::Age;
+using kvidx::ctl::Printable;
 using kvidx::v1::KvIndex;
 
 [[noreturn]] void Usage() {
@@ -101,6 +105,7 @@ Opts Parse(int argc, char** argv) {
                                                         {"--tokens", "token ids 1,2,.."},
                                                         {"--tokens-file", "a file of token ids"},
                                                         {"--keys", "block keys HEX,.."},
+                                                        {"--kvbm", "KVBM lineage hashes HEX,.."},
                                                         {"--candidates", "pods to consider p,q"},
                                                         {"--max-blocks", "blocks to look at"}}) {
     opt(lookup, n, h);
@@ -236,33 +241,6 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
-// A string from a publisher for a one-line table cell: backslashes, newlines and other control
-// bytes escaped, so a request id cannot break the table.
-std::string Printable(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c < 0x20 || c == 0x7f) {
-      char b[5];
-      std::snprintf(b, sizeof b, "\\x%02x", c);
-      out += b;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
-std::string Age(int64_t ms) {
-  if (ms < 0) return "never";
-  if (ms < 1000) return std::to_string(ms) + "ms";
-  if (ms < 60000) return std::to_string(ms / 1000) + "s";
-  return std::to_string(ms / 60000) + "m";
-}
-
 std::unique_ptr<grpc::ClientContext> Ctx(const Opts& o) {
   auto c = std::make_unique<grpc::ClientContext>();
   if (o.timeout_ms > 0) {
@@ -382,6 +360,9 @@ int Lookup(const Opts& o, KvIndex::Stub& stub) {
     for (const auto& k : Split(Flag(o, "--keys"), ',')) {
       q->mutable_block_keys()->add_keys(std::strtoull(k.c_str(), nullptr, 16));
     }
+  } else if (!Flag(o, "--kvbm").empty()) {
+    for (const auto& h : Split(Flag(o, "--kvbm"), ','))
+      q->mutable_kvbm_hashes()->add_hashes()->set_u128(kvidx::ctl::U128Bytes(h));
   } else {
     Usage();
   }
@@ -411,11 +392,12 @@ int Lookup(const Opts& o, KvIndex::Stub& stub) {
               "CPU", "DISK", "EPOCH", "LAST");
   for (const auto& m : res.matches()) {
     std::printf(
-        "  %-16s %3u %8u %8lu %5u %5u %5u %6lu %8s%s\n", m.pod().c_str(), m.dp_rank(),
+        "  %-16s %3u %8u %8lu %5u %5u %5u %6lu %8s%s%s%s\n", m.pod().c_str(), m.dp_rank(),
         m.matched_blocks(), (unsigned long)m.matched_tokens(), m.gpu_blocks(), m.cpu_blocks(),
         m.disk_blocks(), (unsigned long)m.freshness().epoch(),
         Age(m.freshness().last_event_age_ms()).c_str(),
-        m.pod() == res.best().pod() && m.dp_rank() == res.best().dp_rank() ? "  <- best" : "");
+        m.pod() == res.best().pod() && m.dp_rank() == res.best().dp_rank() ? "  <- best" : "",
+        m.kvbm_instance().empty() ? "" : "  KVBM instance ", m.kvbm_instance().c_str());
   }
   return 0;
 }

@@ -171,6 +171,25 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
                  dir_ + "/client.log");
   ASSERT_EQ(client.Wait(std::chrono::milliseconds(60000)), 0) << client.Log();
   EXPECT_EQ(client.Log(), "kv 129 " + a + "\nkv#1 33 " + b + "\n");
+  // And kvidxctl, with the hashes in hex.
+  std::string hex;
+  for (const Published& p : hashes) {
+    if (p.seq != "S") continue;
+    for (unsigned char c : p.u128) {
+      char b[3];
+      std::snprintf(b, sizeof b, "%02x", c);
+      hex += b;
+    }
+    hex += ",";
+  }
+  Process ctl({BuildPath("tools/kvidxctl"), "--server", "127.0.0.1:" + std::to_string(grpc_port),
+               "lookup", "--model", "km", "--kvbm", hex},
+              dir_ + "/ctl.log");
+  ASSERT_EQ(ctl.Wait(), 0) << ctl.Log();
+  EXPECT_NE(ctl.Log().find("prompt: 129 blocks of 16 tokens; 2 pod(s) hold a prefix"),
+            std::string::npos)
+      << ctl.Log();
+  EXPECT_NE(ctl.Log().find("KVBM instance " + b), std::string::npos) << ctl.Log();
   v1::Pod kv = GetPod(*stub, "kv");
   EXPECT_EQ(kv.counters().at("resyncs"), 0u);  // alternating instances resync nothing
   EXPECT_EQ(kv.counters().at("kvbm_instances"), 2u);
