@@ -160,6 +160,11 @@ absl::Status Worker::DropPublisher(const std::string& pod, uint32_t dp_rank,
   links_.erase(id);
   applier_->Forget(id);
   absl::Status st = index_->UnregisterPublisher(id);
+  DropInstancePods(pod, dp_rank);
+  return st;
+}
+
+void Worker::DropInstancePods(const std::string& pod, uint32_t dp_rank) {
   for (index::PublisherId sub : index_->ActivePublishers()) {
     const index::PublisherSlot* s = index_->publisher_slot(sub);
     if (s == nullptr || s->id.worker != worker_ || s->id.dp_rank != dp_rank ||
@@ -169,7 +174,6 @@ absl::Status Worker::DropPublisher(const std::string& pod, uint32_t dp_rank,
     applier_->Forget(sub);
     (void)index_->UnregisterPublisher(sub);
   }
-  return st;
 }
 
 absl::Status Worker::RegisterFromConfig() {
@@ -215,6 +219,7 @@ absl::Status Worker::Reload(Config config) {
     if (now.model != old.model || now.private_engine_hashes != old.private_engine_hashes) {
       links_.erase(*id);
       ResyncPublisher(index_.get(), applier_.get(), *id);
+      DropInstancePods(now.pod, now.dp_rank);  // their blocks were keyed the old way too
       KVIDX_LOG_INFO("publisher %s/%u: model or hash scope changed: rebuilt from a replay",
                      now.pod.c_str(), now.dp_rank);
     }

@@ -58,6 +58,7 @@ class Worker {
   // Unregisters publisher (pod, dp_rank) of this worker and the publishers of its further KVBM
   // instances ("<pod>#<n>"); returns the first's outcome.
   absl::Status DropPublisher(const std::string& pod, uint32_t dp_rank, index::PublisherId id);
+  void DropInstancePods(const std::string& pod, uint32_t dp_rank);
   LinkOptions MakeLinkOptions() const;
 
   Config config_;

@@ -111,7 +111,7 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
   }
   // "drop" carries a further KVBM instance ("drop#1", no endpoint, the same owner), and "keep"
   // a look-alike of its own that is not one ("keep#x").
-  for (const char* sub : {"drop#1", "keep#x"}) {
+  for (const char* sub : {"drop#1", "keep#x", "rescope#2"}) {
     ASSERT_TRUE(idx->RegisterPublisher({.pod = sub, .ns = ns, .worker = 0}).ok());
   }
   index::PublisherId rescope = *idx->FindPublisher("rescope", 0);
@@ -126,6 +126,7 @@ TEST(WorkerTest, ReloadAppliesRemovalsAndChanges) {
   EXPECT_FALSE(idx->FindPublisher("drop", 0).has_value());
   EXPECT_FALSE(idx->FindPublisher("drop#1", 0).has_value());  // its instance went with it
   EXPECT_TRUE(idx->FindPublisher("keep#x", 0).has_value());
+  EXPECT_FALSE(idx->FindPublisher("rescope#2", 0).has_value());  // rebuilt with its endpoint
   EXPECT_EQ(w.link_count(), 2u);
   const index::PublisherSlot* r = idx->publisher_slot(rescope);
   EXPECT_EQ(r->index.pairs, 0u) << "entries mapped in the old scope survived";
