@@ -1,6 +1,9 @@
 // PublisherLink's KVBM instances (ingest/kvbm_instances.h): which publisher each instance of
 // the endpoint writes to, the sub-publishers "<pod>#<n>" it registers for instances past the
 // first, and what they mirror of the endpoint's stream.
+#include <cstdlib>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 
 #include "ingest/publisher_link.h"
@@ -68,6 +71,21 @@ void PublisherLink::RestoreInstances() {
     index::PublisherIngestState* s = p ? index_->ingest_state(*p) : nullptr;
     if (s != nullptr && Ld(s->has_instance) != 0)
       instances_.Restore(n, {Ld(s->instance_hi), Ld(s->instance_lo)}, now);
+  }
+  // Slots a larger max_kvbm_instances gave a previous worker have no place in this table.
+  for (index::PublisherId id : index_->ActivePublishers()) {
+    const index::PublisherSlot* ps = index_->publisher_slot(id);
+    if (ps == nullptr || ps->id.endpoint[0] != '\0' || Ld(ps->id.dp_rank) != config_.dp_rank)
+      continue;
+    const std::string_view name(ps->id.pod, strnlen(ps->id.pod, sizeof(ps->id.pod)));
+    if (!IsInstancePod(name, config_.pod)) continue;
+    const uint64_t n =
+        std::strtoull(std::string(name.substr(config_.pod.size() + 1)).c_str(), nullptr, 10);
+    if (n < instances_.max_slots()) continue;
+    KVIDX_LOG_INFO("publisher %s/%u: %s dropped: past max_kvbm_instances", config_.pod.c_str(),
+                   config_.dp_rank, std::string(name).c_str());
+    applier_->Forget(id);
+    (void)index_->UnregisterPublisher(id);
   }
   PublishInstanceCount();
 }

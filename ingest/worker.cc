@@ -31,7 +31,7 @@ LinkOptions Worker::MakeLinkOptions() const {
   o.idle_probe_ms = config_.idle_probe_ms;
   o.unreachable_after_ms = config_.unreachable_after_ms;
   o.drop_after_ms = config_.drop_after_ms;
-  o.max_kvbm_instances = std::max<uint32_t>(config_.max_kvbm_instances, 1);
+  o.max_kvbm_instances = std::clamp<uint32_t>(config_.max_kvbm_instances, 1, 64);
   o.rcvhwm = config_.rcvhwm;
   o.linger_ms = config_.zmq_linger_ms;
   o.max_buffered_batches = config_.max_buffered_batches;

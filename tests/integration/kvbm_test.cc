@@ -245,6 +245,31 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
   EXPECT_EQ((Lookup(*stub, hashes, "T")),
             (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv#1", {17, b}}}));
 
+  // Restarted with room for one instance only, the worker drops the publisher of the second.
+  worker->Signal(SIGTERM);
+  ASSERT_NE(worker->Wait(), -1);
+  {
+    std::ifstream in(dir_ + "/kvidx.toml");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string text = ss.str();
+    text.replace(text.find("max_kvbm_instances = 2"), 22, "max_kvbm_instances = 1");
+    std::ofstream(dir_ + "/kvidx.toml") << text;
+  }
+  worker = start_worker();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::GetPodRequest req;
+        req.set_pod("kv#1");
+        grpc::ClientContext ctx;
+        v1::Pod p;
+        return stub->GetPod(&ctx, req, &p).error_code() == grpc::StatusCode::NOT_FOUND;
+      },
+      std::chrono::milliseconds(30000)))
+      << worker->Log();
+  EXPECT_EQ((Lookup(*stub, hashes, "S")),
+            (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv", {17, "77"}}}));
+
   // A malformed hash is refused with a reason.
   v1::LookupRequest bad;
   v1::LookupQuery* q = bad.add_queries();
