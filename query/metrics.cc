@@ -110,6 +110,11 @@ class Snapshot final : public prometheus::Collectable {
     counter("kvidx_engine_hash_mismatches_total",
             "Recomputed block hashes that differ from the engine's (block size, seed, LoRA, salt?)",
             static_cast<double>(s.hash_mismatches()));
+    gauge("kvidx_kvbm_instances", "NVIDIA KVBM instances live over all endpoints",
+          static_cast<double>(s.kvbm_instances()));
+    counter("kvidx_kvbm_refused_total",
+            "KVBM batches refused: their instance was one past max_kvbm_instances",
+            static_cast<double>(s.kvbm_refused()));
     counter("kvidx_stripe_repairs_total", "Stripes repaired after a writer died",
             static_cast<double>(s.stripe_repairs()));
     gauge("kvidx_engine_entries", "Engine hash -> block key entries",

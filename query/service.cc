@@ -369,6 +369,7 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_engine_capacity(s.engine_capacity);
   resp->set_engine_table_full(s.engine_full);
   uint64_t replays = 0, gaps = 0, resyncs = 0, hash_checks = 0, hash_mismatches = 0;
+  uint64_t kvbm_instances = 0, kvbm_refused = 0;
   std::map<uint32_t, v1::WorkerLag> lag;
   bool healthy = true;
   for (auto id : index_->ActivePublishers()) {
@@ -379,6 +380,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
     resyncs += Ld(p->ingest.resyncs);
     hash_checks += Ld(p->ingest.hash_checks);
     hash_mismatches += Ld(p->ingest.hash_mismatches);
+    kvbm_instances += Ld(p->ingest.kvbm_instances);
+    kvbm_refused += Ld(p->ingest.kvbm_refused);
     const index::NamespaceSlot* nss =
         index_->namespace_slot(static_cast<index::NamespaceId>(p->id.ns));
     if (nss != nullptr) tokens += Ld(p->index.pairs) * nss->block_size;
@@ -410,6 +413,8 @@ void KvIndexService::FillStats(v1::StatsResponse* resp) const {
   resp->set_resyncs(resyncs);
   resp->set_hash_checks(hash_checks);
   resp->set_hash_mismatches(hash_mismatches);
+  resp->set_kvbm_instances(kvbm_instances);
+  resp->set_kvbm_refused(kvbm_refused);
   predictions_->Fill(resp);
 }
 

@@ -242,6 +242,13 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
                       std::chrono::milliseconds(30000)))
       << worker->Log();
   EXPECT_EQ(GetPod(*stub, "kv").counters().at("kvbm_instances"), 2u);
+  {
+    v1::StatsResponse stats;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Stats(&ctx, {}, &stats).ok());
+    EXPECT_EQ(stats.kvbm_instances(), 2u);
+    EXPECT_EQ(stats.kvbm_refused(), 1u);
+  }
   EXPECT_EQ((Lookup(*stub, hashes, "T")),
             (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv#1", {17, b}}}));
 

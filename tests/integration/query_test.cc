@@ -345,7 +345,8 @@ TEST_F(QueryTest, AdminCallsAreRefusedOnTheRouterListenerAndServedOnTheAdminSock
   // announced, no model with engine_hash).
   for (const char* family :
        {"kvidx_announcements_total 0\n", "kvidx_prediction_precision_ratio",
-        "kvidx_engine_hash_checks_total 0\n", "kvidx_engine_hash_mismatches_total 0\n"}) {
+        "kvidx_engine_hash_checks_total 0\n", "kvidx_engine_hash_mismatches_total 0\n",
+        "kvidx_kvbm_instances 0\n", "kvidx_kvbm_refused_total 0\n"}) {
     EXPECT_NE(metrics.find(family), std::string::npos) << family;
   }
 }
