@@ -19,11 +19,14 @@ void PrefixIndex::LookupDeepest(std::span<const BlockKey> keys, std::span<const 
   out.blocks_walked = 0;
   out.degraded = false;
   const uint32_t npub = geometry().publishers;
+  // Per-thread scratch by publisher, grown once and left clean: only the entries a call sets
+  // are reset at its end, so a lookup costs its keys and holders, not the publisher table.
   thread_local std::vector<uint32_t> slot_of;  // publisher -> index in out.matches
   thread_local std::vector<uint8_t> allowed;   // publisher -> candidate
   thread_local std::vector<Holder> holders;
-  slot_of.assign(npub, kNil);
-  allowed.assign(npub, options.candidates.empty() ? 1 : 0);
+  if (slot_of.size() < npub) slot_of.resize(npub, kNil);
+  if (allowed.size() < npub) allowed.resize(npub, 0);
+  const bool all = options.candidates.empty();
   for (PublisherId c : options.candidates) {
     if (c < npub) allowed[c] = 1;
   }
@@ -37,7 +40,7 @@ void PrefixIndex::LookupDeepest(std::span<const BlockKey> keys, std::span<const 
     out.degraded |= degraded;
     ++out.blocks_walked;
     for (const Holder& h : holders) {
-      if (h.publisher >= npub || !allowed[h.publisher] || h.tier >= kNumTiers) continue;
+      if (h.publisher >= npub || (!all && !allowed[h.publisher]) || h.tier >= kNumTiers) continue;
       if (slot_of[h.publisher] == kNil) {
         slot_of[h.publisher] = static_cast<uint32_t>(out.matches.size());
         out.matches.push_back(PublisherMatch{h.publisher, 0, {0, 0, 0}});
@@ -46,6 +49,10 @@ void PrefixIndex::LookupDeepest(std::span<const BlockKey> keys, std::span<const 
       m.blocks = std::max(m.blocks, depth);
       m.tier_blocks[h.tier] = std::max(m.tier_blocks[h.tier], depth);
     }
+  }
+  for (const PublisherMatch& m : out.matches) slot_of[m.publisher] = kNil;
+  for (PublisherId c : options.candidates) {
+    if (c < npub) allowed[c] = 0;
   }
   std::sort(out.matches.begin(), out.matches.end(),
             [](const PublisherMatch& a, const PublisherMatch& b) {

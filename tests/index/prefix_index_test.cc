@@ -526,6 +526,10 @@ TEST(PrefixIndexKvbmTest, DeepestAnswersTheDeepestHeldKeyPerHolder) {
   idx.LookupDeepest(keys, depths, {.candidates = only_c}, r);
   ASSERT_EQ(r.matches.size(), 1u);
   EXPECT_EQ(r.matches[0].publisher, c);
+  std::vector<PublisherId> only_a = {a};  // the last call's candidate is not this one's
+  idx.LookupDeepest(keys, depths, {.candidates = only_a}, r);
+  ASSERT_EQ(r.matches.size(), 1u);
+  EXPECT_EQ(r.matches[0].publisher, a);
   idx.LookupDeepest(keys, depths, {.max_blocks = 40}, r);
   ASSERT_EQ(r.matches.size(), 2u);  // b holds only the 65-deep key, which is not read
   EXPECT_EQ(r.matches[0].blocks, 33u);
