@@ -16,6 +16,7 @@ phase 1: instance A (4660) and instance B (2^100 + 5) alternate: A stores S at p
 phase 2: A shuts down ([2, []] indexed unit variant); B removes S at 32 (struct form).
 phase 3: a new instance C (77) stores S at 16; then D (99), one instance more than kvidx is
          configured to keep, stores T at 32.
+phase 4: a flood: 2000 batches, each from a new instance id (bin 16), each storing T at 64.
 """
 import hashlib
 import os
@@ -122,6 +123,7 @@ for p in (16, 32, 64, 128):
     note("S", "S", p)
 note("T", "T", 16)
 note("T", "T", 32)  # published in phase 3 only, by an instance kvidx refuses
+note("T", "T", 64)  # published in phase 4 only, by the flood kvidx refuses
 write("phase1.txt", "\n".join(listing) + "\n")
 
 # Phase 2.
@@ -135,5 +137,14 @@ wait_for("go3.txt")
 send({"events": {"Create": [u128_bin(plh("S", 16)[0])]}, "instance_id": C})
 send({"events": {"Create": [u128_bin(plh("T", 32)[0])]}, "instance_id": 99})
 write("phase3.txt", "done\n")
+
+# Phase 4.
+wait_for("go4.txt")
+for i in range(2000):
+    send({"events": {"Create": [u128_bin(plh("T", 64)[0])]},
+          "instance_id": u128_bin((7 << 120) + i)})
+    if i % 100 == 0:
+        serve(0)
+write("phase4.txt", "done\n")
 while True:
     serve(1000)

@@ -135,7 +135,7 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
                                                        grpc::InsecureChannelCredentials()));
   const std::vector<Published> hashes =
       ReadListing(WaitForFile(dir_ + "/phase1.txt", std::chrono::milliseconds(60000)));
-  ASSERT_EQ(hashes.size(), 6u) << peer.Log();
+  ASSERT_EQ(hashes.size(), 7u) << peer.Log();
   const std::string a = "4660", b = "1267650600228229401496703205381";  // 2^100 + 5
 
   // Phase 1: A holds S to position 128 (129 blocks), B to position 32; T only B, at 16.
@@ -276,6 +276,25 @@ TEST_F(KvbmTest, InstancesApartDeepestPositionsAnswered) {
       << worker->Log();
   EXPECT_EQ((Lookup(*stub, hashes, "S")),
             (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv", {17, "77"}}}));
+
+  // A flood of 2000 new instance ids: every one refused and counted, no publisher slot taken,
+  // nothing of them indexed, and the held instance untouched.
+  const uint64_t refused = GetPod(*stub, "kv").counters().at("kvbm_refused");
+  { std::ofstream(dir_ + "/go4.txt") << "go\n"; }
+  ASSERT_TRUE(
+      WaitFor([&] { return GetPod(*stub, "kv").counters().at("kvbm_refused") == refused + 2000; },
+              std::chrono::milliseconds(60000)))
+      << GetPod(*stub, "kv").counters().at("kvbm_refused") << "\n"
+      << worker->Log();
+  {
+    v1::ListPodsResponse pods;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->ListPods(&ctx, {}, &pods).ok());
+    EXPECT_EQ(pods.pods_size(), 1);
+  }
+  EXPECT_EQ((Lookup(*stub, hashes, "S")),
+            (std::map<std::string, std::pair<uint32_t, std::string>>{{"kv", {17, "77"}}}));
+  EXPECT_TRUE(Lookup(*stub, hashes, "T").empty());
 
   // A malformed hash is refused with a reason.
   v1::LookupRequest bad;
