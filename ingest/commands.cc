@@ -116,8 +116,7 @@ absl::Status Worker::ExecuteDropPod(bool unregister, const CommandArgs& a, Comma
     // Only this worker's own publishers: another worker may be applying to its own right now,
     // and the publisher's journal and applied-op counter have one writer, its owner.
     // A pod's KVBM instances past the first ("<pod>#<n>", no endpoint of their own) go with it.
-    const bool instance =
-        s != nullptr && s->id.endpoint[0] == '\0' && IsInstancePod(FieldView(s->id.pod), pod);
+    const bool instance = s != nullptr && InstanceNumberOf(*s, pod).has_value();
     if (s == nullptr || (pod != FieldView(s->id.pod) && !instance) || s->id.worker != worker_ ||
         (a.dp_rank >= 0 && s->id.dp_rank != static_cast<uint32_t>(a.dp_rank))) {
       continue;

@@ -12,9 +12,12 @@
 
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string_view>
 #include <vector>
+
+#include "index/layout.h"
 
 namespace kvidx::ingest {
 
@@ -32,6 +35,20 @@ inline bool IsInstancePod(std::string_view name, std::string_view pod) {
     if (c < '0' || c > '9') return false;
   }
   return true;
+}
+
+// The instance number n if publisher slot `s` is a further KVBM instance of pod `pod`
+// ("<pod>#<n>", with no endpoint of its own), else nullopt.
+inline std::optional<uint32_t> InstanceNumberOf(const index::PublisherSlot& s,
+                                                std::string_view pod) {
+  const std::string_view name(s.id.pod, strnlen(s.id.pod, sizeof(s.id.pod)));
+  if (s.id.endpoint[0] != '\0' || !IsInstancePod(name, pod)) return std::nullopt;
+  uint64_t n = 0;
+  for (char c : name.substr(pod.size() + 1)) {
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+    if (n > UINT32_MAX) return std::nullopt;
+  }
+  return static_cast<uint32_t>(n);
 }
 
 class InstanceTable {

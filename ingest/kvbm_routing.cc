@@ -1,9 +1,6 @@
 // PublisherLink's KVBM instances (ingest/kvbm_instances.h): which publisher each instance of
 // the endpoint writes to, the sub-publishers "<pod>#<n>" it registers for instances past the
 // first, and what they mirror of the endpoint's stream.
-#include <cstdlib>
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 
 #include "ingest/publisher_link.h"
@@ -64,26 +61,27 @@ std::optional<index::PublisherId> PublisherLink::RegisterInstance(uint32_t n) {
   return *id;
 }
 
+// One pass over the registry: each "<pod>#<n>" of this endpoint is restored to slot n, or
+// dropped if a larger max_kvbm_instances gave it to a previous worker. Only links that can
+// carry KVBM look.
 void PublisherLink::RestoreInstances() {
+  if (config_.dialect != Dialect::kKvbm && config_.dialect != Dialect::kAuto) return;
   const int64_t now = MonotonicNanos();
-  for (uint32_t n = 0; n < instances_.max_slots(); ++n) {
-    auto p = InstancePublisher(n, false);
-    index::PublisherIngestState* s = p ? index_->ingest_state(*p) : nullptr;
-    if (s != nullptr && Ld(s->has_instance) != 0)
-      instances_.Restore(n, {Ld(s->instance_hi), Ld(s->instance_lo)}, now);
-  }
-  // Slots a larger max_kvbm_instances gave a previous worker have no place in this table.
+  auto restore = [&](uint32_t n, const index::PublisherIngestState& s) {
+    if (Ld(s.has_instance) != 0) instances_.Restore(n, {Ld(s.instance_hi), Ld(s.instance_lo)}, now);
+  };
+  if (const index::PublisherIngestState* s = slot()) restore(0, *s);
   for (index::PublisherId id : index_->ActivePublishers()) {
     const index::PublisherSlot* ps = index_->publisher_slot(id);
-    if (ps == nullptr || ps->id.endpoint[0] != '\0' || Ld(ps->id.dp_rank) != config_.dp_rank)
+    if (ps == nullptr || Ld(ps->id.dp_rank) != config_.dp_rank) continue;
+    const std::optional<uint32_t> n = InstanceNumberOf(*ps, config_.pod);
+    if (!n || *n == 0) continue;
+    if (*n < instances_.max_slots()) {
+      restore(*n, ps->ingest);
       continue;
-    const std::string_view name(ps->id.pod, strnlen(ps->id.pod, sizeof(ps->id.pod)));
-    if (!IsInstancePod(name, config_.pod)) continue;
-    const uint64_t n =
-        std::strtoull(std::string(name.substr(config_.pod.size() + 1)).c_str(), nullptr, 10);
-    if (n < instances_.max_slots()) continue;
+    }
     KVIDX_LOG_INFO("publisher %s/%u: %s dropped: past max_kvbm_instances", config_.pod.c_str(),
-                   config_.dp_rank, std::string(name).c_str());
+                   config_.dp_rank, InstancePod(*n).c_str());
     applier_->Forget(id);
     (void)index_->UnregisterPublisher(id);
   }

@@ -168,7 +168,7 @@ void Worker::DropInstancePods(const std::string& pod, uint32_t dp_rank) {
   for (index::PublisherId sub : index_->ActivePublishers()) {
     const index::PublisherSlot* s = index_->publisher_slot(sub);
     if (s == nullptr || s->id.worker != worker_ || s->id.dp_rank != dp_rank ||
-        s->id.endpoint[0] != '\0' || !IsInstancePod(s->id.pod, pod)) {
+        !InstanceNumberOf(*s, pod)) {
       continue;
     }
     applier_->Forget(sub);
