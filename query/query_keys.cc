@@ -50,9 +50,7 @@ namespace {
 std::optional<wire::LineageHash> LineageOf(const v1::KvbmHash& h) {
   if (h.u128().empty()) return wire::CanonicalLineageHash(h.current(), h.parent(), h.position());
   if (h.u128().size() != 16) return std::nullopt;
-  uint64_t hi = 0, lo = 0;
-  for (int i = 0; i < 8; ++i) hi = (hi << 8) | static_cast<uint8_t>(h.u128()[i]);
-  for (int i = 8; i < 16; ++i) lo = (lo << 8) | static_cast<uint8_t>(h.u128()[i]);
+  auto [hi, lo] = wire::U128FromBigEndian(reinterpret_cast<const uint8_t*>(h.u128().data()), 16);
   return wire::UnpackLineageHash(hi, lo);
 }
 

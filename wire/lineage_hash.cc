@@ -61,6 +61,12 @@ uint64_t LineageEngineHash(const LineageHash& h) {
   return XXH3_64bits_withSeed(buf, sizeof buf, kLineageSeed);
 }
 
+std::pair<uint64_t, uint64_t> U128FromBigEndian(const uint8_t* bytes, size_t size) {
+  u128 v = 0;
+  for (size_t i = 0; i < size && i < 16; ++i) v = (v << 8) | bytes[i];
+  return {static_cast<uint64_t>(v >> 64), static_cast<uint64_t>(v)};
+}
+
 std::string U128Decimal(uint64_t hi, uint64_t lo) {
   u128 v = (u128{hi} << 64) | lo;
   std::string out;

@@ -9,6 +9,7 @@
 // position p holds the prompt's first p + 1 blocks.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -37,6 +38,9 @@ std::optional<LineageHash> CanonicalLineageHash(uint64_t current, uint64_t paren
 // two positions, or under two parents, are two blocks.
 inline constexpr uint64_t kLineageSeed = 0x6b7662'6d504c48ULL;  // "kvbmPLH"
 uint64_t LineageEngineHash(const LineageHash& h);
+
+// A big-endian u128 of 1..16 bytes (fewer: leading zeros left out) as (high, low).
+std::pair<uint64_t, uint64_t> U128FromBigEndian(const uint8_t* bytes, size_t size);
 
 // A u128 (an instance id) in decimal.
 std::string U128Decimal(uint64_t hi, uint64_t lo);

@@ -25,13 +25,7 @@ bool Parser::U128(const object& o, std::pair<uint64_t, uint64_t>* out, const cha
     return true;
   }
   if (o.type == t::BIN && o.via.bin.size <= 16 && o.via.bin.size > 0) {
-    const auto* p = reinterpret_cast<const uint8_t*>(o.via.bin.ptr);
-    uint8_t buf[16] = {0};
-    std::memcpy(buf + 16 - o.via.bin.size, p, o.via.bin.size);
-    uint64_t hi = 0, lo = 0;
-    for (int i = 0; i < 8; ++i) hi = (hi << 8) | buf[i];
-    for (int i = 8; i < 16; ++i) lo = (lo << 8) | buf[i];
-    *out = {hi, lo};
+    *out = wire::U128FromBigEndian(reinterpret_cast<const uint8_t*>(o.via.bin.ptr), o.via.bin.size);
     return true;
   }
   return Fail(DecodeReason::kWrongType, absl::StrCat(what, " is not a u128"));
