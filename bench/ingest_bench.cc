@@ -4,6 +4,9 @@
 //  B. end to end over ZeroMQ/TCP on loopback: in-process publishers (PUB + ROUTER replay) ->
 //     1 and 2 kvidx-ingest worker processes -> the shared-memory index;
 //  C. event to visible: batches published at a steady rate, the time until a lookup sees them.
+// Each beside its baseline in the same run: the unordered_map + mutex index (bench/baseline.h)
+// fed by kvidx's decoder, in process (A) and from one subscriber thread of this process on the
+// same ZeroMQ streams (B, C).
 //
 //   ingest_bench [--blocks N] [--e2e-blocks N] [--publishers N] [--rate BLOCKS_PER_S]
 #include <signal.h>
@@ -15,7 +18,10 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +31,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "bench/baseline.h"
 #include "bench/fleet.h"
 #include "control/control_area.h"
 #include "index/block_key.h"
@@ -53,6 +60,21 @@ std::vector<uint8_t> EncodeStore(uint64_t parent, const uint64_t* hashes, const 
   c.runs.push_back(sim::StoredRun{
       {hashes, hashes + n}, has_parent ? parent : 0, {tokens, tokens + size_t{n} * bs}});
   return sim::EncodeBatch(sim::Encoding::kVllmMap, 1.0, bs, c);
+}
+
+// The baseline's apply: a decoded batch into the map.
+uint64_t ApplyToMap(Baseline& map, uint16_t pod, const ingest::EventBatch& batch) {
+  uint64_t blocks = 0;
+  for (const auto& e : batch.events) {
+    if (e.kind == ingest::EventKind::kStored) {
+      map.Store(pod, e.parent, e.hashes.data(), e.tokens.data(),
+                static_cast<uint32_t>(e.hashes.size()));
+    } else if (e.kind == ingest::EventKind::kRemoved) {
+      for (uint64_t h : e.hashes) map.Remove(pod, h);
+    }
+    blocks += e.hashes.size();
+  }
+  return blocks;
 }
 
 // ---- A ----------------------------------------------------------------------------------
@@ -92,6 +114,13 @@ void InProcess(const Args& args) {
     (void)applier.Apply(pub[pods[i]], batch);
   }
   double both_s = (MonotonicNanos() - t0) / 1e9;
+  Baseline map(index::NamespaceRoot("fleet", ""), kTokensPerBlock, kFleetPods);
+  t0 = MonotonicNanos();
+  for (size_t i = 0; i < payloads.size(); ++i) {
+    (void)ingest::DecodeBatch(payloads[i], ingest::Dialect::kVllm, &batch, &reason);
+    ApplyToMap(map, pods[i], batch);
+  }
+  double map_s = (MonotonicNanos() - t0) / 1e9;
   std::printf(
       "A. in process, 1 thread, fleet workload (%u blocks, %zu batches of <= 8, %lu block "
       "stores):\n",
@@ -100,6 +129,8 @@ void InProcess(const Args& args) {
               blocks / decode_s / 1e6);
   std::printf("   %-40s %8.2f M blocks/s   goal >= 6 M/s\n", "decode + apply (events -> index)",
               blocks / both_s / 1e6);
+  std::printf("   %-40s %8.2f M blocks/s   kvidx / map %.2fx\n",
+              "baseline: decode + apply (-> map)", blocks / map_s / 1e6, map_s / both_s);
   index::Segment::Remove(name);
 }
 
@@ -134,6 +165,8 @@ class Publishers {
     pubs_[i]->send(zmq::buffer(payload));
     history_[i].push_back(std::move(payload));
   }
+  // A one-frame message outside the stream (the baseline's subscriber waits for one).
+  void Probe(uint32_t i) { pubs_[i]->send(zmq::str_buffer("probe"), zmq::send_flags::dontwait); }
   void Serve() {
     for (size_t i = 0; i < routers_.size(); ++i) {
       std::vector<zmq::message_t> req;
@@ -162,6 +195,90 @@ class Publishers {
   std::vector<std::unique_ptr<zmq::socket_t>> pubs_;
   std::vector<std::unique_ptr<zmq::socket_t>> routers_;
   std::vector<std::vector<std::vector<uint8_t>>> history_;
+};
+
+// The baseline ingest: one thread of this process subscribes to every publisher's PUB (no
+// replay), decodes each batch with kvidx's decoder and applies it to the unordered_map baseline.
+class MapSubscriber {
+ public:
+  explicit MapSubscriber(const Publishers& pubs)
+      : n_(static_cast<uint32_t>(pubs.size())),
+        map_(index::NamespaceRoot("bench", ""), 16, n_),
+        applied_(std::make_unique<std::atomic<uint64_t>[]>(n_)),
+        ready_(std::make_unique<std::atomic<bool>[]>(n_)) {
+    thread_ = std::thread([this, eps = pubs.endpoints] { Run(eps); });
+  }
+  ~MapSubscriber() {
+    stop_ = true;
+    thread_.join();
+  }
+  MapSubscriber(const MapSubscriber&) = delete;
+  MapSubscriber& operator=(const MapSubscriber&) = delete;
+
+  // Probes every publisher until its subscription has delivered one (ZeroMQ drops what a PUB
+  // sends before the subscription arrives). False if that takes more than 10 s.
+  bool WaitSubscribed(Publishers& pubs) {
+    int64_t deadline = MonotonicNanos() + 10'000'000'000;
+    while (MonotonicNanos() < deadline) {
+      uint32_t ready = 0;
+      for (uint32_t i = 0; i < n_; ++i) {
+        if (ready_[i].load()) {
+          ++ready;
+        } else {
+          pubs.Probe(i);
+        }
+      }
+      if (ready == n_) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+  }
+  uint64_t blocks() const { return blocks_.load(); }
+  uint64_t batches(uint32_t p) const { return applied_[p].load(); }
+
+ private:
+  void Run(std::vector<std::pair<std::string, std::string>> endpoints) {
+    zmq::context_t ctx(1);
+    std::vector<zmq::socket_t> subs;
+    std::vector<zmq::pollitem_t> items;
+    for (const auto& ep : endpoints) {
+      subs.emplace_back(ctx, zmq::socket_type::sub);
+      subs.back().set(zmq::sockopt::rcvhwm, 0);
+      subs.back().set(zmq::sockopt::linger, 0);
+      subs.back().set(zmq::sockopt::subscribe, "");
+      subs.back().connect(ep.first);
+    }
+    for (auto& s : subs) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+    ingest::EventBatch batch;
+    ingest::DecodeReason reason;
+    std::vector<zmq::message_t> parts;
+    while (!stop_.load()) {
+      zmq::poll(items, std::chrono::milliseconds(10));
+      for (uint32_t i = 0; i < n_; ++i) {
+        parts.clear();
+        while (zmq::recv_multipart(subs[i], std::back_inserter(parts), zmq::recv_flags::dontwait)) {
+          if (parts.size() == 3) {
+            std::span<const uint8_t> payload(parts[2].data<uint8_t>(), parts[2].size());
+            if (ingest::DecodeBatch(payload, ingest::Dialect::kVllm, &batch, &reason).ok()) {
+              blocks_.fetch_add(ApplyToMap(map_, static_cast<uint16_t>(i), batch));
+            }
+            applied_[i].fetch_add(1);
+          } else {
+            ready_[i].store(true);
+          }
+          parts.clear();
+        }
+      }
+    }
+  }
+
+  uint32_t n_;
+  Baseline map_;
+  std::unique_ptr<std::atomic<uint64_t>[]> applied_;
+  std::unique_ptr<std::atomic<bool>[]> ready_;
+  std::atomic<uint64_t> blocks_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 std::string SelfDir() {
@@ -298,33 +415,45 @@ double EndToEnd(const Args& args, uint32_t workers) {
   return applied / s;
 }
 
-void Latency(const Args& args) {
+// B's baseline: the same streams from the same kind of publishers into MapSubscriber.
+double EndToEndMap(const Args& args) {
   zmq::context_t ctx(1);
-  const uint32_t n_pub = 4;
-  Publishers pubs(ctx, n_pub);
-  uint64_t per_pub = 64 * 400;
-  std::vector<std::vector<uint64_t>> keys(n_pub);
+  Publishers pubs(ctx, args.publishers);
+  uint64_t per_pub = args.e2e_blocks / args.publishers / 64 * 64;
   std::vector<std::vector<std::vector<uint8_t>>> streams;
-  for (uint32_t p = 0; p < n_pub; ++p) streams.push_back(MakeStream(p, per_pub, &keys[p]));
-  Cluster c = StartWorkers(2, pubs, per_pub * n_pub);
-  std::unique_ptr<index::Segment> seg;
-  for (int i = 0; i < 500 && !seg; ++i) {
-    auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
-    if (s.ok())
-      seg = std::move(*s);
-    else
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (uint32_t p = 0; p < args.publishers; ++p) streams.push_back(MakeStream(p, per_pub));
+  MapSubscriber sub(pubs);
+  if (!sub.WaitSubscribed(pubs)) {
+    std::printf("   baseline: the subscriptions did not arrive\n");
+    return 0;
   }
-  index::PrefixIndex idx(seg.get());
-  int64_t until = MonotonicNanos() + 1'500'000'000;
-  while (MonotonicNanos() < until) {
-    pubs.Serve();
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const uint64_t total = per_pub * args.publishers;
+  int64_t t0 = MonotonicNanos();
+  for (size_t b = 0; b < streams[0].size(); ++b) {
+    for (uint32_t p = 0; p < args.publishers; ++p) pubs.Send(p, std::move(streams[p][b]));
   }
-  // Publish 8-block batches at `rate` blocks/s round-robin; after each, spin until a lookup of
-  // its last block key succeeds (the publisher thread is the reader: one timeline).
+  int64_t deadline = MonotonicNanos() + 60'000'000'000;
+  while (sub.blocks() < total && MonotonicNanos() < deadline) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  double s = (MonotonicNanos() - t0) / 1e9;
+  std::printf(
+      "   baseline, 1 thread here (SUB -> decode -> map): %lu of %lu blocks in %.2f s = %.2f M "
+      "blocks/s\n",
+      static_cast<unsigned long>(sub.blocks()), static_cast<unsigned long>(total), s,
+      sub.blocks() / s / 1e6);
+  return sub.blocks() / s;
+}
+
+// Publishes 8-block batches at `rate` blocks/s round-robin; after one batch in eight, spins
+// until visible(p, b) (the publisher thread is the reader: one timeline) and records the time.
+std::vector<int64_t> PacedLatency(const Args& args, Publishers& pubs,
+                                  std::vector<std::vector<std::vector<uint8_t>>> streams,
+                                  const std::function<bool(uint32_t, size_t)>& visible,
+                                  double* achieved) {
   std::vector<int64_t> lat;
   const double batch_interval_ns = 8e9 / args.rate;
+  const uint32_t n_pub = static_cast<uint32_t>(streams.size());
   int64_t start = MonotonicNanos();
   size_t sent = 0;
   for (size_t b = 0; b < streams[0].size(); ++b) {
@@ -335,21 +464,71 @@ void Latency(const Args& args) {
       int64_t t0 = MonotonicNanos();
       pubs.Send(p, std::move(streams[p][b]));
       if (sent % 8 == 0) {  // sample one batch in eight
-        uint64_t key = keys[p][b];
         int64_t give_up = t0 + 100'000'000;
-        while (idx.Holders(key).empty() && MonotonicNanos() < give_up) std::this_thread::yield();
+        while (!visible(p, b) && MonotonicNanos() < give_up) std::this_thread::yield();
         lat.push_back(MonotonicNanos() - t0);
       }
     }
   }
   std::sort(lat.begin(), lat.end());
-  double achieved = sent * 8 / ((MonotonicNanos() - start) / 1e9);
+  *achieved = sent * 8 / ((MonotonicNanos() - start) / 1e9);
+  return lat;
+}
+
+void Latency(const Args& args) {
+  const uint32_t n_pub = 4;
+  uint64_t per_pub = 64 * 400;
+  std::vector<std::vector<uint64_t>> keys(n_pub);
+  std::vector<std::vector<std::vector<uint8_t>>> streams;
+  for (uint32_t p = 0; p < n_pub; ++p) streams.push_back(MakeStream(p, per_pub, &keys[p]));
+  std::vector<int64_t> lat, base;
+  double achieved = 0, base_achieved = 0;
+  {
+    zmq::context_t ctx(1);
+    Publishers pubs(ctx, n_pub);
+    Cluster c = StartWorkers(2, pubs, per_pub * n_pub);
+    std::unique_ptr<index::Segment> seg;
+    for (int i = 0; i < 500 && !seg; ++i) {
+      auto s = index::Segment::Attach(c.segment, index::Segment::Access::kReadOnly);
+      if (s.ok())
+        seg = std::move(*s);
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    index::PrefixIndex idx(seg.get());
+    int64_t until = MonotonicNanos() + 1'500'000'000;
+    while (MonotonicNanos() < until) {
+      pubs.Serve();
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    lat = PacedLatency(
+        args, pubs, streams, [&](uint32_t p, size_t b) { return !idx.Holders(keys[p][b]).empty(); },
+        &achieved);
+    StopWorkers(c);
+  }
+  {
+    zmq::context_t ctx(1);
+    Publishers pubs(ctx, n_pub);
+    MapSubscriber sub(pubs);
+    if (sub.WaitSubscribed(pubs)) {
+      base = PacedLatency(
+          args, pubs, streams, [&](uint32_t p, size_t b) { return sub.batches(p) > b; },
+          &base_achieved);
+    }
+  }
+  auto pct = [](const std::vector<int64_t>& v, double q) {
+    return v.empty() ? 0.0 : v[static_cast<size_t>((v.size() - 1) * q)] / 1e3;
+  };
   std::printf(
       "C. event to visible at %.0f k blocks/s (%zu samples, 2 workers, TCP loopback):\n"
       "   p50 %.1f us, p99 %.1f us, max %.1f us   goal p99 <= 100 us\n",
-      achieved / 1e3, lat.size(), lat[lat.size() / 2] / 1e3, lat[lat.size() * 99 / 100] / 1e3,
-      lat.back() / 1e3);
-  StopWorkers(c);
+      achieved / 1e3, lat.size(), pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1.0));
+  std::printf(
+      "   baseline, 1 thread here (SUB -> decode -> map) at %.0f k blocks/s:\n"
+      "   p50 %.1f us, p99 %.1f us, max %.1f us   map / kvidx: p50 %.2fx, p99 %.2fx\n",
+      base_achieved / 1e3, pct(base, 0.5), pct(base, 0.99), pct(base, 1.0),
+      pct(base, 0.5) / std::max(pct(lat, 0.5), 1e-9),
+      pct(base, 0.99) / std::max(pct(lat, 0.99), 1e-9));
 }
 
 }  // namespace
@@ -369,8 +548,11 @@ int main(int argc, char** argv) {
               a.publishers, a.e2e_blocks);
   double one = kvidx::bench::EndToEnd(a, 1);
   double two = kvidx::bench::EndToEnd(a, 2);
-  std::printf("   2 workers / 1 worker: %.2fx   goal: 2 workers >= 2 M blocks/s\n",
-              two / std::max(one, 1.0));
+  double map = kvidx::bench::EndToEndMap(a);
+  std::printf(
+      "   2 workers / 1 worker: %.2fx; 2 workers / baseline: %.2fx   goal: 2 workers >= 2 M "
+      "blocks/s\n",
+      two / std::max(one, 1.0), two / std::max(map, 1.0));
   kvidx::bench::Latency(a);
   return 0;
 }

@@ -227,6 +227,34 @@ int main(int argc, char** argv) {
   };
   double tokens_rate = batched(false);
   double keys_rate = batched(true);
+  // The floor: the same queries answered by the index in this process, from 2 threads, with
+  // no RPC (the token queries are keyed here as the server keys them).
+  std::vector<std::vector<kvidx::index::BlockKey>> prompt_keys;
+  for (const auto& t : prompts) prompt_keys.push_back(kvidx::index::ChainBlockKeys(root, t, 16));
+  auto in_process = [&](bool keys) {
+    std::atomic<uint64_t> done{0};
+    const uint32_t per_thread = std::max<uint32_t>(1, a.calls / a.batch * 4) * a.batch;
+    int64_t t0 = kvidx::MonotonicNanos();
+    std::vector<std::thread> threads;
+    for (int th = 0; th < 2; ++th) {
+      threads.emplace_back([&, th] {
+        kvidx::index::LookupResult r;
+        uint64_t n = 0;
+        for (uint32_t c = 0; c < per_thread; ++c) {
+          size_t i = (c + th * 7) % prompts.size();
+          if (keys) {
+            idx.LookupInto(prompt_keys[i], {}, r);
+          } else {
+            idx.LookupInto(kvidx::index::ChainBlockKeys(root, prompts[i], 16), {}, r);
+          }
+          n += !r.matches.empty();
+        }
+        done += n;
+      });
+    }
+    for (auto& t : threads) t.join();
+    return done.load() / ((kvidx::MonotonicNanos() - t0) / 1e9);
+  };
   std::printf(
       "# query_bench: %u prompts of 64 blocks x 16 tokens, each held by 4 of 32 pods;\n"
       "# kvidx-query on loopback, %u unary calls of each kind, interleaved\n",
@@ -241,6 +269,14 @@ int main(int argc, char** argv) {
       "  by token ids (1024 a query)                  %8.0f k queries/s\n"
       "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
       a.batch, tokens_rate / 1e3, keys_rate / 1e3);
+  double tokens_floor = in_process(false);
+  double keys_floor = in_process(true);
+  std::printf(
+      "the same queries in this process, no RPC (PrefixIndex::LookupInto), 2 threads:\n"
+      "  by token ids                                 %8.0f k queries/s   gRPC / in process %.2fx\n"
+      "  by block keys                                %8.0f k queries/s   gRPC / in process "
+      "%.2fx\n",
+      tokens_floor / 1e3, tokens_rate / tokens_floor, keys_floor / 1e3, keys_rate / keys_floor);
   std::printf("(mean pods matched per lookup: %.2f)\n", static_cast<double>(matched) / a.calls);
   cleanup();
   failed += failed_batches.load();
