@@ -1,7 +1,8 @@
 // query_bench: lookups over gRPC on loopback against a real kvidx-query process, each figure
 // beside an empty RPC (Ping) on the same server in the same run.
 //  - unary latency: Ping vs Lookup of one prompt (p50/p99), one client thread;
-//  - batched throughput: Lookup calls carrying N queries, from 2 client threads.
+//  - batched throughput: Lookup calls carrying N queries, from 2 client threads (--threads),
+//    with PodMatch and with columnar answers, beside the same queries answered in process.
 // The index is filled in process (no ingest needed) before the server starts.
 //
 //   query_bench [--calls N] [--batch N] [--blocks N]
@@ -34,6 +35,7 @@ struct Args {
   uint32_t calls = 20000;
   uint32_t batch = 64;
   uint32_t prompts = 2000;
+  uint32_t threads = 2;
 };
 
 std::string SelfDir() {
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   app.add_option("--calls", a.calls, "calls of each kind");
   app.add_option("--batch", a.batch, "queries in a batched Lookup");
   app.add_option("--prompts", a.prompts, "prompts in the index");
+  app.add_option("--threads", a.threads, "client threads of the batched calls");
   CLI11_PARSE(app, argc, argv);
   // An index of `prompts` prompts of 64 blocks (16 tokens), each held by 4 of 32 pods, with
   // shared 16-block system prompts.
@@ -171,9 +174,17 @@ int main(int argc, char** argv) {
     }
     return q;
   };
-  // Unary latency, interleaved so that both see the same machine state.
-  std::vector<int64_t> ping_ns, lookup_ns;
+  // Unary latency, interleaved so that every kind sees the same machine state.
+  std::vector<int64_t> ping_ns, lookup_ns, columnar_ns, keys_ns;
   uint64_t matched = 0;
+  auto timed_lookup = [&](const kvidx::v1::LookupRequest& req, std::vector<int64_t>& into) {
+    grpc::ClientContext ctx;
+    kvidx::v1::LookupResponse r;
+    int64_t t0 = kvidx::MonotonicNanos();
+    failed += !stub->Lookup(&ctx, req, &r).ok();
+    into.push_back(kvidx::MonotonicNanos() - t0);
+    return r;
+  };
   for (uint32_t i = 0; i < a.calls; ++i) {
     {
       grpc::ClientContext ctx;
@@ -182,24 +193,31 @@ int main(int argc, char** argv) {
       (void)stub->Ping(&ctx, {}, &r);
       ping_ns.push_back(kvidx::MonotonicNanos() - t0);
     }
-    {
-      kvidx::v1::LookupRequest req;
-      *req.add_queries() = query_for(i);
-      grpc::ClientContext ctx;
-      kvidx::v1::LookupResponse r;
-      int64_t t0 = kvidx::MonotonicNanos();
-      failed += !stub->Lookup(&ctx, req, &r).ok();
-      lookup_ns.push_back(kvidx::MonotonicNanos() - t0);
-      matched += r.results_size() ? r.results(0).matches_size() : 0;
-    }
+    kvidx::v1::LookupRequest req;
+    *req.add_queries() = query_for(i);
+    kvidx::v1::LookupResponse r = timed_lookup(req, lookup_ns);
+    const int pods = r.results_size() ? r.results(0).matches_size() : 0;
+    matched += static_cast<uint64_t>(pods);
+    // The columnar answers must name the same number of pods, or the call counts as failed.
+    req.set_columnar(true);
+    r = timed_lookup(req, columnar_ns);
+    failed += (r.results_size() ? r.results(0).columns().pod_size() : 0) != pods;
+    kvidx::v1::LookupRequest by_keys;
+    *by_keys.add_queries() = keys_query_for(i);
+    by_keys.set_columnar(true);
+    r = timed_lookup(by_keys, keys_ns);
+    failed += (r.results_size() ? r.results(0).columns().pod_size() : 0) != pods;
   }
   auto [pp50, pp99] = P50P99(ping_ns);
+  auto [cp50, cp99] = P50P99(columnar_ns);
+  auto [kp50, kp99] = P50P99(keys_ns);
   auto [lp50, lp99] = P50P99(lookup_ns);
   // Batched throughput from two client threads, with token ids and with block keys.
   std::atomic<uint64_t> failed_batches{0};
-  auto batched = [&](bool keys) {
+  auto batched = [&](bool keys, bool columnar) {
     std::vector<kvidx::v1::LookupRequest> batches(16);
     for (size_t b = 0; b < batches.size(); ++b) {
+      batches[b].set_columnar(columnar);
       for (uint32_t q = 0; q < a.batch; ++q) {
         *batches[b].add_queries() =
             keys ? keys_query_for(b * a.batch + q) : query_for(b * a.batch + q);
@@ -209,7 +227,7 @@ int main(int argc, char** argv) {
     int64_t t0 = kvidx::MonotonicNanos();
     std::vector<std::thread> threads;
     const uint32_t calls_per_thread = std::max<uint32_t>(1, a.calls / a.batch * 4);
-    for (int th = 0; th < 2; ++th) {
+    for (uint32_t th = 0; th < a.threads; ++th) {
       threads.emplace_back([&, th] {
         for (uint32_t c = 0; c < calls_per_thread; ++c) {
           grpc::ClientContext ctx;
@@ -225,8 +243,10 @@ int main(int argc, char** argv) {
     for (auto& t : threads) t.join();
     return done.load() / ((kvidx::MonotonicNanos() - t0) / 1e9);
   };
-  double tokens_rate = batched(false);
-  double keys_rate = batched(true);
+  double tokens_rate = batched(false, false);
+  double keys_rate = batched(true, false);
+  double tokens_col = batched(false, true);
+  double keys_col = batched(true, true);
   // The floor: the same queries answered by the index in this process, from 2 threads, with
   // no RPC (the token queries are keyed here as the server keys them).
   std::vector<std::vector<kvidx::index::BlockKey>> prompt_keys;
@@ -264,11 +284,22 @@ int main(int argc, char** argv) {
   std::printf("%-46s %10.1f %10.1f\n", "Lookup, 1 prompt of 1024 tokens", lp50, lp99);
   std::printf("%-46s %10.2fx %9.2fx   goal p50 <= 1.1x\n", "Lookup / Ping", lp50 / pp50,
               lp99 / pp99);
+  std::printf("%-46s %10.1f %10.1f\n", "the same Lookup, columnar answer", cp50, cp99);
+  std::printf("%-46s %10.2fx %9.2fx\n", "  columnar / Ping", cp50 / pp50, cp99 / pp99);
+  std::printf("%-46s %10.1f %10.1f\n", "Lookup by its 64 block keys, columnar", kp50, kp99);
+  std::printf("%-46s %10.2fx %9.2fx\n", "  keys, columnar / Ping", kp50 / pp50, kp99 / pp99);
   std::printf(
-      "batched Lookup, %u queries a call, 2 client threads:\n"
+      "batched Lookup, %u queries a call, %u client threads:\n"
       "  by token ids (1024 a query)                  %8.0f k queries/s\n"
       "  by block keys (64 a query)                   %8.0f k queries/s   goal >= 500 k/s\n",
-      a.batch, tokens_rate / 1e3, keys_rate / 1e3);
+      a.batch, a.threads, tokens_rate / 1e3, keys_rate / 1e3);
+  std::printf(
+      "the same calls, columnar answers (LookupRequest.columnar: each pod once per call):\n"
+      "  by token ids                                 %8.0f k queries/s   columnar / PodMatch "
+      "%.2fx\n"
+      "  by block keys                                %8.0f k queries/s   columnar / PodMatch "
+      "%.2fx\n",
+      tokens_col / 1e3, tokens_col / tokens_rate, keys_col / 1e3, keys_col / keys_rate);
   double tokens_floor = in_process(false);
   double keys_floor = in_process(true);
   std::printf(

@@ -47,26 +47,43 @@ grpc::Status KvIndexService::Announce(grpc::ServerContext*, const v1::AnnounceRe
 }
 
 void KvIndexService::AddPredicted(const std::vector<index::BlockKey>& keys,
-                                  const index::LookupResult& r, v1::LookupResult* out) const {
+                                  const index::LookupResult& r, v1::LookupResult* out,
+                                  CallPods* pods) const {
   if (keys.empty()) return;
   // The answer's pods, in the order the matches were written (slots that vanished skipped).
   std::vector<index::PublisherId> matched;
   for (const auto& m : r.matches) {
     if (index_->publisher_slot(m.publisher) != nullptr) matched.push_back(m.publisher);
   }
-  for (int i = 0; i < out->matches_size() && i < static_cast<int>(matched.size()); ++i) {
-    v1::PodMatch* pm = out->mutable_matches(i);
-    pm->set_predicted_blocks(predictions_->Extend(matched[i], keys, pm->matched_blocks()));
+  v1::MatchColumns* cols = pods != nullptr ? out->mutable_columns() : nullptr;
+  const int written = cols != nullptr ? cols->pod_size() : out->matches_size();
+  for (int i = 0; i < written && i < static_cast<int>(matched.size()); ++i) {
+    if (cols != nullptr) {
+      cols->add_predicted_blocks(predictions_->Extend(matched[i], keys, cols->matched_blocks(i)));
+    } else {
+      v1::PodMatch* pm = out->mutable_matches(i);
+      pm->set_predicted_blocks(predictions_->Extend(matched[i], keys, pm->matched_blocks()));
+    }
   }
   const int64_t now = WallNanos();
   for (index::PublisherId p : predictions_->AnnouncedWith(keys[0])) {
     if (std::find(matched.begin(), matched.end(), p) != matched.end()) continue;
     const index::PublisherSlot* s = index_->publisher_slot(p);
     if (s == nullptr) continue;
+    const uint32_t predicted = predictions_->Extend(p, keys, 0);
+    if (cols != nullptr) {
+      cols->add_pod(PodEntry(*pods, p, *s, now));
+      cols->add_matched_blocks(0);
+      cols->add_gpu_blocks(0);
+      cols->add_cpu_blocks(0);
+      cols->add_disk_blocks(0);
+      cols->add_predicted_blocks(predicted);
+      continue;
+    }
     v1::PodMatch* pm = out->add_matches();
     pm->set_pod(std::string(control::FieldView(s->id.pod)));
     pm->set_dp_rank(s->id.dp_rank);
-    pm->set_predicted_blocks(predictions_->Extend(p, keys, 0));
+    pm->set_predicted_blocks(predicted);
     FillFreshness(*s, pm->mutable_freshness(), now);
   }
 }

@@ -195,7 +195,8 @@ grpc::Status KvIndexService::QueryKeys(const v1::LookupQuery& q,
   return grpc::Status::OK;
 }
 
-grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out) {
+grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResult* out,
+                                       CallPods* pods) {
   std::vector<index::BlockKey> keys;
   std::vector<uint32_t> depths;  // KVBM: each key's depth (position + 1)
   if (grpc::Status st = QueryKeys(q, &keys, &depths, out); !st.ok() || !out->namespace_known())
@@ -235,39 +236,8 @@ grpc::Status KvIndexService::LookupOne(const v1::LookupQuery& q, v1::LookupResul
   }
   out->set_degraded(r.degraded);
   if (r.degraded) counters_.degraded.fetch_add(1, std::memory_order_relaxed);
-  const v1::PodMatch* best = nullptr;
-  const int64_t now = WallNanos();
-  for (const auto& m : r.matches) {
-    const index::PublisherSlot* s = index_->publisher_slot(m.publisher);
-    if (s == nullptr) continue;
-    v1::PodMatch* pm = out->add_matches();
-    pm->set_pod(Str(s->id.pod, sizeof(s->id.pod)));
-    pm->set_dp_rank(s->id.dp_rank);
-    pm->set_matched_blocks(m.blocks);
-    pm->set_matched_tokens(uint64_t{m.blocks} * out->block_size());
-    pm->set_gpu_blocks(m.tier_blocks[index::kGpu]);
-    pm->set_cpu_blocks(m.tier_blocks[index::kCpu]);
-    pm->set_disk_blocks(m.tier_blocks[index::kDisk]);
-    FillFreshness(*s, pm->mutable_freshness(), now);
-    if (Ld(s->ingest.has_instance) != 0)
-      pm->set_kvbm_instance(
-          wire::U128Decimal(Ld(s->ingest.instance_hi), Ld(s->ingest.instance_lo)));
-    auto better = [](const v1::PodMatch& a, const v1::PodMatch& b) {
-      // A pod whose stream is whole and whose engine answers is preferred to a longer match
-      // that kvidx cannot vouch for right now.
-      auto trusted = [](const v1::PodMatch& m) {
-        return m.freshness().reachable() && m.freshness().stream() == "streaming";
-      };
-      if (trusted(a) != trusted(b)) return trusted(a);
-      if (a.matched_blocks() != b.matched_blocks()) return a.matched_blocks() > b.matched_blocks();
-      if (a.gpu_blocks() != b.gpu_blocks()) return a.gpu_blocks() > b.gpu_blocks();
-      int64_t fa = a.freshness().last_event_age_ms(), fb = b.freshness().last_event_age_ms();
-      return fa >= 0 && (fb < 0 || fa < fb);
-    };
-    if (best == nullptr || better(*pm, *best)) best = pm;
-  }
-  if (best != nullptr) *out->mutable_best() = *best;
-  if (q.include_predictions()) AddPredicted(keys, r, out);
+  WriteMatches(r, out, pods);
+  if (q.include_predictions()) AddPredicted(keys, r, out, pods);
   counters_.lookups.fetch_add(1, std::memory_order_relaxed);
   if (!r.matches.empty()) counters_.lookup_hits.fetch_add(1, std::memory_order_relaxed);
   return grpc::Status::OK;
@@ -306,8 +276,12 @@ grpc::Status KvIndexService::Lookup(grpc::ServerContext*, const v1::LookupReques
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "TOO_MANY_TOKENS",
                  absl::StrCat(total_tokens, " token ids in one call"));
   }
+  CallPods pods{resp, {}};
+  if (req->columnar()) pods.entry_of.assign(index_->geometry().publishers, -1);
   for (const auto& q : req->queries()) {
-    grpc::Status st = LookupOne(q, resp->add_results());
+    v1::LookupResult* result = resp->add_results();
+    if (req->columnar()) result->set_best_column(-1);  // until a match says otherwise
+    grpc::Status st = LookupOne(q, result, req->columnar() ? &pods : nullptr);
     if (!st.ok()) {
       counters_.invalid_arguments.fetch_add(1);
       resp->Clear();

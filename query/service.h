@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "control/control_area.h"
@@ -49,6 +50,13 @@ class InflightGuard {
  private:
   std::atomic<int>& n_;
   bool ok_;
+};
+
+// The pods of one columnar Lookup call (LookupRequest.columnar): entry_of[publisher] is its
+// index in resp->pods, -1 until a result names it.
+struct CallPods {
+  v1::LookupResponse* resp;
+  std::vector<int32_t> entry_of;
 };
 
 class KvIndexService final : public kvidx::v1::KvIndex::Service {
@@ -95,7 +103,14 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
 
  private:
   grpc::Status Overloaded();
-  grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out);
+  // One query's answer; `pods` (columnar calls only) numbers the call's pods.
+  grpc::Status LookupOne(const v1::LookupQuery& q, v1::LookupResult* out, CallPods* pods);
+  // The matches of an index answer, as PodMatches or columns, with the best pod
+  // (query/answer.cc).
+  void WriteMatches(const index::LookupResult& r, v1::LookupResult* out, CallPods* pods) const;
+  // The call's entry for a publisher in LookupResponse.pods, added on first use.
+  uint32_t PodEntry(CallPods& pods, index::PublisherId id, const index::PublisherSlot& s,
+                    int64_t now_ns) const;
   // The block keys of a query (and its namespace facts in `out`; none if it is unknown).
   grpc::Status QueryKeys(const v1::LookupQuery& q, std::vector<index::BlockKey>* keys,
                          std::vector<uint32_t>* depths, v1::LookupResult* out);
@@ -105,7 +120,7 @@ class KvIndexService final : public kvidx::v1::KvIndex::Service {
                         v1::LookupResult* out);
   // Predicted blocks of the answer's pods, and pods announced the prompt (query/announce.cc).
   void AddPredicted(const std::vector<index::BlockKey>& keys, const index::LookupResult& r,
-                    v1::LookupResult* out) const;
+                    v1::LookupResult* out, CallPods* pods) const;
   // The block keys of `tokens` with the query's block_extra and cache_salt mixed in
   // (query/query_keys.cc).
   grpc::Status KeysWithExtra(const v1::LookupQuery& q, index::BlockKey root,

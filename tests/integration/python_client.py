@@ -57,6 +57,18 @@ check(typed.block_size == 16, "typed block size")
 check(not typed.matches or typed.best is not None, "a best pod when some pod matches")
 check(all(m.pod.startswith("pod-") for m in typed.matches), "typed matches name pods")
 check(not kv.lookup("not-a-model", tokens=[1, 2, 3]).namespace_known, "typed unknown namespace")
+# A columnar call gives the same results (ages aside: they are read at each call).
+batch = [kv.query("qm", tokens=tokens), kv.query("qm", tokens=tokens[:32]),
+         kv.query("not-a-model", tokens=[1, 2, 3]), kv.query("qm", block_keys=[1, 2, 3])]
+def without_age(results):
+    return [(r.prompt_blocks, r.namespace_known, [(m.pod, m.matched_blocks, m.matched_tokens,
+             m.gpu_blocks, m.stream, m.reachable) for m in r.matches],
+             r.best.pod if r.best else None) for r in results]
+rows, cols = kv.lookup_many(batch), kv.lookup_many(batch, columnar=True)
+check(without_age(rows) == without_age(cols), "columnar results equal PodMatch results: %r / %r"
+      % (without_age(rows), without_age(cols)))
+check(len(cols) == 4 and not cols[2].namespace_known and cols[3].best is None,
+      "columnar: an unknown namespace and a miss are answers")
 by_keys = kv.lookup("qm", block_keys=[1, 2, 3])
 check(by_keys.matches == [] and by_keys.best is None, "typed miss by block keys")
 try:

@@ -49,6 +49,13 @@ class PodMatch:
                         m.cpu_blocks, m.disk_blocks, f.stream, f.reachable, f.last_event_age_ms,
                         m.kvbm_instance)
 
+    @staticmethod
+    def of_column(pod, c, i: int, block_size: int) -> "PodMatch":
+        f = pod.freshness
+        return PodMatch(pod.pod, pod.dp_rank, c.matched_blocks[i], c.matched_blocks[i] * block_size,
+                        c.gpu_blocks[i], c.cpu_blocks[i], c.disk_blocks[i], f.stream, f.reachable,
+                        f.last_event_age_ms, pod.kvbm_instance)
+
 
 @dataclass
 class LookupResult:
@@ -64,6 +71,14 @@ class LookupResult:
         return LookupResult(r.prompt_blocks, r.block_size, r.namespace_known, r.degraded,
                             [PodMatch.of(m) for m in r.matches],
                             PodMatch.of(r.best) if r.HasField("best") else None)
+
+    @staticmethod
+    def of_columns(r, pods) -> "LookupResult":
+        c = r.columns
+        matches = [PodMatch.of_column(pods[c.pod[i]], c, i, r.block_size)
+                   for i in range(len(c.pod))]
+        return LookupResult(r.prompt_blocks, r.block_size, r.namespace_known, r.degraded, matches,
+                            matches[r.best_column] if r.best_column >= 0 else None)
 
 
 def _error(e: grpc.RpcError) -> KvidxError:
@@ -131,8 +146,14 @@ class KvidxClient:
         """The pods holding the prompt's leading blocks (see query() for the arguments)."""
         return self.lookup_many([self.query(model, **kwargs)])[0]
 
-    def lookup_many(self, queries) -> List[LookupResult]:
-        resp = self._call(self.stub.Lookup, pb.LookupRequest(queries=list(queries)))
+    def lookup_many(self, queries, columnar: bool = False) -> List[LookupResult]:
+        """One Lookup call. columnar=True asks for the columnar answer (each pod and its
+        freshness once per call: fewer, smaller messages for large batches); the results are
+        the same either way."""
+        resp = self._call(self.stub.Lookup,
+                          pb.LookupRequest(queries=list(queries), columnar=columnar))
+        if columnar:
+            return [LookupResult.of_columns(r, resp.pods) for r in resp.results]
         return [LookupResult.of(r) for r in resp.results]
 
     def stats(self):
