@@ -66,7 +66,7 @@ rc2=$?
 [ -f build/proto/kvidx.pb.cc ] || ninja -C build proto/libkvidx_proto.a >/dev/null || exit 1
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I. -Ibuild/proto -DTOML_HEADER_ONLY=0 -DMSGPACK_DEFAULT_API_VERSION=3 -w \
-  tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc query/announce.cc query/errors.cc \
+  tests/fuzz/lookup_fuzz.cc query/service.cc query/admin.cc query/announce.cc query/answer.cc query/errors.cc \
   query/predictions.cc query/query_keys.cc query/tokenizer.cc \
   config/config.cc config/aibrix_env.cc config/sizing.cc \
   control/control_area.cc shared/log.cc shared/shm_file.cc wire/vocabulary.cc wire/lineage_hash.cc \
